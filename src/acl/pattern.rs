@@ -1,0 +1,190 @@
+//! The small matchers rule conditions use: client_id globs and CIDR blocks.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// A glob over client_ids: `*` any run of characters, `?` exactly one.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Glob(String);
+
+impl Glob {
+    /// Any text is a glob; there is nothing to refuse.
+    pub fn new(pattern: &str) -> Glob {
+        Glob(pattern.to_owned())
+    }
+
+    /// Whether `text` matches the whole pattern. Linear in practice: the
+    /// classic two-pointer walk that backtracks only to the last `*`.
+    pub fn matches(&self, text: &str) -> bool {
+        let p: Vec<char> = self.0.chars().collect();
+        let t: Vec<char> = text.chars().collect();
+        let (mut pi, mut ti) = (0, 0);
+        let mut star: Option<(usize, usize)> = None;
+        while ti < t.len() {
+            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
+                pi += 1;
+                ti += 1;
+            } else if pi < p.len() && p[pi] == '*' {
+                star = Some((pi, ti));
+                pi += 1;
+            } else if let Some((sp, st)) = star {
+                pi = sp + 1;
+                ti = st + 1;
+                star = Some((sp, st + 1));
+            } else {
+                return false;
+            }
+        }
+        p[pi..].iter().all(|&c| c == '*')
+    }
+}
+
+impl fmt::Debug for Glob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Glob({:?})", self.0)
+    }
+}
+
+/// An IPv4 or IPv6 block such as `10.0.0.0/8`; a bare address is a /32 or /128.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Cidr, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let network: IpAddr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let bad_prefix = || format!("{s:?} has a prefix length that is not 0..={max}");
+        let prefix = match prefix {
+            None => max,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p
+                .parse::<u8>()
+                .ok()
+                .filter(|&n| n <= max)
+                .ok_or_else(bad_prefix)?,
+            Some(_) => return Err(bad_prefix()),
+        };
+        Ok(Cidr { network, prefix })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` lies in the block. An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`,
+    /// as dual-stack sockets report IPv4 peers) is compared as its IPv4 address.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
+        match (self.network, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
+    let full = usize::from(prefix / 8);
+    let rest = prefix % 8;
+    if a[..full] != b[..full] {
+        return false;
+    }
+    rest == 0 || {
+        let mask = 0xFFu8 << (8 - rest);
+        a[full] & mask == b[full] & mask
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn globs_match_whole_ids() {
+        let g = Glob::new("curl-*");
+        assert!(
+            g.matches("curl-x")
+                && g.matches("curl-")
+                && !g.matches("xcurl-x")
+                && !g.matches("curl")
+        );
+        let g = Glob::new("dev-??-*-end");
+        assert!(
+            g.matches("dev-01-abc-end") && g.matches("dev-01--end") && !g.matches("dev-1-abc-end")
+        );
+        assert!(
+            Glob::new("*").matches("")
+                && Glob::new("**a").matches("a")
+                && !Glob::new("").matches("a")
+        );
+        assert!(Glob::new("a*b*c").matches("aXbYbZc") && !Glob::new("a*b*c").matches("aXbYbZ"));
+    }
+
+    #[test]
+    fn cidr_edges() {
+        let c: Cidr = "10.0.0.0/8".parse().unwrap();
+        assert!(
+            c.contains("10.0.0.0".parse().unwrap())
+                && c.contains("10.255.255.255".parse().unwrap())
+        );
+        assert!(
+            !c.contains("11.0.0.0".parse().unwrap())
+                && !c.contains("9.255.255.255".parse().unwrap())
+        );
+        let c: Cidr = "192.168.1.128/25".parse().unwrap();
+        assert!(
+            c.contains("192.168.1.128".parse().unwrap())
+                && !c.contains("192.168.1.127".parse().unwrap())
+        );
+        let c: Cidr = "203.0.113.7".parse().unwrap();
+        assert!(
+            c.contains("203.0.113.7".parse().unwrap())
+                && !c.contains("203.0.113.8".parse().unwrap())
+        );
+        assert!(
+            c.contains("::ffff:203.0.113.7".parse().unwrap()),
+            "IPv4-mapped IPv6 counts as IPv4"
+        );
+        let all: Cidr = "0.0.0.0/0".parse().unwrap();
+        assert!(
+            all.contains("1.2.3.4".parse().unwrap())
+                && !all.contains("2001:db8::1".parse().unwrap())
+        );
+        let v6: Cidr = "2001:db8::/32".parse().unwrap();
+        assert!(
+            v6.contains("2001:db8:ffff::1".parse().unwrap())
+                && !v6.contains("2001:db9::1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn bad_cidrs_are_refused() {
+        for s in [
+            "10.0.0.0/33",
+            "10.0.0/8",
+            "::/129",
+            "10.0.0.0/",
+            "10.0.0.0/+8",
+            "x",
+            "",
+        ] {
+            assert!(s.parse::<Cidr>().is_err(), "{s}");
+        }
+    }
+}

@@ -1,0 +1,403 @@
+//! Who is calling: HTTP Basic against the config's password hashes, or a
+//! verified client certificate whose Common Name is the client_id.
+
+pub mod password;
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use hmac::{Hmac, Mac};
+use http::header::AUTHORIZATION;
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::contract::basic::{parse_basic, BasicCredentials, BasicError};
+use crate::contract::query::is_valid_client_id;
+use crate::contract::{ApiError, HttpRequest, MessageId, PublishOptions};
+
+pub use self::password::{hash_argon2id, HashError, StoredHash};
+
+/// The users of the config, by name.
+pub type Users = HashMap<String, StoredHash>;
+
+/// The caller, as far as the ACL is concerned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    /// The Basic user name, verified; `None` for a certificate alone, since a
+    /// `username` query value proves nothing and must not match rules.
+    pub username: Option<String>,
+    /// The certificate's CN, else the query's `client_id`, else `http-{message id}`.
+    pub client_id: String,
+    /// A Basic header was verified.
+    pub basic: bool,
+    /// A client certificate was verified by the TLS terminator.
+    pub certificate: bool,
+}
+
+/// Entries kept in the credential cache before it starts over.
+const CACHE_CAPACITY: usize = 10_000;
+
+/// Checks credentials; keeps the verdict of recent slow hashes.
+pub struct Authenticator {
+    dummy: StoredHash,
+    cache: CredentialCache,
+}
+
+impl Default for Authenticator {
+    fn default() -> Self {
+        Authenticator {
+            dummy: StoredHash::parse(password::DUMMY_HASH).expect("the dummy hash is valid"),
+            cache: CredentialCache::new(),
+        }
+    }
+}
+
+fn unauthorized(code: &'static str, message: &'static str) -> ApiError {
+    ApiError::Unauthorized { code, message }
+}
+
+impl Authenticator {
+    /// Establishes the caller's identity, or answers 401 (400 for a certificate
+    /// whose CN cannot be a client_id).
+    pub async fn authenticate(
+        &self,
+        request: &HttpRequest,
+        options: &PublishOptions,
+        users: &Users,
+        message_id: MessageId,
+    ) -> Result<Identity, ApiError> {
+        let basic = match request.headers.get(AUTHORIZATION) {
+            None => None,
+            Some(header) => Some(parse_basic(header).map_err(|e| match e {
+                BasicError::UnsupportedScheme => unauthorized(
+                    "unsupported_authorization_scheme",
+                    "only Basic authentication is supported",
+                ),
+                BasicError::Malformed => unauthorized(
+                    "invalid_authorization_header",
+                    "the Authorization header is not Basic base64(username:password)",
+                ),
+            })?),
+        };
+        let certificate_cn = match &request.client_certificate {
+            None => None,
+            Some(cert) => {
+                let cn = cert.common_name.as_deref().ok_or_else(|| {
+                    unauthorized(
+                        "certificate_without_common_name",
+                        "the client certificate has no Common Name",
+                    )
+                })?;
+                if !is_valid_client_id(cn) {
+                    return Err(ApiError::bad_request(
+                        "invalid_client_id",
+                        "the client certificate's Common Name is not a valid client_id (1 to 128 of A-Z a-z 0-9 _ . : @ -)",
+                    ));
+                }
+                Some(cn.to_owned())
+            }
+        };
+        if basic.is_none() && certificate_cn.is_none() {
+            return Err(unauthorized(
+                "missing_credentials",
+                "send an Authorization: Basic header or a client certificate",
+            ));
+        }
+        if let Some(credentials) = &basic {
+            if !self
+                .check_password(credentials, users.get(&credentials.username))
+                .await
+            {
+                return Err(unauthorized(
+                    "authentication_failed",
+                    "the user name or password is wrong",
+                ));
+            }
+        }
+        let client_id = match (certificate_cn, &options.client_id) {
+            (Some(cn), Some(asked)) if &cn != asked => {
+                return Err(unauthorized(
+                    "client_id_mismatch",
+                    "client_id must equal the client certificate's Common Name",
+                ))
+            }
+            (Some(cn), _) => cn,
+            (None, Some(asked)) => asked.clone(),
+            (None, None) => format!("http-{message_id}"),
+        };
+        Ok(Identity {
+            certificate: request.client_certificate.is_some(),
+            basic: basic.is_some(),
+            username: basic.map(|c| c.username),
+            client_id,
+        })
+    }
+
+    /// Verifies a password against the user's hash, or against a dummy hash
+    /// for an unknown user so that both cost one slow hash.
+    async fn check_password(
+        &self,
+        credentials: &BasicCredentials,
+        stored: Option<&StoredHash>,
+    ) -> bool {
+        let Some(stored) = stored else {
+            let dummy = self.dummy.clone();
+            let password = credentials.password.clone();
+            let _ = tokio::task::spawn_blocking(move || dummy.verify(password.as_bytes())).await;
+            return false;
+        };
+        let fingerprint = self.cache.fingerprint(credentials, stored);
+        if self.cache.contains(&credentials.username, &fingerprint) {
+            return true;
+        }
+        let hash = stored.clone();
+        let password = credentials.password.clone();
+        let ok = tokio::task::spawn_blocking(move || hash.verify(password.as_bytes()))
+            .await
+            .unwrap_or(false);
+        if ok {
+            self.cache.insert(&credentials.username, fingerprint);
+        }
+        ok
+    }
+}
+
+/// Remembers credentials that verified, so a warm process pays the slow hash
+/// once per user and password. Holds no password: each entry is an HMAC, under
+/// a key drawn at start, of the user, the stored hash and the password. A new
+/// password or a new stored hash gives another fingerprint and so misses.
+struct CredentialCache {
+    key: [u8; 32],
+    verified: Mutex<HashMap<String, [u8; 32]>>,
+}
+
+impl CredentialCache {
+    fn new() -> Self {
+        let mut key = [0u8; 32];
+        getrandom::getrandom(&mut key).expect("the OS random number generator is available");
+        CredentialCache {
+            key,
+            verified: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn fingerprint(&self, credentials: &BasicCredentials, stored: &StoredHash) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
+        for part in [
+            credentials.username.as_bytes(),
+            stored.as_str().as_bytes(),
+            credentials.password.as_bytes(),
+        ] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
+        }
+        mac.finalize().into_bytes().into()
+    }
+
+    fn contains(&self, username: &str, fingerprint: &[u8; 32]) -> bool {
+        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified
+            .get(username)
+            .is_some_and(|known| bool::from(known.ct_eq(fingerprint)))
+    }
+
+    fn insert(&self, username: &str, fingerprint: [u8; 32]) {
+        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+        if verified.len() >= CACHE_CAPACITY && !verified.contains_key(username) {
+            verified.clear();
+        }
+        verified.insert(username.to_owned(), fingerprint);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::contract::{ClientCertificate, RequestPath};
+    use bytes::Bytes;
+    use http::{HeaderMap, HeaderValue, Method};
+
+    fn request(authorization: Option<&str>, cn: Option<Option<&str>>) -> HttpRequest {
+        let mut headers = HeaderMap::new();
+        if let Some(v) = authorization {
+            headers.insert(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        HttpRequest {
+            method: Method::POST,
+            path: RequestPath::Encoded("/topics/home".into()),
+            query: vec![],
+            headers,
+            body: Bytes::new(),
+            source_ip: None,
+            client_certificate: cn.map(|cn| ClientCertificate {
+                common_name: cn.map(str::to_owned),
+            }),
+        }
+    }
+
+    fn options(client_id: Option<&str>) -> PublishOptions {
+        PublishOptions {
+            qos: 1,
+            retain: false,
+            client_id: client_id.map(str::to_owned),
+            username: Some("sample-user".into()),
+            properties: Default::default(),
+        }
+    }
+
+    fn users() -> Users {
+        // Cheap bcrypt keeps the unit tests fast; the argon2id path is tested in password.rs.
+        HashMap::from([(
+            "user0".to_owned(),
+            StoredHash::parse(&bcrypt::hash("secret0", 4).unwrap()).unwrap(),
+        )])
+    }
+
+    const USER0: &str = "Basic dXNlcjA6c2VjcmV0MA==";
+
+    async fn auth(request: HttpRequest, client_id: Option<&str>) -> Result<Identity, ApiError> {
+        Authenticator::default()
+            .authenticate(&request, &options(client_id), &users(), MessageId::next())
+            .await
+    }
+
+    #[tokio::test]
+    async fn basic_user_is_the_header_user_not_the_query_username() {
+        let id = auth(request(Some(USER0), None), Some("curl-x"))
+            .await
+            .unwrap();
+        assert_eq!(id.username.as_deref(), Some("user0"));
+        assert_eq!(id.client_id, "curl-x");
+        assert!(id.basic && !id.certificate);
+    }
+
+    #[tokio::test]
+    async fn default_client_id_is_http_and_the_message_id() {
+        let id = auth(request(Some(USER0), None), None).await.unwrap();
+        assert!(
+            id.client_id.starts_with("http-") && id.client_id.len() == 5 + 32,
+            "{}",
+            id.client_id
+        );
+        assert!(is_valid_client_id(&id.client_id));
+    }
+
+    #[tokio::test]
+    async fn unknown_user_and_wrong_password_get_the_same_answer() {
+        let wrong = auth(request(Some("Basic dXNlcjA6c2VjcmV0MQ=="), None), None)
+            .await
+            .unwrap_err();
+        let unknown = auth(request(Some("Basic dXNlcjE6c2VjcmV0MA=="), None), None)
+            .await
+            .unwrap_err();
+        assert_eq!(wrong, unknown);
+        assert_eq!(wrong.code(), "authentication_failed");
+    }
+
+    #[tokio::test]
+    async fn no_or_malformed_credentials_are_401() {
+        assert_eq!(
+            auth(request(None, None), None).await.unwrap_err().code(),
+            "missing_credentials"
+        );
+        assert_eq!(
+            auth(request(Some("Basic xx"), None), None)
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_authorization_header"
+        );
+        assert_eq!(
+            auth(request(Some("Bearer x"), None), None)
+                .await
+                .unwrap_err()
+                .code(),
+            "unsupported_authorization_scheme"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_makes_its_cn_the_client_id() {
+        let id = auth(request(None, Some(Some("device-7"))), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (id.client_id.as_str(), id.username, id.certificate),
+            ("device-7", None, true)
+        );
+        assert!(
+            auth(request(None, Some(Some("device-7"))), Some("device-7"))
+                .await
+                .is_ok()
+        );
+        let e = auth(request(None, Some(Some("device-7"))), Some("device-8"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), "client_id_mismatch");
+        assert_eq!(
+            auth(request(None, Some(None)), None)
+                .await
+                .unwrap_err()
+                .code(),
+            "certificate_without_common_name"
+        );
+        assert_eq!(
+            auth(request(None, Some(Some("my device"))), None)
+                .await
+                .unwrap_err()
+                .code(),
+            "invalid_client_id"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_certificate_and_basic_together_need_both_to_verify() {
+        let id = auth(request(Some(USER0), Some(Some("device-7"))), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            (id.username.as_deref(), id.client_id.as_str()),
+            (Some("user0"), "device-7")
+        );
+        assert!(id.basic && id.certificate);
+        let bad = request(Some("Basic dXNlcjA6c2VjcmV0MQ=="), Some(Some("device-7")));
+        assert_eq!(
+            auth(bad, None).await.unwrap_err().code(),
+            "authentication_failed"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cache_serves_a_verified_password_and_misses_a_changed_hash() {
+        let auth = Authenticator::default();
+        let creds = BasicCredentials {
+            username: "u".into(),
+            password: "p".into(),
+        };
+        let first = StoredHash::parse(&bcrypt::hash("p", 4).unwrap()).unwrap();
+        assert!(auth.check_password(&creds, Some(&first)).await);
+        let fp = auth.cache.fingerprint(&creds, &first);
+        assert!(
+            auth.cache.contains("u", &fp),
+            "a verified password is cached"
+        );
+        let changed = StoredHash::parse(&bcrypt::hash("q", 4).unwrap()).unwrap();
+        assert!(
+            !auth
+                .cache
+                .contains("u", &auth.cache.fingerprint(&creds, &changed)),
+            "a new hash misses"
+        );
+        assert!(
+            !auth.check_password(&creds, Some(&changed)).await,
+            "the old password no longer works"
+        );
+        let wrong = BasicCredentials {
+            username: "u".into(),
+            password: "x".into(),
+        };
+        assert!(!auth
+            .cache
+            .contains("u", &auth.cache.fingerprint(&wrong, &first)));
+    }
+}

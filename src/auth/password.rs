@@ -1,0 +1,216 @@
+//! Stored password hashes: which schemes we verify, and how `passwd` makes one.
+//!
+//! Accepted: PHC strings of argon2 (`$argon2id$`, also `$argon2i$`/`$argon2d$`),
+//! PBKDF2 (`$pbkdf2-sha256$`, `$pbkdf2-sha512$`) and scrypt (`$scrypt$`), and
+//! bcrypt's `$2a$`/`$2b$`/`$2y$`. Everything else, plain text included, is
+//! refused when the config loads. Every comparison is constant-time: the
+//! RustCrypto `Output` compares with `subtle`, and so does the bcrypt crate.
+
+use std::fmt;
+
+use password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+
+/// A password hash we know how to verify, checked when the config loads.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredHash {
+    text: String,
+    scheme: Scheme,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scheme {
+    Argon2,
+    Pbkdf2,
+    Scrypt,
+    Bcrypt,
+}
+
+/// Why a `password_hash` value is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HashError {
+    /// Does not start with `$`: most likely a plain-text password.
+    #[error("is not a password hash (plain-text passwords are refused; make a hash with `mqtt-http-publish passwd`)")]
+    NotAHash,
+    /// A `$...$` string of a scheme we do not verify.
+    #[error("uses the unsupported scheme {0:?} (use argon2id, pbkdf2-sha256, pbkdf2-sha512, scrypt or bcrypt)")]
+    UnsupportedScheme(String),
+    /// The scheme is known but the string is damaged.
+    #[error("is a malformed {0} hash")]
+    Malformed(&'static str),
+}
+
+impl StoredHash {
+    /// Validates a hash string from the config.
+    pub fn parse(text: &str) -> Result<StoredHash, HashError> {
+        if !text.starts_with('$') {
+            return Err(HashError::NotAHash);
+        }
+        let ident = text[1..].split('$').next().unwrap_or_default();
+        let scheme = match ident {
+            "argon2id" | "argon2i" | "argon2d" => Scheme::Argon2,
+            "pbkdf2-sha256" | "pbkdf2-sha512" => Scheme::Pbkdf2,
+            "scrypt" => Scheme::Scrypt,
+            "2a" | "2b" | "2y" => Scheme::Bcrypt,
+            other => return Err(HashError::UnsupportedScheme(other.to_owned())),
+        };
+        let well_formed = match scheme {
+            Scheme::Bcrypt => text.parse::<bcrypt::HashParts>().is_ok(),
+            _ => PasswordHash::new(text).is_ok_and(|h| h.hash.is_some() && h.salt.is_some()),
+        };
+        if !well_formed {
+            return Err(HashError::Malformed(scheme.name()));
+        }
+        Ok(StoredHash {
+            text: text.to_owned(),
+            scheme,
+        })
+    }
+
+    /// Whether `password` matches. Slow by design: call it off the async runtime.
+    pub fn verify(&self, password: &[u8]) -> bool {
+        match self.scheme {
+            Scheme::Bcrypt => bcrypt::verify(password, &self.text).unwrap_or(false),
+            scheme => {
+                let Ok(hash) = PasswordHash::new(&self.text) else {
+                    return false;
+                };
+                match scheme {
+                    Scheme::Argon2 => argon2::Argon2::default()
+                        .verify_password(password, &hash)
+                        .is_ok(),
+                    Scheme::Pbkdf2 => pbkdf2::Pbkdf2.verify_password(password, &hash).is_ok(),
+                    Scheme::Scrypt => scrypt::Scrypt.verify_password(password, &hash).is_ok(),
+                    Scheme::Bcrypt => unreachable!("handled above"),
+                }
+            }
+        }
+    }
+
+    /// The hash as written in the config.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+}
+
+impl Scheme {
+    fn name(self) -> &'static str {
+        match self {
+            Scheme::Argon2 => "argon2",
+            Scheme::Pbkdf2 => "pbkdf2",
+            Scheme::Scrypt => "scrypt",
+            Scheme::Bcrypt => "bcrypt",
+        }
+    }
+}
+
+impl fmt::Debug for StoredHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "StoredHash({})", self.scheme.name())
+    }
+}
+
+/// An argon2id PHC string of `password` with a random salt and the crate's
+/// defaults (m=19456 KiB, t=2, p=1: OWASP's recommended minimum).
+pub fn hash_argon2id(password: &[u8]) -> String {
+    let mut salt = [0u8; 16];
+    getrandom::getrandom(&mut salt).expect("the OS random number generator is available");
+    let salt = SaltString::encode_b64(&salt).expect("16 bytes is a valid salt length");
+    argon2::Argon2::default()
+        .hash_password(password, &salt)
+        .expect("default parameters are valid")
+        .to_string()
+}
+
+/// Verified in place of an unknown user's hash, so that an unknown user costs
+/// what a wrong password costs. An argon2id hash with `passwd`'s parameters of
+/// a random password that was thrown away.
+pub const DUMMY_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$bm90LWEtcmVhbC11c2Vy$0FDEr8HgkdCZPE7sWx71xLaH7o6bvm0b3fA7QCsdzCc";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn argon2id_from_passwd_verifies() {
+        let hash = StoredHash::parse(&hash_argon2id(b"secret0")).unwrap();
+        assert!(hash.verify(b"secret0"));
+        assert!(!hash.verify(b"secret1"));
+        assert!(hash.as_str().starts_with("$argon2id$v=19$m=19456,t=2,p=1$"));
+    }
+
+    #[test]
+    fn pbkdf2_sha256_and_sha512_verify() {
+        for algorithm in [
+            pbkdf2::Algorithm::Pbkdf2Sha256,
+            pbkdf2::Algorithm::Pbkdf2Sha512,
+        ] {
+            let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+            let params = pbkdf2::Params {
+                rounds: 1_000,
+                output_length: 32,
+            };
+            let phc = pbkdf2::Pbkdf2
+                .hash_password_customized(b"pw", Some(algorithm.ident()), None, params, &salt)
+                .unwrap()
+                .to_string();
+            let hash = StoredHash::parse(&phc).unwrap();
+            assert!(hash.verify(b"pw"), "{phc}");
+            assert!(!hash.verify(b"px"), "{phc}");
+        }
+    }
+
+    #[test]
+    fn scrypt_verifies() {
+        let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
+        let params = scrypt::Params::new(10, 8, 1, 32).unwrap();
+        let phc = scrypt::Scrypt
+            .hash_password_customized(b"pw", None, None, params, &salt)
+            .unwrap()
+            .to_string();
+        let hash = StoredHash::parse(&phc).unwrap();
+        assert!(hash.verify(b"pw") && !hash.verify(b"px"));
+    }
+
+    #[test]
+    fn bcrypt_verifies() {
+        let text = bcrypt::hash("pw", 4).unwrap();
+        let hash = StoredHash::parse(&text).unwrap();
+        assert!(hash.verify(b"pw") && !hash.verify(b"px"));
+    }
+
+    #[test]
+    fn plain_text_and_unknown_schemes_are_refused() {
+        assert_eq!(StoredHash::parse("secret0"), Err(HashError::NotAHash));
+        assert_eq!(StoredHash::parse(""), Err(HashError::NotAHash));
+        assert_eq!(
+            StoredHash::parse("$1$abc$def"),
+            Err(HashError::UnsupportedScheme("1".into()))
+        );
+        assert_eq!(
+            StoredHash::parse("$pbkdf2$i=1$abc$def"),
+            Err(HashError::UnsupportedScheme("pbkdf2".into()))
+        );
+        assert_eq!(
+            StoredHash::parse("$argon2id$v=19$garbage"),
+            Err(HashError::Malformed("argon2"))
+        );
+        assert_eq!(
+            StoredHash::parse("$2b$04$short"),
+            Err(HashError::Malformed("bcrypt"))
+        );
+    }
+
+    #[test]
+    fn the_dummy_hash_is_a_valid_argon2id_hash() {
+        let dummy = StoredHash::parse(DUMMY_HASH).unwrap();
+        assert!(!dummy.verify(b""));
+        assert!(!dummy.verify(b"secret0"));
+    }
+
+    #[test]
+    fn debug_output_hides_the_hash() {
+        let hash = StoredHash::parse(DUMMY_HASH).unwrap();
+        assert_eq!(format!("{hash:?}"), "StoredHash(argon2)");
+    }
+}

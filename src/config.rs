@@ -1,0 +1,344 @@
+//! The config of SPEC §5, users, rules and limits, read from TOML and
+//! validated into a [`Policy`] the service can use. A config that breaks a rule
+//! is refused whole, with a message that names the entry.
+
+use std::collections::HashSet;
+use std::path::Path;
+
+use serde::Deserialize;
+
+use crate::acl::{Acl, AuthMethod, Cidr, Effect, Glob, Rule, TopicFilter};
+use crate::auth::{StoredHash, Users};
+
+/// The default payload limit: AWS IoT Core's 128 KiB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 131_072;
+
+/// The config as written in TOML.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfigFile {
+    /// Who may authenticate with HTTP Basic.
+    #[serde(default)]
+    pub users: Vec<UserEntry>,
+    /// The ACL.
+    #[serde(default)]
+    pub rules: Vec<RuleEntry>,
+    /// Quotas and sizes.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// A `[[users]]` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserEntry {
+    /// The Basic user name.
+    pub username: String,
+    /// A PHC (or bcrypt) hash; never the password itself.
+    pub password_hash: String,
+}
+
+/// A `[[rules]]` entry, before validation.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleEntry {
+    /// Unique; smaller is checked first.
+    pub priority: i64,
+    /// `"allow"` or `"deny"`.
+    pub effect: EffectEntry,
+    /// MQTT filters, with `${username}` and `${client_id}`.
+    pub topics: Vec<String>,
+    /// Verified user names.
+    pub usernames: Option<Vec<String>>,
+    /// client_id globs.
+    pub client_ids: Option<Vec<String>>,
+    /// CIDR blocks.
+    pub source_ips: Option<Vec<String>>,
+    /// QoS values.
+    pub qos: Option<Vec<u8>>,
+    /// Only retained (true) or only non-retained (false) publishes.
+    pub retain: Option<bool>,
+    /// `"basic"` or `"certificate"`.
+    pub auth: Option<AuthEntry>,
+}
+
+/// `effect` as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EffectEntry {
+    /// `"allow"`.
+    Allow,
+    /// `"deny"`.
+    Deny,
+}
+
+/// `auth` as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthEntry {
+    /// `"basic"`.
+    Basic,
+    /// `"certificate"`.
+    Certificate,
+}
+
+/// `[limits]`: every field optional; quotas are off unless set.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Largest payload accepted; the backend's own limit applies too.
+    #[serde(default = "default_max_payload")]
+    pub max_payload_bytes: usize,
+    /// Quota of the whole instance, messages per second.
+    pub messages_per_second: Option<f64>,
+    /// Burst of the instance quota.
+    pub burst: Option<u32>,
+    /// Quota of each username or certificate CN.
+    pub user_messages_per_second: Option<f64>,
+    /// Burst of each user's quota.
+    pub user_burst: Option<u32>,
+}
+
+fn default_max_payload() -> usize {
+    DEFAULT_MAX_PAYLOAD_BYTES
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+            messages_per_second: None,
+            burst: None,
+            user_messages_per_second: None,
+            user_burst: None,
+        }
+    }
+}
+
+/// A config that was refused, with the entry at fault named in the message.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Not TOML, or not the config's shape.
+    #[error("{0}")]
+    Parse(String),
+    /// Parsed, but breaks a rule of the model.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A validated config, ready to answer requests.
+#[derive(Debug)]
+pub struct Policy {
+    /// Users by name.
+    pub users: Users,
+    /// The compiled ACL.
+    pub acl: Acl,
+    /// Quotas and sizes.
+    pub limits: Limits,
+}
+
+impl Policy {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Policy, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Policy::from_toml(&text)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Policy, ConfigError> {
+        let file: ConfigFile =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        Policy::from_file(file)
+    }
+
+    /// Validates a parsed config.
+    pub fn from_file(file: ConfigFile) -> Result<Policy, ConfigError> {
+        let mut users = Users::with_capacity(file.users.len());
+        for user in file.users {
+            if user.username.is_empty() {
+                return Err(ConfigError::Invalid("a user has an empty username".into()));
+            }
+            let hash = StoredHash::parse(&user.password_hash).map_err(|e| {
+                ConfigError::Invalid(format!("user {:?}: password_hash {e}", user.username))
+            })?;
+            if users.insert(user.username.clone(), hash).is_some() {
+                return Err(ConfigError::Invalid(format!(
+                    "user {:?} is defined twice",
+                    user.username
+                )));
+            }
+        }
+        let mut priorities = HashSet::new();
+        let mut rules = Vec::with_capacity(file.rules.len());
+        for entry in file.rules {
+            if !priorities.insert(entry.priority) {
+                return Err(ConfigError::Invalid(format!(
+                    "rule with priority {}: the priority is used by another rule (priorities must be unique)",
+                    entry.priority
+                )));
+            }
+            rules.push(validate_rule(entry)?);
+        }
+        check_limits(&file.limits)?;
+        Ok(Policy {
+            users,
+            acl: Acl::new(rules),
+            limits: file.limits,
+        })
+    }
+}
+
+fn validate_rule(entry: RuleEntry) -> Result<Rule, ConfigError> {
+    let at = |message: String| {
+        ConfigError::Invalid(format!("rule with priority {}: {message}", entry.priority))
+    };
+    if entry.topics.is_empty() {
+        return Err(at("topics is empty".into()));
+    }
+    let topics = entry
+        .topics
+        .iter()
+        .map(|t| TopicFilter::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(at)?;
+    let source_ips = entry
+        .source_ips
+        .as_ref()
+        .map(|ips| {
+            ips.iter()
+                .map(|s| s.parse::<Cidr>())
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()
+        .map_err(at)?;
+    if let Some(bad) = entry.qos.iter().flatten().find(|&&q| q > 2) {
+        return Err(at(format!("qos {bad} is not 0, 1 or 2")));
+    }
+    let usernames = entry.usernames.map(|mut names| {
+        names.sort();
+        names.dedup();
+        names
+    });
+    Ok(Rule {
+        priority: entry.priority,
+        effect: match entry.effect {
+            EffectEntry::Allow => Effect::Allow,
+            EffectEntry::Deny => Effect::Deny,
+        },
+        topics,
+        usernames,
+        client_ids: entry
+            .client_ids
+            .map(|globs| globs.iter().map(|g| Glob::new(g)).collect()),
+        source_ips,
+        qos: entry.qos,
+        retain: entry.retain,
+        auth: entry.auth.map(|a| match a {
+            AuthEntry::Basic => AuthMethod::Basic,
+            AuthEntry::Certificate => AuthMethod::Certificate,
+        }),
+    })
+}
+
+fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
+    let invalid = |m: &str| Err(ConfigError::Invalid(format!("[limits]: {m}")));
+    if limits.max_payload_bytes == 0 {
+        return invalid("max_payload_bytes must be positive");
+    }
+    for (name, rate) in [
+        ("messages_per_second", limits.messages_per_second),
+        ("user_messages_per_second", limits.user_messages_per_second),
+    ] {
+        if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
+            return invalid(&format!("{name} must be a positive number"));
+        }
+    }
+    for (name, burst) in [("burst", limits.burst), ("user_burst", limits.user_burst)] {
+        if burst == Some(0) {
+            return invalid(&format!("{name} must be positive"));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HASH: &str =
+        "$argon2id$v=19$m=19456,t=2,p=1$bm90LWEtcmVhbC11c2Vy$0FDEr8HgkdCZPE7sWx71xLaH7o6bvm0b3fA7QCsdzCc";
+
+    fn refused(toml: &str) -> String {
+        Policy::from_toml(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn the_example_config_loads() {
+        let policy = Policy::from_toml(include_str!("../config/example.toml")).unwrap();
+        assert!(policy.users.contains_key("user0"));
+        assert!(!policy.acl.rules().is_empty());
+    }
+
+    #[test]
+    fn a_plain_text_password_is_refused_naming_the_user() {
+        let e = refused("[[users]]\nusername = \"user0\"\npassword_hash = \"secret0\"\n");
+        assert!(
+            e.contains("user \"user0\"") && e.contains("plain-text"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn broken_rules_are_refused_naming_the_rule() {
+        let dup = "[[rules]]\npriority = 1\neffect = \"allow\"\ntopics = [\"a\"]\n\
+                   [[rules]]\npriority = 1\neffect = \"deny\"\ntopics = [\"b\"]\n";
+        assert!(refused(dup).contains("priority 1") && refused(dup).contains("unique"));
+        let hash = "[[rules]]\npriority = 5\neffect = \"allow\"\ntopics = [\"a/#/b\"]\n";
+        assert!(
+            refused(hash).contains("priority 5")
+                && refused(hash).contains("'#' must be the last level")
+        );
+        let cidr = "[[rules]]\npriority = 6\neffect = \"allow\"\ntopics = [\"a\"]\nsource_ips = [\"10.0.0.0/40\"]\n";
+        assert!(refused(cidr).contains("priority 6") && refused(cidr).contains("10.0.0.0/40"));
+        let qos = "[[rules]]\npriority = 7\neffect = \"allow\"\ntopics = [\"a\"]\nqos = [3]\n";
+        assert!(refused(qos).contains("qos 3"));
+        let empty = "[[rules]]\npriority = 8\neffect = \"allow\"\ntopics = []\n";
+        assert!(refused(empty).contains("topics is empty"));
+    }
+
+    #[test]
+    fn typos_and_bad_values_are_refused() {
+        assert!(
+            refused("[[rules]]\npriority = 1\neffect = \"permit\"\ntopics = [\"a\"]\n")
+                .contains("permit")
+        );
+        assert!(
+            refused("[[rules]]\npriority = 1\neffect = \"allow\"\ntopic = [\"a\"]\n")
+                .contains("topic")
+        );
+        assert!(refused("[limits]\nmessages_per_second = 0\n").contains("messages_per_second"));
+        assert!(refused(&format!(
+            "[[users]]\nusername = \"a\"\npassword_hash = \"{HASH}\"\n\
+                                  [[users]]\nusername = \"a\"\npassword_hash = \"{HASH}\"\n"
+        ))
+        .contains("defined twice"));
+    }
+
+    #[test]
+    fn limits_default_to_128_kib_and_no_quota() {
+        let p = Policy::from_toml("").unwrap();
+        assert_eq!(p.limits, Limits::default());
+        assert_eq!(p.limits.max_payload_bytes, 131_072);
+    }
+}

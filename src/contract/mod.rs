@@ -1,0 +1,277 @@
+//! The HTTP contract of SPEC §2–§4: what a request must look like, and what
+//! each answer is. Entry points (the Lambda event decoder, `serve`) turn their
+//! input into an [`HttpRequest`]; [`parse_request`] turns that into a
+//! [`PublishRequest`] or the 4xx that explains why not.
+
+pub mod basic;
+pub mod error;
+pub mod message_id;
+pub mod query;
+pub mod topic;
+
+use std::net::IpAddr;
+
+use bytes::Bytes;
+use http::{HeaderMap, Method};
+use percent_encoding::percent_decode;
+
+pub use self::error::ApiError;
+pub use self::message_id::MessageId;
+pub use self::query::{Properties, PublishOptions};
+pub use self::topic::{Topic, TopicLimits};
+
+/// The path as the entry point received it: the contract decodes it exactly once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestPath {
+    /// As the client sent it (`%2F`, `%25` still encoded): REST APIs, ALB, function URLs, `serve`.
+    Encoded(String),
+    /// Already percent-decoded by the carrier: API Gateway HTTP API's `rawPath`.
+    Decoded(String),
+}
+
+/// A client certificate that a TLS terminator (API Gateway, `serve`) verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCertificate {
+    /// The subject's Common Name, if the subject has one.
+    pub common_name: Option<String>,
+}
+
+/// The parts of an HTTP request the service reads, whatever carried it.
+#[derive(Debug, Clone)]
+pub struct HttpRequest {
+    /// The HTTP method; only POST publishes.
+    pub method: Method,
+    /// The path after any stage or base path was removed.
+    pub path: RequestPath,
+    /// Decoded query pairs in the order sent.
+    pub query: Vec<(String, String)>,
+    /// Request headers; `Authorization` is the one the service reads.
+    pub headers: HeaderMap,
+    /// The body: the MQTT payload, already undone from any transport encoding.
+    pub body: Bytes,
+    /// The caller's address, for `source_ips` rules.
+    pub source_ip: Option<IpAddr>,
+    /// A verified client certificate, when mutual TLS is on.
+    pub client_certificate: Option<ClientCertificate>,
+}
+
+/// What the backend accepts; the contract enforces it before publishing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BackendLimits {
+    /// Topic name limits.
+    pub topic: TopicLimits,
+    /// Largest payload in bytes.
+    pub max_payload_bytes: usize,
+    /// Highest QoS the backend delivers.
+    pub max_qos: u8,
+}
+
+/// A request that passed every check of the contract that needs no config.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishRequest {
+    /// Where to publish.
+    pub topic: Topic,
+    /// QoS, retain, identity hints and MQTT 5 properties.
+    pub options: PublishOptions,
+    /// The payload, unchanged.
+    pub payload: Bytes,
+}
+
+/// The only path prefix the API serves.
+const TOPICS_PREFIX: &[u8] = b"/topics/";
+
+/// Checks method, path, query and payload. `max_payload_bytes` is the
+/// smaller of the config's limit and the backend's.
+pub fn parse_request(
+    request: &HttpRequest,
+    limits: BackendLimits,
+    max_payload_bytes: usize,
+) -> Result<PublishRequest, ApiError> {
+    if request.method != Method::POST {
+        return Err(ApiError::MethodNotAllowed);
+    }
+    let topic = parse_topic(&request.path, limits.topic)?;
+    let options = query::parse_options(&request.query, limits.max_qos, limits.topic)?;
+    if request.body.len() > max_payload_bytes {
+        return Err(ApiError::PayloadTooLarge {
+            max: max_payload_bytes,
+        });
+    }
+    if options.properties.payload_format_indicator == Some(1)
+        && std::str::from_utf8(&request.body).is_err()
+    {
+        return Err(ApiError::bad_request(
+            "invalid_payload",
+            "PayloadFormatIndicator=1 declares a UTF-8 payload, but the body is not valid UTF-8",
+        ));
+    }
+    Ok(PublishRequest {
+        topic,
+        options,
+        payload: request.body.clone(),
+    })
+}
+
+/// `/topics/{topic}` → the topic, decoded exactly once: `%2F` and `/` both separate levels.
+pub fn parse_topic(path: &RequestPath, limits: TopicLimits) -> Result<Topic, ApiError> {
+    let decoded: Vec<u8> = match path {
+        RequestPath::Encoded(raw) => percent_decode(raw.as_bytes()).collect(),
+        RequestPath::Decoded(text) => text.as_bytes().to_vec(),
+    };
+    let Some(name) = decoded.strip_prefix(TOPICS_PREFIX) else {
+        return Err(ApiError::bad_request(
+            "invalid_path",
+            "the path must be /topics/{url-encoded-topic}",
+        ));
+    };
+    Topic::parse(name.to_vec(), limits)
+        .map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: BackendLimits = BackendLimits {
+        topic: TopicLimits {
+            max_bytes: 256,
+            max_slashes: Some(7),
+        },
+        max_payload_bytes: 131_072,
+        max_qos: 1,
+    };
+
+    fn request(method: Method, path: RequestPath, body: &'static [u8]) -> HttpRequest {
+        HttpRequest {
+            method,
+            path,
+            query: Vec::new(),
+            headers: HeaderMap::new(),
+            body: Bytes::from_static(body),
+            source_ip: None,
+            client_certificate: None,
+        }
+    }
+
+    fn topic(path: RequestPath) -> Result<String, &'static str> {
+        parse_topic(&path, LIMITS.topic)
+            .map(|t| t.as_str().to_owned())
+            .map_err(|e| e.code())
+    }
+
+    #[test]
+    fn encoded_paths_are_decoded_once() {
+        assert_eq!(
+            topic(RequestPath::Encoded("/topics/a%2Fb/c".into())),
+            Ok("a/b/c".into())
+        );
+        assert_eq!(
+            topic(RequestPath::Encoded("/topics/%2541".into())),
+            Ok("%41".into())
+        );
+        assert_eq!(
+            topic(RequestPath::Encoded("/topics/a%20b".into())),
+            Ok("a b".into())
+        );
+        assert_eq!(
+            topic(RequestPath::Encoded("/topics/caf%C3%A9".into())),
+            Ok("café".into())
+        );
+    }
+
+    #[test]
+    fn decoded_paths_are_not_decoded_again() {
+        assert_eq!(
+            topic(RequestPath::Decoded("/topics/%41".into())),
+            Ok("%41".into())
+        );
+        assert_eq!(
+            topic(RequestPath::Decoded("/topics/a b".into())),
+            Ok("a b".into())
+        );
+    }
+
+    #[test]
+    fn wrong_paths_and_topics_are_400() {
+        for p in [
+            "/",
+            "/topics",
+            "/topics/",
+            "/topic/home",
+            "/v1/topics/home",
+            "/TOPICS/home",
+        ] {
+            let want = if p == "/topics/" {
+                "invalid_topic"
+            } else {
+                "invalid_path"
+            };
+            assert_eq!(topic(RequestPath::Encoded(p.into())), Err(want), "{p}");
+        }
+        assert_eq!(
+            topic(RequestPath::Encoded("/topics/a%2B".into())),
+            Err("invalid_topic")
+        );
+        assert_eq!(
+            topic(RequestPath::Encoded("/topics/%23".into())),
+            Err("invalid_topic")
+        );
+        assert_eq!(
+            topic(RequestPath::Encoded("/topics/a%00".into())),
+            Err("invalid_topic")
+        );
+        assert_eq!(
+            topic(RequestPath::Encoded("/topics/%FF".into())),
+            Err("invalid_topic")
+        );
+    }
+
+    #[test]
+    fn only_post_publishes() {
+        for m in [Method::GET, Method::PUT, Method::DELETE, Method::OPTIONS] {
+            let r = request(m, RequestPath::Encoded("/topics/home".into()), b"");
+            assert_eq!(
+                parse_request(&r, LIMITS, 10),
+                Err(ApiError::MethodNotAllowed)
+            );
+        }
+    }
+
+    #[test]
+    fn payload_limit_and_utf8_declaration_are_enforced() {
+        let r = request(
+            Method::POST,
+            RequestPath::Encoded("/topics/home".into()),
+            b"12345",
+        );
+        assert!(parse_request(&r, LIMITS, 5).is_ok());
+        assert_eq!(
+            parse_request(&r, LIMITS, 4),
+            Err(ApiError::PayloadTooLarge { max: 4 })
+        );
+        let mut r = request(
+            Method::POST,
+            RequestPath::Encoded("/topics/home".into()),
+            b"\xff\xfe",
+        );
+        assert!(
+            parse_request(&r, LIMITS, 10).is_ok(),
+            "bytes are fine without the indicator"
+        );
+        r.query = vec![("PayloadFormatIndicator".into(), "1".into())];
+        assert_eq!(
+            parse_request(&r, LIMITS, 10).unwrap_err().code(),
+            "invalid_payload"
+        );
+    }
+
+    #[test]
+    fn an_empty_body_is_a_message() {
+        let r = request(
+            Method::POST,
+            RequestPath::Encoded("/topics/home".into()),
+            b"",
+        );
+        assert!(parse_request(&r, LIMITS, 10).unwrap().payload.is_empty());
+    }
+}

@@ -1,0 +1,458 @@
+//! The query string: QoS, retain, identity hints and MQTT 5 properties.
+//!
+//! Names match case-insensitively (`qos`, `QoS`); unknown names are ignored; a
+//! name given twice with different values is refused, as is `retained`
+//! disagreeing with its AWS IoT spelling `retain`.
+
+use std::collections::BTreeMap;
+
+use bytes::Bytes;
+use percent_encoding::percent_decode;
+
+use super::error::ApiError;
+use super::topic::{Topic, TopicLimits};
+
+/// The MQTT 5 publish properties a caller may set.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Properties {
+    /// 0: unspecified bytes, 1: UTF-8 text (then the payload must be UTF-8).
+    pub payload_format_indicator: Option<u8>,
+    /// Seconds the broker keeps the message for subscribers not yet served.
+    pub message_expiry_interval: Option<u32>,
+    /// MIME type of the payload.
+    pub content_type: Option<String>,
+    /// Topic a responder should answer on.
+    pub response_topic: Option<String>,
+    /// Opaque bytes that tie a response to its request.
+    pub correlation_data: Option<Bytes>,
+    /// Key/value pairs in the order of their `N`; keys may repeat.
+    pub user_properties: Vec<(String, String)>,
+}
+
+/// Everything the query says about one publish.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishOptions {
+    /// MQTT QoS; 1 unless given.
+    pub qos: u8,
+    /// Publish as the topic's retained message.
+    pub retain: bool,
+    /// The caller's `client_id`, checked for form but not yet for identity.
+    pub client_id: Option<String>,
+    /// The caller's `username`; a Basic header's name takes precedence.
+    pub username: Option<String>,
+    /// MQTT 5 properties, passed through to the backend.
+    pub properties: Properties,
+}
+
+/// Longest `client_id` accepted, in characters.
+pub const MAX_CLIENT_ID_LEN: usize = 128;
+
+/// Whether `id` is a client_id we accept: 1–128 of `[A-Za-z0-9_.:@-]`.
+pub fn is_valid_client_id(id: &str) -> bool {
+    (1..=MAX_CLIENT_ID_LEN).contains(&id.len())
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
+}
+
+/// Decodes one `application/x-www-form-urlencoded` component: `+` is a space and
+/// `%XX` a byte, as browsers, `curl --data-urlencode` and Python's `urlencode` send it.
+pub fn decode_component(raw: &str) -> Result<String, ApiError> {
+    let spaced = raw.replace('+', " ");
+    percent_decode(spaced.as_bytes())
+        .decode_utf8()
+        .map(|s| s.into_owned())
+        .map_err(|_| {
+            ApiError::bad_request(
+                "invalid_query",
+                format!("query component {raw:?} does not decode to UTF-8"),
+            )
+        })
+}
+
+/// Splits and decodes a raw query string (`a=1&b=2`) into name/value pairs, in order.
+pub fn decode_query(raw: &str) -> Result<Vec<(String, String)>, ApiError> {
+    raw.split('&')
+        .filter(|part| !part.is_empty())
+        .map(|part| {
+            let (name, value) = part.split_once('=').unwrap_or((part, ""));
+            Ok((decode_component(name)?, decode_component(value)?))
+        })
+        .collect()
+}
+
+/// One user property's halves as the query gives them.
+#[derive(Default)]
+struct UserPropSlot {
+    key: Option<String>,
+    value: Option<String>,
+}
+
+/// Parses decoded query pairs. `max_qos` and `topic_limits` are the backend's.
+pub fn parse_options(
+    pairs: &[(String, String)],
+    max_qos: u8,
+    topic_limits: TopicLimits,
+) -> Result<PublishOptions, ApiError> {
+    let mut scalars: BTreeMap<&'static str, &str> = BTreeMap::new();
+    let mut user_props: BTreeMap<u32, UserPropSlot> = BTreeMap::new();
+
+    for (name, value) in pairs {
+        let lower = name.to_ascii_lowercase();
+        if let Some(rest) = lower.strip_prefix("userprop.") {
+            let (index, half) = parse_user_prop_name(name, rest)?;
+            let slot = user_props.entry(index).or_default();
+            let field = if half == Half::Key {
+                &mut slot.key
+            } else {
+                &mut slot.value
+            };
+            match field {
+                Some(existing) if existing != value => {
+                    return Err(ApiError::bad_request(
+                        "conflicting_parameter",
+                        format!("{name} is given twice with different values"),
+                    ))
+                }
+                _ => *field = Some(value.clone()),
+            }
+            continue;
+        }
+        let Some(canonical) = canonical_name(&lower) else {
+            continue;
+        };
+        match scalars.get(canonical) {
+            Some(existing) if existing != value => {
+                return Err(ApiError::bad_request(
+                    "conflicting_parameter",
+                    format!("{canonical} is given more than once with different values"),
+                ))
+            }
+            _ => {
+                scalars.insert(canonical, value);
+            }
+        }
+    }
+
+    let qos = match scalars.get("qos") {
+        None => 1,
+        Some(&v) => match v {
+            "0" => 0,
+            "1" => 1,
+            "2" if max_qos >= 2 => 2,
+            _ => {
+                let allowed = if max_qos >= 2 { "0, 1 or 2" } else { "0 or 1" };
+                return Err(ApiError::bad_request(
+                    "invalid_qos",
+                    format!("qos must be {allowed}, not {v:?}"),
+                ));
+            }
+        },
+    };
+    let retain = match scalars.get("retained") {
+        None => false,
+        Some(v) if v.eq_ignore_ascii_case("true") => true,
+        Some(v) if v.eq_ignore_ascii_case("false") => false,
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                "invalid_retained",
+                format!("retained must be true or false, not {v:?}"),
+            ))
+        }
+    };
+    let client_id = match scalars.get("client_id") {
+        None => None,
+        Some(&v) if is_valid_client_id(v) => Some(v.to_owned()),
+        Some(&v) => {
+            return Err(ApiError::bad_request(
+                "invalid_client_id",
+                format!(
+                    "client_id must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, not {v:?}"
+                ),
+            ))
+        }
+    };
+    let username = scalars.get("username").map(|&v| v.to_owned());
+
+    let payload_format_indicator = match scalars.get("payloadformatindicator") {
+        None => None,
+        Some(&"0") => Some(0),
+        Some(&"1") => Some(1),
+        Some(v) => {
+            return Err(ApiError::bad_request(
+                "invalid_payload_format_indicator",
+                format!("PayloadFormatIndicator must be 0 or 1, not {v:?}"),
+            ))
+        }
+    };
+    let message_expiry_interval = match scalars.get("messageexpiryinterval") {
+        None => None,
+        Some(v) => Some(
+            v.parse::<u32>()
+                .ok()
+                .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
+                .ok_or_else(|| {
+                    ApiError::bad_request(
+                "invalid_message_expiry_interval",
+                format!("MessageExpiryInterval must be an integer from 0 to 4294967295, not {v:?}"),
+            )
+                })?,
+        ),
+    };
+    let response_topic = match scalars.get("responsetopic") {
+        None => None,
+        Some(&v) => {
+            Topic::check(v, topic_limits).map_err(|e| {
+                ApiError::bad_request(
+                    "invalid_response_topic",
+                    format!("ResponseTopic is not a valid topic name: {e}"),
+                )
+            })?;
+            Some(v.to_owned())
+        }
+    };
+    let content_type = scalars.get("contenttype").map(|&v| v.to_owned());
+    let correlation_data = scalars
+        .get("correlationdata")
+        .map(|&v| Bytes::copy_from_slice(v.as_bytes()));
+
+    let user_properties = user_props
+        .into_iter()
+        .map(|(n, slot)| match (slot.key, slot.value) {
+            (Some(k), Some(v)) => Ok((k, v)),
+            (Some(_), None) => Err(ApiError::bad_request(
+                "invalid_user_property",
+                format!("UserProp.{n}.Key has no UserProp.{n}.Value"),
+            )),
+            _ => Err(ApiError::bad_request(
+                "invalid_user_property",
+                format!("UserProp.{n}.Value has no UserProp.{n}.Key"),
+            )),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(PublishOptions {
+        qos,
+        retain,
+        client_id,
+        username,
+        properties: Properties {
+            payload_format_indicator,
+            message_expiry_interval,
+            content_type,
+            response_topic,
+            correlation_data,
+            user_properties,
+        },
+    })
+}
+
+/// The parameters we read, under one name each (`retain` is AWS IoT's `retained`).
+fn canonical_name(lower: &str) -> Option<&'static str> {
+    Some(match lower {
+        "qos" => "qos",
+        "retained" | "retain" => "retained",
+        "client_id" => "client_id",
+        "username" => "username",
+        "responsetopic" => "responsetopic",
+        "correlationdata" => "correlationdata",
+        "contenttype" => "contenttype",
+        "payloadformatindicator" => "payloadformatindicator",
+        "messageexpiryinterval" => "messageexpiryinterval",
+        _ => return None,
+    })
+}
+
+#[derive(PartialEq, Eq)]
+enum Half {
+    Key,
+    Value,
+}
+
+/// `N.key` or `N.value` (already lower-cased) with N a positive integer.
+fn parse_user_prop_name(original: &str, rest: &str) -> Result<(u32, Half), ApiError> {
+    let invalid = || {
+        ApiError::bad_request(
+            "invalid_user_property",
+            format!(
+                "{original:?} is not UserProp.N.Key or UserProp.N.Value with N a positive integer"
+            ),
+        )
+    };
+    let (n, half) = rest.split_once('.').ok_or_else(invalid)?;
+    let half = match half {
+        "key" => Half::Key,
+        "value" => Half::Value,
+        _ => return Err(invalid()),
+    };
+    if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid());
+    }
+    let n: u32 = n.parse().map_err(|_| invalid())?;
+    if n == 0 {
+        return Err(invalid());
+    }
+    Ok((n, half))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const LIMITS: TopicLimits = TopicLimits {
+        max_bytes: 256,
+        max_slashes: Some(7),
+    };
+
+    fn parse(query: &str) -> Result<PublishOptions, ApiError> {
+        parse_options(&decode_query(query).unwrap(), 1, LIMITS)
+    }
+
+    fn code(query: &str) -> &'static str {
+        parse(query).unwrap_err().code()
+    }
+
+    #[test]
+    fn defaults_are_qos_1_not_retained() {
+        let o = parse("").unwrap();
+        assert_eq!(
+            (o.qos, o.retain, o.client_id, o.username),
+            (1, false, None, None)
+        );
+        assert_eq!(o.properties, Properties::default());
+    }
+
+    #[test]
+    fn the_product_page_query_parses() {
+        let o = parse("qos=1&client_id=curl-x&retained=true&username=sample-user").unwrap();
+        assert_eq!((o.qos, o.retain), (1, true));
+        assert_eq!(o.client_id.as_deref(), Some("curl-x"));
+        assert_eq!(o.username.as_deref(), Some("sample-user"));
+    }
+
+    #[test]
+    fn names_are_case_insensitive_and_unknown_names_ignored() {
+        let o = parse("QoS=0&RETAIN=TRUE&Client_ID=a&foo=bar&contenttype=text%2Fplain").unwrap();
+        assert_eq!(
+            (o.qos, o.retain, o.client_id.as_deref()),
+            (0, true, Some("a"))
+        );
+        assert_eq!(o.properties.content_type.as_deref(), Some("text/plain"));
+    }
+
+    #[test]
+    fn illegal_qos_and_retained_are_400() {
+        for q in ["qos=2", "qos=3", "qos=", "qos=01", "qos=-1", "qos=one"] {
+            assert_eq!(code(q), "invalid_qos", "{q}");
+        }
+        assert_eq!(
+            parse_options(&decode_query("qos=2").unwrap(), 2, LIMITS)
+                .unwrap()
+                .qos,
+            2
+        );
+        for q in ["retained=yes", "retained=1", "retained=", "retain=maybe"] {
+            assert_eq!(code(q), "invalid_retained", "{q}");
+        }
+    }
+
+    #[test]
+    fn repeated_parameters_must_agree() {
+        assert_eq!(parse("qos=1&qos=1").unwrap().qos, 1);
+        assert_eq!(code("qos=1&QOS=0"), "conflicting_parameter");
+        assert_eq!(code("retained=true&retain=false"), "conflicting_parameter");
+        assert!(parse("retained=true&retain=true").unwrap().retain);
+    }
+
+    #[test]
+    fn client_id_charset_and_length_are_checked() {
+        assert!(parse("client_id=a.b:c@d-e_f").is_ok());
+        assert!(parse(&format!("client_id={}", "x".repeat(128))).is_ok());
+        assert_eq!(
+            code(&format!("client_id={}", "x".repeat(129))),
+            "invalid_client_id"
+        );
+        assert_eq!(code("client_id="), "invalid_client_id");
+        assert_eq!(code("client_id=a%20b"), "invalid_client_id");
+        assert_eq!(code("client_id=a/b"), "invalid_client_id");
+    }
+
+    #[test]
+    fn every_mqtt5_property_is_read() {
+        let o = parse(
+            "ResponseTopic=sample%2Fresponse%2Ftopic&CorrelationData=SN0001&ContentType=application%2Fjson\
+             &PayloadFormatIndicator=1&MessageExpiryInterval=3600\
+             &UserProp.2.Key=b&UserProp.1.Value=v1&UserProp.1.Key=a&UserProp.2.Value=v2&UserProp.10.Key=a&UserProp.10.Value=v3",
+        )
+        .unwrap();
+        let p = o.properties;
+        assert_eq!(p.response_topic.as_deref(), Some("sample/response/topic"));
+        assert_eq!(p.correlation_data.as_deref(), Some(&b"SN0001"[..]));
+        assert_eq!(p.content_type.as_deref(), Some("application/json"));
+        assert_eq!(p.payload_format_indicator, Some(1));
+        assert_eq!(p.message_expiry_interval, Some(3600));
+        let props: Vec<(&str, &str)> = p
+            .user_properties
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            props,
+            [("a", "v1"), ("b", "v2"), ("a", "v3")],
+            "order of N, repeated keys kept"
+        );
+    }
+
+    #[test]
+    fn property_values_are_checked() {
+        assert_eq!(
+            parse("MessageExpiryInterval=4294967295")
+                .unwrap()
+                .properties
+                .message_expiry_interval,
+            Some(u32::MAX)
+        );
+        for q in [
+            "MessageExpiryInterval=4294967296",
+            "MessageExpiryInterval=-1",
+            "MessageExpiryInterval=+5",
+        ] {
+            assert_eq!(code(q), "invalid_message_expiry_interval", "{q}");
+        }
+        assert_eq!(
+            code("PayloadFormatIndicator=2"),
+            "invalid_payload_format_indicator"
+        );
+        assert_eq!(code("ResponseTopic=a%2F%2B"), "invalid_response_topic");
+        assert_eq!(code("ResponseTopic="), "invalid_response_topic");
+    }
+
+    #[test]
+    fn user_properties_need_both_halves_and_a_positive_index() {
+        assert_eq!(code("UserProp.1.Key=a"), "invalid_user_property");
+        assert_eq!(code("UserProp.1.Value=a"), "invalid_user_property");
+        assert_eq!(
+            code("UserProp.0.Key=a&UserProp.0.Value=b"),
+            "invalid_user_property"
+        );
+        assert_eq!(code("UserProp.x.Key=a"), "invalid_user_property");
+        assert_eq!(code("UserProp.1.Name=a"), "invalid_user_property");
+        assert_eq!(
+            code("UserProp.1.Key=a&UserProp.1.Key=b&UserProp.1.Value=c"),
+            "conflicting_parameter"
+        );
+    }
+
+    #[test]
+    fn form_decoding_turns_plus_into_space_and_keeps_encoded_plus() {
+        assert_eq!(
+            decode_query("a=hello+world&b=1%2B1&c").unwrap(),
+            [
+                ("a".to_owned(), "hello world".to_owned()),
+                ("b".to_owned(), "1+1".to_owned()),
+                ("c".to_owned(), String::new()),
+            ]
+        );
+        assert_eq!(decode_query("a=%ff").unwrap_err().code(), "invalid_query");
+    }
+}

@@ -1,0 +1,449 @@
+//! Lambda HTTP events in, Lambda HTTP responses out.
+//!
+//! We decode the four event shapes ourselves rather than through
+//! `lambda_http::Request`, because its conversion loses what the contract
+//! needs: it rebuilds the URI through `Url::parse` (so decoding `uri().path()`
+//! of an HTTP API event decodes twice), percent-decodes an ALB query string
+//! before splitting it (so `%26` in a value splits the pair), and has no field
+//! for a REST API's `requestContext.identity.clientCert`. One parse of one
+//! small struct reads every shape, and each source's path keeps its encoding:
+//!
+//! | source | path | query | client certificate |
+//! |---|---|---|---|
+//! | HTTP API (2.0) | `rawPath`, already decoded | `rawQueryString`, encoded | `requestContext.authentication.clientCert` |
+//! | function URL (2.0, `*.lambda-url.*`) | `rawPath`, encoded | `rawQueryString`, encoded | — |
+//! | REST API (1.0) | `path`, encoded, no stage | `multiValueQueryStringParameters`, decoded | `requestContext.identity.clientCert` |
+//! | ALB | `path`, encoded | `(multiValue)QueryStringParameters`, encoded | — |
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::contract::query::{decode_component, decode_query};
+use crate::contract::{ApiError, ClientCertificate, HttpRequest, RequestPath};
+
+/// Which service sent the event; the response must take its shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// API Gateway HTTP API, payload format 2.0.
+    HttpApi,
+    /// A Lambda function URL (payload format 2.0, path not decoded).
+    FunctionUrl,
+    /// API Gateway REST API, payload format 1.0.
+    RestApi,
+    /// Application Load Balancer; `multi_value` when the target group uses multi-value headers.
+    Alb {
+        /// Answer with `multiValueHeaders`.
+        multi_value: bool,
+    },
+}
+
+/// The union of the fields we read from any of the four shapes.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Event {
+    version: Option<String>,
+    raw_path: Option<String>,
+    raw_query_string: Option<String>,
+    http_method: Option<String>,
+    path: Option<String>,
+    query_string_parameters: Option<HashMap<String, String>>,
+    multi_value_query_string_parameters: Option<HashMap<String, Vec<String>>>,
+    headers: Option<HashMap<String, String>>,
+    multi_value_headers: Option<HashMap<String, Vec<String>>>,
+    body: Option<String>,
+    #[serde(default)]
+    is_base64_encoded: bool,
+    request_context: Option<Context>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Context {
+    http: Option<HttpContext>,
+    domain_name: Option<String>,
+    stage: Option<String>,
+    authentication: Option<Authentication>,
+    identity: Option<Identity>,
+    elb: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct HttpContext {
+    method: Option<String>,
+    source_ip: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Authentication {
+    client_cert: Option<ClientCert>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Identity {
+    source_ip: Option<String>,
+    client_cert: Option<ClientCert>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct ClientCert {
+    #[serde(rename = "subjectDN")]
+    subject_dn: Option<String>,
+}
+
+/// Why an event is not an HTTP request we can answer.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    /// Not JSON, or not an object of the expected field types.
+    #[error("the event is not valid JSON of an HTTP event: {0}")]
+    Json(#[from] serde_json::Error),
+    /// JSON, but from none of API Gateway, ALB or a function URL.
+    #[error("the event is not from API Gateway, an ALB or a function URL")]
+    NotHttp,
+}
+
+/// Decodes a raw event: what the fuzz target and the tests drive.
+pub fn decode(
+    bytes: &[u8],
+    base_path: Option<&str>,
+) -> Result<(Result<HttpRequest, ApiError>, Origin), DecodeError> {
+    let event: Event = serde_json::from_slice(bytes)?;
+    decode_event(event, base_path)
+}
+
+/// Turns an event into the contract's request. The outer error means the event
+/// is no HTTP request at all; the inner one is a 400 to answer in the event's shape.
+pub fn decode_event(
+    event: Event,
+    base_path: Option<&str>,
+) -> Result<(Result<HttpRequest, ApiError>, Origin), DecodeError> {
+    let context = event.request_context.unwrap_or_default();
+    let origin = if context.elb.is_some() {
+        Origin::Alb {
+            multi_value: event.multi_value_headers.is_some(),
+        }
+    } else if event.version.as_deref() == Some("2.0") || context.http.is_some() {
+        if context
+            .domain_name
+            .as_deref()
+            .is_some_and(|d| d.contains(".lambda-url."))
+        {
+            Origin::FunctionUrl
+        } else {
+            Origin::HttpApi
+        }
+    } else if event.http_method.is_some() {
+        Origin::RestApi
+    } else {
+        return Err(DecodeError::NotHttp);
+    };
+
+    let method = match origin {
+        Origin::HttpApi | Origin::FunctionUrl => {
+            context.http.as_ref().and_then(|h| h.method.clone())
+        }
+        _ => event.http_method,
+    }
+    .ok_or(DecodeError::NotHttp)?;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| DecodeError::NotHttp)?;
+
+    let request = (|| {
+        let raw_path = match origin {
+            Origin::HttpApi | Origin::FunctionUrl => event.raw_path,
+            _ => event.path,
+        }
+        .unwrap_or_default();
+        let stage = context.stage.as_deref().filter(|s| *s != "$default");
+        let path = strip_prefixes(&raw_path, stage, base_path).to_owned();
+        let path = if origin == Origin::HttpApi {
+            RequestPath::Decoded(path)
+        } else {
+            RequestPath::Encoded(path)
+        };
+
+        let query = match origin {
+            Origin::HttpApi | Origin::FunctionUrl => {
+                decode_query(event.raw_query_string.as_deref().unwrap_or(""))?
+            }
+            Origin::RestApi => flatten(
+                event.multi_value_query_string_parameters,
+                event.query_string_parameters,
+            ),
+            Origin::Alb { .. } => flatten(
+                event.multi_value_query_string_parameters,
+                event.query_string_parameters,
+            )
+            .into_iter()
+            .map(|(k, v)| Ok((decode_component(&k)?, decode_component(&v)?)))
+            .collect::<Result<_, ApiError>>()?,
+        };
+
+        let headers = header_map(event.multi_value_headers, event.headers);
+        let body = match event.body {
+            None => Bytes::new(),
+            Some(text) if event.is_base64_encoded => Bytes::from(
+                base64::engine::general_purpose::STANDARD
+                    .decode(text.as_bytes())
+                    .map_err(|_| {
+                        ApiError::bad_request(
+                            "invalid_body",
+                            "the body is marked base64 but is not",
+                        )
+                    })?,
+            ),
+            Some(text) => Bytes::from(text),
+        };
+
+        let source_ip = match origin {
+            Origin::HttpApi | Origin::FunctionUrl => {
+                context.http.as_ref().and_then(|h| h.source_ip.as_deref())
+            }
+            Origin::RestApi => context
+                .identity
+                .as_ref()
+                .and_then(|i| i.source_ip.as_deref()),
+            // The ALB appends the address it saw to X-Forwarded-For: the last entry is the one to trust.
+            Origin::Alb { .. } => headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.rsplit(',').next())
+                .map(str::trim),
+        }
+        .and_then(|ip| ip.parse::<IpAddr>().ok());
+
+        let cert = match origin {
+            Origin::HttpApi => context.authentication.and_then(|a| a.client_cert),
+            Origin::RestApi => context.identity.and_then(|i| i.client_cert),
+            _ => None,
+        };
+        let client_certificate = cert.map(|c| ClientCertificate {
+            common_name: c.subject_dn.as_deref().and_then(common_name),
+        });
+
+        Ok(HttpRequest {
+            method,
+            path,
+            query,
+            headers,
+            body,
+            source_ip,
+            client_certificate,
+        })
+    })();
+    Ok((request, origin))
+}
+
+/// Removes a named stage (`/prod`) and then a configured base path (`/mqtt`), each only when it is a whole segment.
+fn strip_prefixes<'a>(path: &'a str, stage: Option<&str>, base_path: Option<&str>) -> &'a str {
+    let strip = |p: &'a str, prefix: Option<&str>| -> &'a str {
+        let Some(prefix) = prefix
+            .map(|s| s.trim_matches('/'))
+            .filter(|s| !s.is_empty())
+        else {
+            return p;
+        };
+        match p
+            .strip_prefix('/')
+            .and_then(|rest| rest.strip_prefix(prefix))
+        {
+            Some(rest) if rest.starts_with('/') => rest,
+            _ => p,
+        }
+    };
+    strip(strip(path, stage), base_path)
+}
+
+/// Multi-value pairs when present (they hold every repeat), else the single-value map.
+fn flatten(
+    multi: Option<HashMap<String, Vec<String>>>,
+    single: Option<HashMap<String, String>>,
+) -> Vec<(String, String)> {
+    match multi.filter(|m| !m.is_empty()) {
+        Some(multi) => multi
+            .into_iter()
+            .flat_map(|(k, vs)| vs.into_iter().map(move |v| (k.clone(), v)))
+            .collect(),
+        None => single.unwrap_or_default().into_iter().collect(),
+    }
+}
+
+fn header_map(
+    multi: Option<HashMap<String, Vec<String>>>,
+    single: Option<HashMap<String, String>>,
+) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for (name, value) in flatten(multi, single) {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(&value),
+        ) {
+            headers.append(name, value);
+        }
+    }
+    headers
+}
+
+/// The first `CN` of an RFC 4514 / RFC 2253 distinguished name, unescaped.
+/// API Gateway writes the subject as `CN=device-7,O=Example,C=US`.
+pub fn common_name(dn: &str) -> Option<String> {
+    let mut attributes = Vec::new();
+    let mut current = String::new();
+    let mut chars = dn.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => {
+                current.push(c);
+                if let Some(next) = chars.next() {
+                    current.push(next);
+                }
+            }
+            ',' | '+' | ';' => attributes.push(std::mem::take(&mut current)),
+            _ => current.push(c),
+        }
+    }
+    attributes.push(current);
+    attributes.iter().find_map(|attribute| {
+        let (kind, value) = attribute.split_once('=')?;
+        let kind = kind.trim();
+        (kind.eq_ignore_ascii_case("CN") || kind == "2.5.4.3")
+            .then(|| unescape_dn_value(value.trim()))?
+    })
+}
+
+fn unescape_dn_value(value: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(value.len());
+    let raw = value.as_bytes();
+    let mut i = 0;
+    while i < raw.len() {
+        if raw[i] == b'\\' && i + 1 < raw.len() {
+            let hex = raw
+                .get(i + 1..i + 3)
+                .and_then(|h| std::str::from_utf8(h).ok())
+                .and_then(|h| u8::from_str_radix(h, 16).ok());
+            match hex {
+                Some(byte) => {
+                    bytes.push(byte);
+                    i += 3;
+                }
+                None => {
+                    bytes.push(raw[i + 1]);
+                    i += 2;
+                }
+            }
+        } else {
+            bytes.push(raw[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(bytes).ok().filter(|s| !s.is_empty())
+}
+
+/// A response in the shape the event's origin expects.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LambdaResponse {
+    status_code: u16,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_description: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    headers: Option<HashMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    multi_value_headers: Option<HashMap<String, Vec<String>>>,
+    body: String,
+    is_base64_encoded: bool,
+}
+
+/// Encodes the service's answer for `origin`.
+pub fn encode(origin: Origin, response: Response<Bytes>) -> LambdaResponse {
+    let (parts, body) = response.into_parts();
+    let (body, is_base64_encoded) = match String::from_utf8(body.to_vec()) {
+        Ok(text) => (text, false),
+        Err(_) => (
+            base64::engine::general_purpose::STANDARD.encode(&body),
+            true,
+        ),
+    };
+    let pairs = parts
+        .headers
+        .iter()
+        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())));
+    let status = parts.status;
+    let (headers, multi_value_headers) = match origin {
+        Origin::Alb { multi_value: true } => {
+            (None, Some(pairs.map(|(n, v)| (n, vec![v])).collect()))
+        }
+        _ => (Some(pairs.collect()), None),
+    };
+    LambdaResponse {
+        status_code: status.as_u16(),
+        status_description: matches!(origin, Origin::Alb { .. }).then(|| {
+            format!(
+                "{} {}",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            )
+        }),
+        headers,
+        multi_value_headers,
+        body,
+        is_base64_encoded,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn common_names_are_read_from_either_order_and_unescaped() {
+        assert_eq!(
+            common_name("CN=device-7,O=Example,C=US").as_deref(),
+            Some("device-7")
+        );
+        assert_eq!(
+            common_name("C=US,O=Example Corp,CN=curl001").as_deref(),
+            Some("curl001")
+        );
+        assert_eq!(common_name("cn = spaced , o=x").as_deref(), Some("spaced"));
+        assert_eq!(common_name(r"O=a\,b,CN=dev\2B1").as_deref(), Some("dev+1"));
+        assert_eq!(common_name("O=Example,C=US"), None);
+        assert_eq!(common_name("2.5.4.3=oid-form").as_deref(), Some("oid-form"));
+    }
+
+    #[test]
+    fn stages_and_base_paths_are_removed_only_as_whole_segments() {
+        assert_eq!(
+            strip_prefixes("/prod/topics/a", Some("prod"), None),
+            "/topics/a"
+        );
+        assert_eq!(
+            strip_prefixes("/production/topics/a", Some("prod"), None),
+            "/production/topics/a"
+        );
+        assert_eq!(strip_prefixes("/topics/a", Some("prod"), None), "/topics/a");
+        assert_eq!(
+            strip_prefixes("/mqtt/topics/a", None, Some("/mqtt/")),
+            "/topics/a"
+        );
+        assert_eq!(
+            strip_prefixes("/prod/mqtt/topics/a", Some("prod"), Some("mqtt")),
+            "/topics/a"
+        );
+    }
+
+    #[test]
+    fn an_event_of_another_service_is_not_http() {
+        assert!(matches!(
+            decode(br#"{"Records": []}"#, None),
+            Err(DecodeError::NotHttp)
+        ));
+        assert!(matches!(decode(b"[1]", None), Err(DecodeError::Json(_))));
+    }
+}

@@ -1,0 +1,29 @@
+//! mqtt-http-publish: one HTTP `POST /topics/{topic}` becomes one MQTT publish,
+//! with authentication and per-topic ACLs. The API follows Tencent Cloud MQTT's
+//! HTTP publish API; `SPEC.md` is the contract.
+//!
+//! # Layout
+//!
+//! Data flows one way, from an entry point through the contract and the
+//! decisions to an edge:
+//!
+//! - [`contract`]: the HTTP contract. An entry point's request becomes an
+//!   [`contract::HttpRequest`], then a [`contract::PublishRequest`] or the 4xx
+//!   that says why not; [`contract::ApiError`] is where errors become statuses.
+//! - [`auth`]: who is calling (Basic against password hashes, or a client certificate).
+//! - [`acl`]: whether they may publish there (priorities, filters, conditions).
+//! - [`config`]: the users, rules and limits those decisions read, from TOML.
+//! - [`publish`]: the edge towards a broker: the [`publish::Publisher`] trait
+//!   and its AWS IoT Core adapter.
+//! - [`service`]: the one code path that strings them together.
+//! - [`lambda`]: the AWS Lambda entry point: event decoding and encoding, and the runtime loop.
+//! - [`cli`]: the command line (`passwd`, `config check`).
+
+pub mod acl;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod contract;
+pub mod lambda;
+pub mod publish;
+pub mod service;

@@ -1,0 +1,220 @@
+//! AWS IoT Core's data-plane `Publish`, through `aws-sdk-iotdataplane`.
+
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, SdkConfig};
+use aws_sdk_iotdataplane::error::{DisplayErrorContext, SdkError};
+use aws_sdk_iotdataplane::operation::publish::PublishError as SdkPublishError;
+use aws_sdk_iotdataplane::primitives::Blob;
+use aws_sdk_iotdataplane::types::PayloadFormatIndicator;
+use aws_sdk_iotdataplane::Client;
+use aws_smithy_http_client::tls;
+use base64::Engine;
+
+use super::{Message, PublishError, Publisher};
+use crate::contract::{BackendLimits, TopicLimits};
+
+/// AWS IoT Core's message limits (AWS IoT Core endpoints and quotas).
+pub const IOT_LIMITS: BackendLimits = BackendLimits {
+    topic: TopicLimits {
+        max_bytes: 256,
+        max_slashes: Some(7),
+    },
+    max_payload_bytes: 128 * 1024,
+    max_qos: 1,
+};
+
+/// How the IoT client is reached and bounded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IotSettings {
+    /// `IOT_DATA_ENDPOINT`: a host (`xxx-ats.iot.eu-west-1.amazonaws.com`) or a URL.
+    /// `None` leaves it to the SDK, which honours `AWS_ENDPOINT_URL_IOT_DATA_PLANE`.
+    pub endpoint: Option<String>,
+    /// Time to open a connection.
+    pub connect_timeout: Duration,
+    /// Time for one attempt, response included.
+    pub attempt_timeout: Duration,
+    /// Time for the whole call, retries included: well inside API Gateway's 29 s.
+    pub total_timeout: Duration,
+    /// Attempts in all (1 means no retry).
+    pub max_attempts: u32,
+}
+
+impl Default for IotSettings {
+    fn default() -> Self {
+        IotSettings {
+            endpoint: None,
+            connect_timeout: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(4),
+            total_timeout: Duration::from_secs(9),
+            max_attempts: 2,
+        }
+    }
+}
+
+impl IotSettings {
+    /// Defaults, with `IOT_DATA_ENDPOINT` and `PUBLISH_TIMEOUT_MS` (the total) from the environment.
+    pub fn from_env() -> IotSettings {
+        let mut settings = IotSettings {
+            endpoint: std::env::var("IOT_DATA_ENDPOINT")
+                .ok()
+                .filter(|e| !e.is_empty()),
+            ..IotSettings::default()
+        };
+        if let Some(ms) = std::env::var("PUBLISH_TIMEOUT_MS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            settings.total_timeout = Duration::from_millis(ms.max(1));
+            settings.attempt_timeout = settings.attempt_timeout.min(settings.total_timeout);
+        }
+        settings
+    }
+}
+
+/// Publishes through AWS IoT Core. Built once per process; cheap to share.
+#[derive(Debug, Clone)]
+pub struct IotPublisher {
+    client: Client,
+}
+
+/// The shared SDK config: one TLS stack (rustls on ring), bounded timeouts, a small retry budget.
+/// Makes no network call: credentials and endpoints resolve on first use.
+pub async fn load_sdk_config(settings: &IotSettings) -> SdkConfig {
+    let http_client = aws_smithy_http_client::Builder::new()
+        .tls_provider(tls::Provider::Rustls(
+            tls::rustls_provider::CryptoMode::Ring,
+        ))
+        .build_https();
+    aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client)
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(settings.connect_timeout)
+                .operation_attempt_timeout(settings.attempt_timeout)
+                .operation_timeout(settings.total_timeout)
+                .build(),
+        )
+        .retry_config(
+            RetryConfig::standard()
+                .with_max_attempts(settings.max_attempts)
+                .with_initial_backoff(Duration::from_millis(50))
+                .with_max_backoff(Duration::from_secs(1)),
+        )
+        .load()
+        .await
+}
+
+impl IotPublisher {
+    /// A publisher on `sdk_config`, with the endpoint of `settings` if it names one.
+    pub fn new(sdk_config: &SdkConfig, settings: &IotSettings) -> IotPublisher {
+        let mut config = aws_sdk_iotdataplane::config::Builder::from(sdk_config);
+        if let Some(endpoint) = &settings.endpoint {
+            let url = if endpoint.contains("://") {
+                endpoint.clone()
+            } else {
+                format!("https://{endpoint}")
+            };
+            config = config.endpoint_url(url);
+        }
+        IotPublisher {
+            client: Client::from_conf(config.build()),
+        }
+    }
+}
+
+impl Publisher for IotPublisher {
+    fn limits(&self) -> BackendLimits {
+        IOT_LIMITS
+    }
+
+    async fn publish(&self, message: Message) -> Result<(), PublishError> {
+        let p = message.properties;
+        let user_properties =
+            (!p.user_properties.is_empty()).then(|| user_properties_json(&p.user_properties));
+        let result = self
+            .client
+            .publish()
+            .topic(message.topic.as_str())
+            .qos(i32::from(message.qos))
+            .retain(message.retain)
+            .payload(Blob::new(message.payload))
+            .set_user_properties(user_properties)
+            .set_payload_format_indicator(p.payload_format_indicator.map(|i| match i {
+                1 => PayloadFormatIndicator::Utf8Data,
+                _ => PayloadFormatIndicator::UnspecifiedBytes,
+            }))
+            .set_content_type(p.content_type)
+            .set_response_topic(p.response_topic)
+            // The SDK sends this header as given; the API wants it base64-encoded.
+            .set_correlation_data(
+                p.correlation_data
+                    .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
+            )
+            .set_message_expiry(p.message_expiry_interval.map(i64::from))
+            .send()
+            .await;
+        result.map(drop).map_err(classify)
+    }
+}
+
+/// AWS IoT's form: a JSON array of one-member objects, in order, keys may repeat.
+/// (The SDK base64-encodes the header itself.)
+fn user_properties_json(pairs: &[(String, String)]) -> String {
+    let array: Vec<serde_json::Value> = pairs
+        .iter()
+        .map(|(k, v)| {
+            serde_json::Value::Object([(k.clone(), v.clone().into())].into_iter().collect())
+        })
+        .collect();
+    serde_json::Value::Array(array).to_string()
+}
+
+/// Maps the SDK's error as SPEC §4 says. The SDK picks a modelled variant from
+/// `x-amzn-ErrorType`; a response without it arrives unhandled, and is then
+/// classified by its error code if any, else its raw HTTP status.
+fn classify(err: SdkError<SdkPublishError>) -> PublishError {
+    let detail = DisplayErrorContext(&err).to_string();
+    match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
+            PublishError::Unavailable(detail)
+        }
+        SdkError::ServiceError(service) => match service.err() {
+            SdkPublishError::InvalidRequestException(_) => PublishError::Rejected(detail),
+            SdkPublishError::ThrottlingException(_) => PublishError::Throttled(detail),
+            SdkPublishError::UnauthorizedException(_)
+            | SdkPublishError::MethodNotAllowedException(_)
+            | SdkPublishError::InternalFailureException(_) => PublishError::Failed(detail),
+            other => match (other.meta().code(), service.raw().status().as_u16()) {
+                (Some("RequestEntityTooLargeException"), _) | (_, 413) => PublishError::TooLarge,
+                (Some("ServiceUnavailableException"), _) | (_, 503 | 504) => {
+                    PublishError::Unavailable(detail)
+                }
+                (Some("ThrottlingException"), _) | (_, 429) => PublishError::Throttled(detail),
+                (Some("InvalidRequestException"), _) | (_, 400) => PublishError::Rejected(detail),
+                _ => PublishError::Failed(detail),
+            },
+        },
+        _ => PublishError::Failed(detail),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_properties_keep_order_and_repeats() {
+        let pairs = [
+            ("b".to_owned(), "1".to_owned()),
+            ("a".to_owned(), "2".to_owned()),
+            ("b".to_owned(), "3".to_owned()),
+        ];
+        assert_eq!(
+            user_properties_json(&pairs),
+            r#"[{"b":"1"},{"a":"2"},{"b":"3"}]"#
+        );
+    }
+}

@@ -1,0 +1,55 @@
+//! The edge towards the message broker: what a publish carries, and how a
+//! backend may fail. Adapters know no HTTP status; the service maps
+//! [`PublishError`] to one.
+
+pub mod iot;
+
+use std::future::Future;
+
+use bytes::Bytes;
+
+use crate::contract::{BackendLimits, Properties, Topic};
+
+/// One message to publish, as the caller asked for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Where.
+    pub topic: Topic,
+    /// 0 or 1 (2 where the backend allows it).
+    pub qos: u8,
+    /// Replace the topic's retained message.
+    pub retain: bool,
+    /// The payload, byte for byte.
+    pub payload: Bytes,
+    /// MQTT 5 properties.
+    pub properties: Properties,
+}
+
+/// How a backend refused or failed a publish.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PublishError {
+    /// The backend judged the request invalid (a caller mistake the contract missed).
+    #[error("the backend rejected the request: {0}")]
+    Rejected(String),
+    /// The payload is over the backend's limit.
+    #[error("the backend refused the payload as too large")]
+    TooLarge,
+    /// The backend throttled us.
+    #[error("the backend throttled the publish: {0}")]
+    Throttled(String),
+    /// Unreachable, timed out, or said it is unavailable: worth a retry later.
+    #[error("the backend is unavailable: {0}")]
+    Unavailable(String),
+    /// Anything else, our own permissions included: a server fault.
+    #[error("the backend failed: {0}")]
+    Failed(String),
+}
+
+/// A message broker we can publish to.
+pub trait Publisher: Send + Sync + 'static {
+    /// What the backend accepts; checked before any publish.
+    fn limits(&self) -> BackendLimits;
+
+    /// Publishes, returning only once the backend accepted the message.
+    fn publish(&self, message: Message) -> impl Future<Output = Result<(), PublishError>> + Send;
+}

@@ -1,0 +1,133 @@
+//! The one code path every entry point runs: parse, authenticate, authorize,
+//! publish, answer. The Lambda function and `serve` differ only in how they
+//! turn their input into an [`HttpRequest`] and the answer back.
+
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::{header, Response, StatusCode};
+use tracing::{info, warn};
+
+use crate::acl::{Access, Effect};
+use crate::auth::Authenticator;
+use crate::config::Policy;
+use crate::contract::{parse_request, ApiError, HttpRequest, MessageId};
+use crate::publish::{Message, PublishError, Publisher};
+
+/// `Retry-After` seconds when the backend throttles.
+const THROTTLED_RETRY_AFTER: u32 = 1;
+/// `Retry-After` seconds when the backend is unavailable.
+const UNAVAILABLE_RETRY_AFTER: u32 = 5;
+
+/// The publish service, shared by every request of a process.
+pub struct Service<P> {
+    publisher: P,
+    /// Swapped whole on reload; a request keeps the policy it started with.
+    policy: RwLock<Arc<Policy>>,
+    authenticator: Authenticator,
+}
+
+impl<P: Publisher> Service<P> {
+    /// A service publishing through `publisher` under `policy`.
+    pub fn new(publisher: P, policy: Policy) -> Service<P> {
+        Service {
+            publisher,
+            policy: RwLock::new(Arc::new(policy)),
+            authenticator: Authenticator::default(),
+        }
+    }
+
+    /// Replaces the policy; requests in flight finish under the old one.
+    pub fn set_policy(&self, policy: Policy) {
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Answers one request. Logs one line: status, topic, message id, latency.
+    pub async fn handle(&self, request: HttpRequest) -> Response<Bytes> {
+        let started = Instant::now();
+        let message_id = MessageId::next();
+        let mut topic = None;
+        let result = self.publish(&request, message_id, &mut topic).await;
+        let response = match result {
+            Ok(()) => Response::builder()
+                .status(StatusCode::OK)
+                .header("X-Message-Id", message_id.to_string())
+                .header(header::CONTENT_LENGTH, "0")
+                .body(Bytes::new())
+                .expect("static headers are valid"),
+            Err(error) => error.into_response(),
+        };
+        info!(
+            status = response.status().as_u16(),
+            topic = topic.as_deref().unwrap_or(""),
+            message_id = %message_id,
+            latency_us = started.elapsed().as_micros() as u64,
+            "request"
+        );
+        response
+    }
+
+    async fn publish(
+        &self,
+        request: &HttpRequest,
+        message_id: MessageId,
+        topic_for_log: &mut Option<String>,
+    ) -> Result<(), ApiError> {
+        let policy = self.policy();
+        let limits = self.publisher.limits();
+        let max_payload = policy
+            .limits
+            .max_payload_bytes
+            .min(limits.max_payload_bytes);
+        let parsed = parse_request(request, limits, max_payload)?;
+        *topic_for_log = Some(parsed.topic.to_string());
+
+        let identity = self
+            .authenticator
+            .authenticate(request, &parsed.options, &policy.users, message_id)
+            .await?;
+        let access = Access {
+            topic: &parsed.topic,
+            username: identity.username.as_deref(),
+            client_id: &identity.client_id,
+            source_ip: request.source_ip,
+            qos: parsed.options.qos,
+            retain: parsed.options.retain,
+            basic: identity.basic,
+            certificate: identity.certificate,
+        };
+        if policy.acl.decide(&access) == Effect::Deny {
+            return Err(ApiError::Unauthorized {
+                code: "not_authorized",
+                message: "the ACL does not allow this client to publish to this topic",
+            });
+        }
+
+        let message = Message {
+            topic: parsed.topic,
+            qos: parsed.options.qos,
+            retain: parsed.options.retain,
+            payload: parsed.payload,
+            properties: parsed.options.properties,
+        };
+        self.publisher.publish(message).await.map_err(|error| {
+            let status = match &error {
+                PublishError::Rejected(_) => ApiError::bad_request(
+                    "rejected_by_broker",
+                    "the message broker rejected the message as invalid",
+                ),
+                PublishError::TooLarge => ApiError::PayloadTooLarge { max: max_payload },
+                PublishError::Throttled(_) => ApiError::TooManyRequests { retry_after: THROTTLED_RETRY_AFTER },
+                PublishError::Unavailable(_) => ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER },
+                PublishError::Failed(_) => ApiError::Internal,
+            };
+            warn!(message_id = %message_id, client_id = %identity.client_id, error = %error, "publish failed");
+            status
+        })
+    }
+}
