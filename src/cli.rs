@@ -45,19 +45,10 @@ pub enum ConfigCommand {
 /// `passwd`: the first line of `input`, without its line ending, hashed.
 pub fn passwd(input: impl BufRead) -> Result<String, String> {
     let mut line = String::new();
-    input
-        .take(64 * 1024)
-        .read_line(&mut line)
-        .map_err(|e| format!("cannot read standard input: {e}"))?;
-    let password = line
-        .strip_suffix('\n')
-        .map(|l| l.strip_suffix('\r').unwrap_or(l))
-        .unwrap_or(&line);
+    input.take(64 * 1024).read_line(&mut line).map_err(|e| format!("cannot read standard input: {e}"))?;
+    let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
     if password.is_empty() {
-        return Err(
-            "no password on standard input (try: echo -n 'secret0' | mqtt-http-publish passwd)"
-                .into(),
-        );
+        return Err("no password on standard input (try: echo -n 'secret0' | mqtt-http-publish passwd)".into());
     }
     Ok(hash_argon2id(password.as_bytes()))
 }
@@ -67,10 +58,7 @@ pub fn config_check(file: &Path) -> Result<String, String> {
     let policy = Policy::load(file).map_err(|e| format!("{}: {e}", file.display()))?;
     let limits = policy.limits;
     let quota = |rate: Option<f64>, burst: Option<u32>| match rate {
-        Some(r) => format!(
-            "{r}/s (burst {})",
-            burst.map_or("default".into(), |b| b.to_string())
-        ),
+        Some(r) => format!("{r}/s (burst {})", burst.map_or("default".into(), |b| b.to_string())),
         None => "none".into(),
     };
     Ok(format!(
@@ -96,8 +84,6 @@ mod tests {
         let hash = passwd(&b"secret0\r\nignored\n"[..]).unwrap();
         assert!(StoredHash::parse(&hash).unwrap().verify(b"secret0"));
         assert!(passwd(&b"\n"[..]).is_err());
-        assert!(StoredHash::parse(&passwd(&b"no newline"[..]).unwrap())
-            .unwrap()
-            .verify(b"no newline"));
+        assert!(StoredHash::parse(&passwd(&b"no newline"[..]).unwrap()).unwrap().verify(b"no newline"));
     }
 }

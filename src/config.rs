@@ -148,17 +148,14 @@ pub struct Policy {
 impl Policy {
     /// Reads and validates a TOML file.
     pub fn load(path: &Path) -> Result<Policy, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
         Policy::from_toml(&text)
     }
 
     /// Parses and validates TOML text.
     pub fn from_toml(text: &str) -> Result<Policy, ConfigError> {
-        let file: ConfigFile =
-            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
         Policy::from_file(file)
     }
 
@@ -169,14 +166,10 @@ impl Policy {
             if user.username.is_empty() {
                 return Err(ConfigError::Invalid("a user has an empty username".into()));
             }
-            let hash = StoredHash::parse(&user.password_hash).map_err(|e| {
-                ConfigError::Invalid(format!("user {:?}: password_hash {e}", user.username))
-            })?;
+            let hash = StoredHash::parse(&user.password_hash)
+                .map_err(|e| ConfigError::Invalid(format!("user {:?}: password_hash {e}", user.username)))?;
             if users.insert(user.username.clone(), hash).is_some() {
-                return Err(ConfigError::Invalid(format!(
-                    "user {:?} is defined twice",
-                    user.username
-                )));
+                return Err(ConfigError::Invalid(format!("user {:?} is defined twice", user.username)));
             }
         }
         let mut priorities = HashSet::new();
@@ -191,35 +184,20 @@ impl Policy {
             rules.push(validate_rule(entry)?);
         }
         check_limits(&file.limits)?;
-        Ok(Policy {
-            users,
-            acl: Acl::new(rules),
-            limits: file.limits,
-        })
+        Ok(Policy { users, acl: Acl::new(rules), limits: file.limits })
     }
 }
 
 fn validate_rule(entry: RuleEntry) -> Result<Rule, ConfigError> {
-    let at = |message: String| {
-        ConfigError::Invalid(format!("rule with priority {}: {message}", entry.priority))
-    };
+    let at = |message: String| ConfigError::Invalid(format!("rule with priority {}: {message}", entry.priority));
     if entry.topics.is_empty() {
         return Err(at("topics is empty".into()));
     }
-    let topics = entry
-        .topics
-        .iter()
-        .map(|t| TopicFilter::parse(t))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(at)?;
+    let topics = entry.topics.iter().map(|t| TopicFilter::parse(t)).collect::<Result<Vec<_>, _>>().map_err(at)?;
     let source_ips = entry
         .source_ips
         .as_ref()
-        .map(|ips| {
-            ips.iter()
-                .map(|s| s.parse::<Cidr>())
-                .collect::<Result<Vec<_>, _>>()
-        })
+        .map(|ips| ips.iter().map(|s| s.parse::<Cidr>()).collect::<Result<Vec<_>, _>>())
         .transpose()
         .map_err(at)?;
     if let Some(bad) = entry.qos.iter().flatten().find(|&&q| q > 2) {
@@ -238,9 +216,7 @@ fn validate_rule(entry: RuleEntry) -> Result<Rule, ConfigError> {
         },
         topics,
         usernames,
-        client_ids: entry
-            .client_ids
-            .map(|globs| globs.iter().map(|g| Glob::new(g)).collect()),
+        client_ids: entry.client_ids.map(|globs| globs.iter().map(|g| Glob::new(g)).collect()),
         source_ips,
         qos: entry.qos,
         retain: entry.retain,
@@ -293,10 +269,7 @@ mod tests {
     #[test]
     fn a_plain_text_password_is_refused_naming_the_user() {
         let e = refused("[[users]]\nusername = \"user0\"\npassword_hash = \"secret0\"\n");
-        assert!(
-            e.contains("user \"user0\"") && e.contains("plain-text"),
-            "{e}"
-        );
+        assert!(e.contains("user \"user0\"") && e.contains("plain-text"), "{e}");
     }
 
     #[test]
@@ -305,10 +278,7 @@ mod tests {
                    [[rules]]\npriority = 1\neffect = \"deny\"\ntopics = [\"b\"]\n";
         assert!(refused(dup).contains("priority 1") && refused(dup).contains("unique"));
         let hash = "[[rules]]\npriority = 5\neffect = \"allow\"\ntopics = [\"a/#/b\"]\n";
-        assert!(
-            refused(hash).contains("priority 5")
-                && refused(hash).contains("'#' must be the last level")
-        );
+        assert!(refused(hash).contains("priority 5") && refused(hash).contains("'#' must be the last level"));
         let cidr = "[[rules]]\npriority = 6\neffect = \"allow\"\ntopics = [\"a\"]\nsource_ips = [\"10.0.0.0/40\"]\n";
         assert!(refused(cidr).contains("priority 6") && refused(cidr).contains("10.0.0.0/40"));
         let qos = "[[rules]]\npriority = 7\neffect = \"allow\"\ntopics = [\"a\"]\nqos = [3]\n";
@@ -319,14 +289,8 @@ mod tests {
 
     #[test]
     fn typos_and_bad_values_are_refused() {
-        assert!(
-            refused("[[rules]]\npriority = 1\neffect = \"permit\"\ntopics = [\"a\"]\n")
-                .contains("permit")
-        );
-        assert!(
-            refused("[[rules]]\npriority = 1\neffect = \"allow\"\ntopic = [\"a\"]\n")
-                .contains("topic")
-        );
+        assert!(refused("[[rules]]\npriority = 1\neffect = \"permit\"\ntopics = [\"a\"]\n").contains("permit"));
+        assert!(refused("[[rules]]\npriority = 1\neffect = \"allow\"\ntopic = [\"a\"]\n").contains("topic"));
         assert!(refused("[limits]\nmessages_per_second = 0\n").contains("messages_per_second"));
         assert!(refused(&format!(
             "[[users]]\nusername = \"a\"\npassword_hash = \"{HASH}\"\n\

@@ -50,6 +50,7 @@ fn run_lambda() -> ExitCode {
         )
         .with_target(false)
         .with_current_span(true)
+        .with_span_list(false)
         .without_time()
         .init();
     let Some(config_file) = std::env::var_os("CONFIG_FILE") else {
@@ -63,10 +64,7 @@ fn run_lambda() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let result = runtime.block_on(async {
         let settings = IotSettings::from_env();
         let publisher = IotPublisher::new(&load_sdk_config(&settings).await, &settings);

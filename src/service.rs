@@ -31,11 +31,7 @@ pub struct Service<P> {
 impl<P: Publisher> Service<P> {
     /// A service publishing through `publisher` under `policy`.
     pub fn new(publisher: P, policy: Policy) -> Service<P> {
-        Service {
-            publisher,
-            policy: RwLock::new(Arc::new(policy)),
-            authenticator: Authenticator::default(),
-        }
+        Service { publisher, policy: RwLock::new(Arc::new(policy)), authenticator: Authenticator::default() }
     }
 
     /// Replaces the policy; requests in flight finish under the old one.
@@ -53,6 +49,7 @@ impl<P: Publisher> Service<P> {
         let message_id = MessageId::next();
         let mut topic = None;
         let result = self.publish(&request, message_id, &mut topic).await;
+        let error = result.as_ref().err().map(ApiError::code);
         let response = match result {
             Ok(()) => Response::builder()
                 .status(StatusCode::OK)
@@ -66,6 +63,7 @@ impl<P: Publisher> Service<P> {
             status = response.status().as_u16(),
             topic = topic.as_deref().unwrap_or(""),
             message_id = %message_id,
+            error = error.unwrap_or(""),
             latency_us = started.elapsed().as_micros() as u64,
             "request"
         );
@@ -80,17 +78,11 @@ impl<P: Publisher> Service<P> {
     ) -> Result<(), ApiError> {
         let policy = self.policy();
         let limits = self.publisher.limits();
-        let max_payload = policy
-            .limits
-            .max_payload_bytes
-            .min(limits.max_payload_bytes);
+        let max_payload = policy.limits.max_payload_bytes.min(limits.max_payload_bytes);
         let parsed = parse_request(request, limits, max_payload)?;
         *topic_for_log = Some(parsed.topic.to_string());
 
-        let identity = self
-            .authenticator
-            .authenticate(request, &parsed.options, &policy.users, message_id)
-            .await?;
+        let identity = self.authenticator.authenticate(request, &parsed.options, &policy.users, message_id).await?;
         let access = Access {
             topic: &parsed.topic,
             username: identity.username.as_deref(),
@@ -117,10 +109,9 @@ impl<P: Publisher> Service<P> {
         };
         self.publisher.publish(message).await.map_err(|error| {
             let status = match &error {
-                PublishError::Rejected(_) => ApiError::bad_request(
-                    "rejected_by_broker",
-                    "the message broker rejected the message as invalid",
-                ),
+                PublishError::Rejected(_) => {
+                    ApiError::bad_request("rejected_by_broker", "the message broker rejected the message as invalid")
+                }
                 PublishError::TooLarge => ApiError::PayloadTooLarge { max: max_payload },
                 PublishError::Throttled(_) => ApiError::TooManyRequests { retry_after: THROTTLED_RETRY_AFTER },
                 PublishError::Unavailable(_) => ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER },

@@ -92,18 +92,13 @@ impl TopicFilter {
                 "#" if i + 1 == raw.len() => Level::Hash,
                 "#" => return Err(format!("topic filter {text:?}: '#' must be the last level")),
                 l if l.contains(['+', '#']) => {
-                    return Err(format!(
-                        "topic filter {text:?}: '+' and '#' must stand alone in a level"
-                    ))
+                    return Err(format!("topic filter {text:?}: '+' and '#' must stand alone in a level"))
                 }
                 l if l.contains("${") => Level::Template(parse_template(text, l)?),
                 l => Level::Literal(l.to_owned()),
             });
         }
-        Ok(TopicFilter {
-            text: text.to_owned(),
-            levels,
-        })
+        Ok(TopicFilter { text: text.to_owned(), levels })
     }
 
     /// The filter's levels.
@@ -145,9 +140,7 @@ fn parse_template(filter: &str, level: &str) -> Result<Vec<Part>, String> {
             parts.push(Part::Text(rest[..start].to_owned()));
         }
         let after = &rest[start + 2..];
-        let end = after
-            .find('}')
-            .ok_or_else(|| format!("topic filter {filter:?}: unterminated '${{'"))?;
+        let end = after.find('}').ok_or_else(|| format!("topic filter {filter:?}: unterminated '${{'"))?;
         parts.push(match &after[..end] {
             "username" => Part::Username,
             "client_id" => Part::ClientId,
@@ -176,19 +169,11 @@ mod tests {
     use super::*;
     use crate::contract::TopicLimits;
 
-    const VALUES: Placeholders<'static> = Placeholders {
-        username: Some("user0"),
-        client_id: "dev-1",
-    };
+    const VALUES: Placeholders<'static> = Placeholders { username: Some("user0"), client_id: "dev-1" };
 
     fn m(filter: &str, topic: &str) -> bool {
-        let limits = TopicLimits {
-            max_bytes: 65_535,
-            max_slashes: None,
-        };
-        TopicFilter::parse(filter)
-            .unwrap()
-            .matches(&Topic::parse(topic.into(), limits).unwrap(), &VALUES)
+        let limits = TopicLimits { max_bytes: 65_535, max_slashes: None };
+        TopicFilter::parse(filter).unwrap().matches(&Topic::parse(topic.into(), limits).unwrap(), &VALUES)
     }
 
     #[test]
@@ -208,49 +193,20 @@ mod tests {
 
     #[test]
     fn placeholders_stand_for_the_caller() {
-        assert!(
-            m("devices/${client_id}/#", "devices/dev-1/t")
-                && !m("devices/${client_id}/#", "devices/dev-2/t")
-        );
+        assert!(m("devices/${client_id}/#", "devices/dev-1/t") && !m("devices/${client_id}/#", "devices/dev-2/t"));
         assert!(m("users/${username}", "users/user0") && !m("users/${username}", "users/user1"));
         assert!(m("x/pre-${username}-${client_id}", "x/pre-user0-dev-1"));
-        let none = Placeholders {
-            username: None,
-            client_id: "dev-1",
-        };
-        let topic = Topic::parse(
-            "users/user0".into(),
-            TopicLimits {
-                max_bytes: 99,
-                max_slashes: None,
-            },
-        )
-        .unwrap();
-        assert!(!TopicFilter::parse("users/${username}")
-            .unwrap()
-            .matches(&topic, &none));
+        let none = Placeholders { username: None, client_id: "dev-1" };
+        let topic = Topic::parse("users/user0".into(), TopicLimits { max_bytes: 99, max_slashes: None }).unwrap();
+        assert!(!TopicFilter::parse("users/${username}").unwrap().matches(&topic, &none));
     }
 
     #[test]
     fn malformed_filters_are_refused_with_a_reason() {
-        for f in [
-            "",
-            "a/#/b",
-            "a#",
-            "a/b+",
-            "+a",
-            "x/${bogus}",
-            "x/${username",
-            "a\0",
-        ] {
+        for f in ["", "a/#/b", "a#", "a/b+", "+a", "x/${bogus}", "x/${username", "a\0"] {
             assert!(TopicFilter::parse(f).is_err(), "{f:?} should be refused");
         }
-        assert!(TopicFilter::parse("a/#/b")
-            .unwrap_err()
-            .contains("must be the last level"));
-        assert!(
-            TopicFilter::parse("$literal/$").is_ok(),
-            "a bare $ is literal text"
-        );
+        assert!(TopicFilter::parse("a/#/b").unwrap_err().contains("must be the last level"));
+        assert!(TopicFilter::parse("$literal/$").is_ok(), "a bare $ is literal text");
     }
 }

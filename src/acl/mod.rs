@@ -80,29 +80,21 @@ pub struct Access<'a> {
 
 impl Access<'_> {
     fn placeholders(&self) -> Placeholders<'_> {
-        Placeholders {
-            username: self.username,
-            client_id: self.client_id,
-        }
+        Placeholders { username: self.username, client_id: self.client_id }
     }
 }
 
 impl Rule {
     /// Whether every condition of the rule holds (topics aside).
     pub fn conditions_hold(&self, access: &Access<'_>) -> bool {
-        self.usernames.as_ref().is_none_or(|names| {
-            access
-                .username
-                .is_some_and(|u| names.binary_search_by(|n| n.as_str().cmp(u)).is_ok())
-        }) && self
-            .client_ids
+        self.usernames
             .as_ref()
-            .is_none_or(|globs| globs.iter().any(|g| g.matches(access.client_id)))
-            && self.source_ips.as_ref().is_none_or(|blocks| {
-                access
-                    .source_ip
-                    .is_some_and(|ip| blocks.iter().any(|b| b.contains(ip)))
-            })
+            .is_none_or(|names| access.username.is_some_and(|u| names.binary_search_by(|n| n.as_str().cmp(u)).is_ok()))
+            && self.client_ids.as_ref().is_none_or(|globs| globs.iter().any(|g| g.matches(access.client_id)))
+            && self
+                .source_ips
+                .as_ref()
+                .is_none_or(|blocks| access.source_ip.is_some_and(|ip| blocks.iter().any(|b| b.contains(ip))))
             && self.qos.as_ref().is_none_or(|q| q.contains(&access.qos))
             && self.retain.is_none_or(|r| r == access.retain)
             && self.auth.is_none_or(|a| match a {
@@ -162,14 +154,7 @@ impl Acl {
         let levels: Vec<&str> = access.topic.levels().collect();
         let dollar = access.topic.as_str().starts_with('$');
         let mut candidates = Vec::new();
-        collect(
-            &self.root,
-            &levels,
-            0,
-            dollar,
-            &access.placeholders(),
-            &mut candidates,
-        );
+        collect(&self.root, &levels, 0, dollar, &access.placeholders(), &mut candidates);
         candidates.sort_unstable();
         candidates.dedup();
         candidates
@@ -204,14 +189,7 @@ fn insert(node: &mut Node, levels: &[Level], rank: u32) {
 }
 
 /// Gathers the ranks of every rule with a filter that matches `levels[depth..]` below `node`.
-fn collect(
-    node: &Node,
-    levels: &[&str],
-    depth: usize,
-    dollar: bool,
-    values: &Placeholders<'_>,
-    out: &mut Vec<u32>,
-) {
+fn collect(node: &Node, levels: &[&str], depth: usize, dollar: bool, values: &Placeholders<'_>, out: &mut Vec<u32>) {
     // MQTT 3.1.1 §4.7.2: wildcards at the first level do not match `$` topics.
     let wildcards = !(depth == 0 && dollar);
     if wildcards {
@@ -243,10 +221,7 @@ mod tests {
         Rule {
             priority,
             effect,
-            topics: topics
-                .iter()
-                .map(|t| TopicFilter::parse(t).unwrap())
-                .collect(),
+            topics: topics.iter().map(|t| TopicFilter::parse(t).unwrap()).collect(),
             usernames: None,
             client_ids: None,
             source_ips: None,
@@ -257,14 +232,7 @@ mod tests {
     }
 
     fn topic(t: &str) -> Topic {
-        Topic::parse(
-            t.into(),
-            TopicLimits {
-                max_bytes: 65_535,
-                max_slashes: None,
-            },
-        )
-        .unwrap()
+        Topic::parse(t.into(), TopicLimits { max_bytes: 65_535, max_slashes: None }).unwrap()
     }
 
     fn access(topic: &Topic) -> Access<'_> {
@@ -284,10 +252,7 @@ mod tests {
     fn linear(rules: &[Rule], access: &Access<'_>) -> Effect {
         let mut sorted: Vec<&Rule> = rules.iter().collect();
         sorted.sort_by_key(|r| r.priority);
-        sorted
-            .into_iter()
-            .find(|r| r.matches(access))
-            .map_or(Effect::Deny, |r| r.effect)
+        sorted.into_iter().find(|r| r.matches(access)).map_or(Effect::Deny, |r| r.effect)
     }
 
     #[test]
@@ -298,10 +263,7 @@ mod tests {
 
     #[test]
     fn the_first_match_by_priority_decides_not_the_order_written() {
-        let rules = vec![
-            rule(20, Effect::Allow, &["home/#"]),
-            rule(10, Effect::Deny, &["home/secret"]),
-        ];
+        let rules = vec![rule(20, Effect::Allow, &["home/#"]), rule(10, Effect::Deny, &["home/secret"])];
         let acl = Acl::new(rules);
         assert_eq!(acl.decide(&access(&topic("home/secret"))), Effect::Deny);
         assert_eq!(acl.decide(&access(&topic("home/open"))), Effect::Allow);
@@ -314,28 +276,11 @@ mod tests {
         only_admin.usernames = Some(vec!["admin".into()]);
         let mut qos0_deny = rule(2, Effect::Deny, &["home"]);
         qos0_deny.qos = Some(vec![0]);
-        let acl = Acl::new(vec![
-            only_admin,
-            qos0_deny,
-            rule(3, Effect::Allow, &["home"]),
-        ]);
+        let acl = Acl::new(vec![only_admin, qos0_deny, rule(3, Effect::Allow, &["home"])]);
         let t = topic("home");
         assert_eq!(acl.decide(&access(&t)), Effect::Allow);
-        assert_eq!(
-            acl.decide(&Access {
-                qos: 0,
-                ..access(&t)
-            }),
-            Effect::Deny
-        );
-        assert_eq!(
-            acl.decide(&Access {
-                username: Some("admin"),
-                qos: 0,
-                ..access(&t)
-            }),
-            Effect::Allow
-        );
+        assert_eq!(acl.decide(&Access { qos: 0, ..access(&t) }), Effect::Deny);
+        assert_eq!(acl.decide(&Access { username: Some("admin"), qos: 0, ..access(&t) }), Effect::Allow);
     }
 
     #[test]
@@ -349,65 +294,24 @@ mod tests {
         };
         let acl = with(|r| r.client_ids = Some(vec![Glob::new("curl-*")]));
         assert_eq!(acl.decide(&base), Effect::Allow);
-        assert_eq!(
-            acl.decide(&Access {
-                client_id: "dev-1",
-                ..base
-            }),
-            Effect::Deny
-        );
+        assert_eq!(acl.decide(&Access { client_id: "dev-1", ..base }), Effect::Deny);
         let acl = with(|r| r.source_ips = Some(vec!["10.0.0.0/8".parse().unwrap()]));
         assert_eq!(acl.decide(&base), Effect::Allow);
-        assert_eq!(
-            acl.decide(&Access {
-                source_ip: Some("11.0.0.1".parse().unwrap()),
-                ..base
-            }),
-            Effect::Deny
-        );
-        assert_eq!(
-            acl.decide(&Access {
-                source_ip: None,
-                ..base
-            }),
-            Effect::Deny
-        );
+        assert_eq!(acl.decide(&Access { source_ip: Some("11.0.0.1".parse().unwrap()), ..base }), Effect::Deny);
+        assert_eq!(acl.decide(&Access { source_ip: None, ..base }), Effect::Deny);
         let acl = with(|r| r.retain = Some(true));
         assert_eq!(acl.decide(&base), Effect::Deny);
-        assert_eq!(
-            acl.decide(&Access {
-                retain: true,
-                ..base
-            }),
-            Effect::Allow
-        );
+        assert_eq!(acl.decide(&Access { retain: true, ..base }), Effect::Allow);
         let acl = with(|r| r.auth = Some(AuthMethod::Certificate));
         assert_eq!(acl.decide(&base), Effect::Deny);
-        assert_eq!(
-            acl.decide(&Access {
-                certificate: true,
-                basic: false,
-                ..base
-            }),
-            Effect::Allow
-        );
+        assert_eq!(acl.decide(&Access { certificate: true, basic: false, ..base }), Effect::Allow);
         let acl = with(|r| r.usernames = Some(vec!["user0".into()]));
-        assert_eq!(
-            acl.decide(&Access {
-                username: None,
-                ..base
-            }),
-            Effect::Deny,
-            "a certificate has no username"
-        );
+        assert_eq!(acl.decide(&Access { username: None, ..base }), Effect::Deny, "a certificate has no username");
     }
 
     #[test]
     fn dollar_topics_need_an_explicit_rule() {
-        let acl = Acl::new(vec![
-            rule(1, Effect::Allow, &["#"]),
-            rule(2, Effect::Allow, &["+/status"]),
-        ]);
+        let acl = Acl::new(vec![rule(1, Effect::Allow, &["#"]), rule(2, Effect::Allow, &["+/status"])]);
         assert_eq!(acl.decide(&access(&topic("$SYS/status"))), Effect::Deny);
         assert_eq!(acl.decide(&access(&topic("x/status"))), Effect::Allow);
         let acl = Acl::new(vec![rule(1, Effect::Allow, &["$SYS/#"])]);
@@ -416,31 +320,13 @@ mod tests {
 
     #[test]
     fn the_trie_agrees_with_the_linear_evaluator() {
-        let filters = [
-            "#",
-            "+",
-            "a",
-            "a/#",
-            "a/+",
-            "a/b",
-            "+/b",
-            "a/+/c",
-            "${username}/#",
-            "d/${client_id}",
-            "$s/#",
-            "a//b",
-        ];
-        let topics = [
-            "a", "a/b", "a/b/c", "b", "user0/x", "user1/x", "d/curl-x", "d/other", "$s/a", "$s",
-            "a//b", "/b",
-        ];
+        let filters =
+            ["#", "+", "a", "a/#", "a/+", "a/b", "+/b", "a/+/c", "${username}/#", "d/${client_id}", "$s/#", "a//b"];
+        let topics =
+            ["a", "a/b", "a/b/c", "b", "user0/x", "user1/x", "d/curl-x", "d/other", "$s/a", "$s", "a//b", "/b"];
         let mut rules = Vec::new();
         for (i, f) in filters.iter().enumerate() {
-            let effect = if i % 3 == 0 {
-                Effect::Deny
-            } else {
-                Effect::Allow
-            };
+            let effect = if i % 3 == 0 { Effect::Deny } else { Effect::Allow };
             let mut r = rule((i as i64 * 7) % 13, effect, &[f]);
             if i % 4 == 1 {
                 r.qos = Some(vec![0]);

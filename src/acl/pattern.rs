@@ -61,18 +61,14 @@ impl FromStr for Cidr {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let network: IpAddr = addr
-            .parse()
-            .map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let network: IpAddr = addr.parse().map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
         let max = if network.is_ipv4() { 32 } else { 128 };
         let bad_prefix = || format!("{s:?} has a prefix length that is not 0..={max}");
         let prefix = match prefix {
             None => max,
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => p
-                .parse::<u8>()
-                .ok()
-                .filter(|&n| n <= max)
-                .ok_or_else(bad_prefix)?,
+            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
+                p.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(bad_prefix)?
+            }
             Some(_) => return Err(bad_prefix()),
         };
         Ok(Cidr { network, prefix })
@@ -88,12 +84,8 @@ impl Cidr {
             v4 => v4,
         };
         match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                prefix_eq(&net.octets(), &ip.octets(), self.prefix)
-            }
+            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
+            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
             _ => false,
         }
     }
@@ -118,72 +110,32 @@ mod tests {
     #[test]
     fn globs_match_whole_ids() {
         let g = Glob::new("curl-*");
-        assert!(
-            g.matches("curl-x")
-                && g.matches("curl-")
-                && !g.matches("xcurl-x")
-                && !g.matches("curl")
-        );
+        assert!(g.matches("curl-x") && g.matches("curl-") && !g.matches("xcurl-x") && !g.matches("curl"));
         let g = Glob::new("dev-??-*-end");
-        assert!(
-            g.matches("dev-01-abc-end") && g.matches("dev-01--end") && !g.matches("dev-1-abc-end")
-        );
-        assert!(
-            Glob::new("*").matches("")
-                && Glob::new("**a").matches("a")
-                && !Glob::new("").matches("a")
-        );
+        assert!(g.matches("dev-01-abc-end") && g.matches("dev-01--end") && !g.matches("dev-1-abc-end"));
+        assert!(Glob::new("*").matches("") && Glob::new("**a").matches("a") && !Glob::new("").matches("a"));
         assert!(Glob::new("a*b*c").matches("aXbYbZc") && !Glob::new("a*b*c").matches("aXbYbZ"));
     }
 
     #[test]
     fn cidr_edges() {
         let c: Cidr = "10.0.0.0/8".parse().unwrap();
-        assert!(
-            c.contains("10.0.0.0".parse().unwrap())
-                && c.contains("10.255.255.255".parse().unwrap())
-        );
-        assert!(
-            !c.contains("11.0.0.0".parse().unwrap())
-                && !c.contains("9.255.255.255".parse().unwrap())
-        );
+        assert!(c.contains("10.0.0.0".parse().unwrap()) && c.contains("10.255.255.255".parse().unwrap()));
+        assert!(!c.contains("11.0.0.0".parse().unwrap()) && !c.contains("9.255.255.255".parse().unwrap()));
         let c: Cidr = "192.168.1.128/25".parse().unwrap();
-        assert!(
-            c.contains("192.168.1.128".parse().unwrap())
-                && !c.contains("192.168.1.127".parse().unwrap())
-        );
+        assert!(c.contains("192.168.1.128".parse().unwrap()) && !c.contains("192.168.1.127".parse().unwrap()));
         let c: Cidr = "203.0.113.7".parse().unwrap();
-        assert!(
-            c.contains("203.0.113.7".parse().unwrap())
-                && !c.contains("203.0.113.8".parse().unwrap())
-        );
-        assert!(
-            c.contains("::ffff:203.0.113.7".parse().unwrap()),
-            "IPv4-mapped IPv6 counts as IPv4"
-        );
+        assert!(c.contains("203.0.113.7".parse().unwrap()) && !c.contains("203.0.113.8".parse().unwrap()));
+        assert!(c.contains("::ffff:203.0.113.7".parse().unwrap()), "IPv4-mapped IPv6 counts as IPv4");
         let all: Cidr = "0.0.0.0/0".parse().unwrap();
-        assert!(
-            all.contains("1.2.3.4".parse().unwrap())
-                && !all.contains("2001:db8::1".parse().unwrap())
-        );
+        assert!(all.contains("1.2.3.4".parse().unwrap()) && !all.contains("2001:db8::1".parse().unwrap()));
         let v6: Cidr = "2001:db8::/32".parse().unwrap();
-        assert!(
-            v6.contains("2001:db8:ffff::1".parse().unwrap())
-                && !v6.contains("2001:db9::1".parse().unwrap())
-        );
+        assert!(v6.contains("2001:db8:ffff::1".parse().unwrap()) && !v6.contains("2001:db9::1".parse().unwrap()));
     }
 
     #[test]
     fn bad_cidrs_are_refused() {
-        for s in [
-            "10.0.0.0/33",
-            "10.0.0/8",
-            "::/129",
-            "10.0.0.0/",
-            "10.0.0.0/+8",
-            "x",
-            "",
-        ] {
+        for s in ["10.0.0.0/33", "10.0.0/8", "::/129", "10.0.0.0/", "10.0.0.0/+8", "x", ""] {
             assert!(s.parse::<Cidr>().is_err(), "{s}");
         }
     }

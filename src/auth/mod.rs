@@ -69,10 +69,9 @@ impl Authenticator {
         let basic = match request.headers.get(AUTHORIZATION) {
             None => None,
             Some(header) => Some(parse_basic(header).map_err(|e| match e {
-                BasicError::UnsupportedScheme => unauthorized(
-                    "unsupported_authorization_scheme",
-                    "only Basic authentication is supported",
-                ),
+                BasicError::UnsupportedScheme => {
+                    unauthorized("unsupported_authorization_scheme", "only Basic authentication is supported")
+                }
                 BasicError::Malformed => unauthorized(
                     "invalid_authorization_header",
                     "the Authorization header is not Basic base64(username:password)",
@@ -83,10 +82,7 @@ impl Authenticator {
             None => None,
             Some(cert) => {
                 let cn = cert.common_name.as_deref().ok_or_else(|| {
-                    unauthorized(
-                        "certificate_without_common_name",
-                        "the client certificate has no Common Name",
-                    )
+                    unauthorized("certificate_without_common_name", "the client certificate has no Common Name")
                 })?;
                 if !is_valid_client_id(cn) {
                     return Err(ApiError::bad_request(
@@ -104,14 +100,8 @@ impl Authenticator {
             ));
         }
         if let Some(credentials) = &basic {
-            if !self
-                .check_password(credentials, users.get(&credentials.username))
-                .await
-            {
-                return Err(unauthorized(
-                    "authentication_failed",
-                    "the user name or password is wrong",
-                ));
+            if !self.check_password(credentials, users.get(&credentials.username)).await {
+                return Err(unauthorized("authentication_failed", "the user name or password is wrong"));
             }
         }
         let client_id = match (certificate_cn, &options.client_id) {
@@ -135,11 +125,7 @@ impl Authenticator {
 
     /// Verifies a password against the user's hash, or against a dummy hash
     /// for an unknown user so that both cost one slow hash.
-    async fn check_password(
-        &self,
-        credentials: &BasicCredentials,
-        stored: Option<&StoredHash>,
-    ) -> bool {
+    async fn check_password(&self, credentials: &BasicCredentials, stored: Option<&StoredHash>) -> bool {
         let Some(stored) = stored else {
             let dummy = self.dummy.clone();
             let password = credentials.password.clone();
@@ -152,9 +138,7 @@ impl Authenticator {
         }
         let hash = stored.clone();
         let password = credentials.password.clone();
-        let ok = tokio::task::spawn_blocking(move || hash.verify(password.as_bytes()))
-            .await
-            .unwrap_or(false);
+        let ok = tokio::task::spawn_blocking(move || hash.verify(password.as_bytes())).await.unwrap_or(false);
         if ok {
             self.cache.insert(&credentials.username, fingerprint);
         }
@@ -175,19 +159,12 @@ impl CredentialCache {
     fn new() -> Self {
         let mut key = [0u8; 32];
         getrandom::getrandom(&mut key).expect("the OS random number generator is available");
-        CredentialCache {
-            key,
-            verified: Mutex::new(HashMap::new()),
-        }
+        CredentialCache { key, verified: Mutex::new(HashMap::new()) }
     }
 
     fn fingerprint(&self, credentials: &BasicCredentials, stored: &StoredHash) -> [u8; 32] {
         let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        for part in [
-            credentials.username.as_bytes(),
-            stored.as_str().as_bytes(),
-            credentials.password.as_bytes(),
-        ] {
+        for part in [credentials.username.as_bytes(), stored.as_str().as_bytes(), credentials.password.as_bytes()] {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
@@ -196,9 +173,7 @@ impl CredentialCache {
 
     fn contains(&self, username: &str, fingerprint: &[u8; 32]) -> bool {
         let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        verified
-            .get(username)
-            .is_some_and(|known| bool::from(known.ct_eq(fingerprint)))
+        verified.get(username).is_some_and(|known| bool::from(known.ct_eq(fingerprint)))
     }
 
     fn insert(&self, username: &str, fingerprint: [u8; 32]) {
@@ -229,9 +204,7 @@ mod tests {
             headers,
             body: Bytes::new(),
             source_ip: None,
-            client_certificate: cn.map(|cn| ClientCertificate {
-                common_name: cn.map(str::to_owned),
-            }),
+            client_certificate: cn.map(|cn| ClientCertificate { common_name: cn.map(str::to_owned) }),
         }
     }
 
@@ -247,25 +220,18 @@ mod tests {
 
     fn users() -> Users {
         // Cheap bcrypt keeps the unit tests fast; the argon2id path is tested in password.rs.
-        HashMap::from([(
-            "user0".to_owned(),
-            StoredHash::parse(&bcrypt::hash("secret0", 4).unwrap()).unwrap(),
-        )])
+        HashMap::from([("user0".to_owned(), StoredHash::parse(&bcrypt::hash("secret0", 4).unwrap()).unwrap())])
     }
 
     const USER0: &str = "Basic dXNlcjA6c2VjcmV0MA==";
 
     async fn auth(request: HttpRequest, client_id: Option<&str>) -> Result<Identity, ApiError> {
-        Authenticator::default()
-            .authenticate(&request, &options(client_id), &users(), MessageId::next())
-            .await
+        Authenticator::default().authenticate(&request, &options(client_id), &users(), MessageId::next()).await
     }
 
     #[tokio::test]
     async fn basic_user_is_the_header_user_not_the_query_username() {
-        let id = auth(request(Some(USER0), None), Some("curl-x"))
-            .await
-            .unwrap();
+        let id = auth(request(Some(USER0), None), Some("curl-x")).await.unwrap();
         assert_eq!(id.username.as_deref(), Some("user0"));
         assert_eq!(id.client_id, "curl-x");
         assert!(id.basic && !id.certificate);
@@ -274,130 +240,63 @@ mod tests {
     #[tokio::test]
     async fn default_client_id_is_http_and_the_message_id() {
         let id = auth(request(Some(USER0), None), None).await.unwrap();
-        assert!(
-            id.client_id.starts_with("http-") && id.client_id.len() == 5 + 32,
-            "{}",
-            id.client_id
-        );
+        assert!(id.client_id.starts_with("http-") && id.client_id.len() == 5 + 32, "{}", id.client_id);
         assert!(is_valid_client_id(&id.client_id));
     }
 
     #[tokio::test]
     async fn unknown_user_and_wrong_password_get_the_same_answer() {
-        let wrong = auth(request(Some("Basic dXNlcjA6c2VjcmV0MQ=="), None), None)
-            .await
-            .unwrap_err();
-        let unknown = auth(request(Some("Basic dXNlcjE6c2VjcmV0MA=="), None), None)
-            .await
-            .unwrap_err();
+        let wrong = auth(request(Some("Basic dXNlcjA6c2VjcmV0MQ=="), None), None).await.unwrap_err();
+        let unknown = auth(request(Some("Basic dXNlcjE6c2VjcmV0MA=="), None), None).await.unwrap_err();
         assert_eq!(wrong, unknown);
         assert_eq!(wrong.code(), "authentication_failed");
     }
 
     #[tokio::test]
     async fn no_or_malformed_credentials_are_401() {
+        assert_eq!(auth(request(None, None), None).await.unwrap_err().code(), "missing_credentials");
         assert_eq!(
-            auth(request(None, None), None).await.unwrap_err().code(),
-            "missing_credentials"
-        );
-        assert_eq!(
-            auth(request(Some("Basic xx"), None), None)
-                .await
-                .unwrap_err()
-                .code(),
+            auth(request(Some("Basic xx"), None), None).await.unwrap_err().code(),
             "invalid_authorization_header"
         );
         assert_eq!(
-            auth(request(Some("Bearer x"), None), None)
-                .await
-                .unwrap_err()
-                .code(),
+            auth(request(Some("Bearer x"), None), None).await.unwrap_err().code(),
             "unsupported_authorization_scheme"
         );
     }
 
     #[tokio::test]
     async fn a_certificate_makes_its_cn_the_client_id() {
-        let id = auth(request(None, Some(Some("device-7"))), None)
-            .await
-            .unwrap();
-        assert_eq!(
-            (id.client_id.as_str(), id.username, id.certificate),
-            ("device-7", None, true)
-        );
-        assert!(
-            auth(request(None, Some(Some("device-7"))), Some("device-7"))
-                .await
-                .is_ok()
-        );
-        let e = auth(request(None, Some(Some("device-7"))), Some("device-8"))
-            .await
-            .unwrap_err();
+        let id = auth(request(None, Some(Some("device-7"))), None).await.unwrap();
+        assert_eq!((id.client_id.as_str(), id.username, id.certificate), ("device-7", None, true));
+        assert!(auth(request(None, Some(Some("device-7"))), Some("device-7")).await.is_ok());
+        let e = auth(request(None, Some(Some("device-7"))), Some("device-8")).await.unwrap_err();
         assert_eq!(e.code(), "client_id_mismatch");
-        assert_eq!(
-            auth(request(None, Some(None)), None)
-                .await
-                .unwrap_err()
-                .code(),
-            "certificate_without_common_name"
-        );
-        assert_eq!(
-            auth(request(None, Some(Some("my device"))), None)
-                .await
-                .unwrap_err()
-                .code(),
-            "invalid_client_id"
-        );
+        assert_eq!(auth(request(None, Some(None)), None).await.unwrap_err().code(), "certificate_without_common_name");
+        assert_eq!(auth(request(None, Some(Some("my device"))), None).await.unwrap_err().code(), "invalid_client_id");
     }
 
     #[tokio::test]
     async fn a_certificate_and_basic_together_need_both_to_verify() {
-        let id = auth(request(Some(USER0), Some(Some("device-7"))), None)
-            .await
-            .unwrap();
-        assert_eq!(
-            (id.username.as_deref(), id.client_id.as_str()),
-            (Some("user0"), "device-7")
-        );
+        let id = auth(request(Some(USER0), Some(Some("device-7"))), None).await.unwrap();
+        assert_eq!((id.username.as_deref(), id.client_id.as_str()), (Some("user0"), "device-7"));
         assert!(id.basic && id.certificate);
         let bad = request(Some("Basic dXNlcjA6c2VjcmV0MQ=="), Some(Some("device-7")));
-        assert_eq!(
-            auth(bad, None).await.unwrap_err().code(),
-            "authentication_failed"
-        );
+        assert_eq!(auth(bad, None).await.unwrap_err().code(), "authentication_failed");
     }
 
     #[tokio::test]
     async fn the_cache_serves_a_verified_password_and_misses_a_changed_hash() {
         let auth = Authenticator::default();
-        let creds = BasicCredentials {
-            username: "u".into(),
-            password: "p".into(),
-        };
+        let creds = BasicCredentials { username: "u".into(), password: "p".into() };
         let first = StoredHash::parse(&bcrypt::hash("p", 4).unwrap()).unwrap();
         assert!(auth.check_password(&creds, Some(&first)).await);
         let fp = auth.cache.fingerprint(&creds, &first);
-        assert!(
-            auth.cache.contains("u", &fp),
-            "a verified password is cached"
-        );
+        assert!(auth.cache.contains("u", &fp), "a verified password is cached");
         let changed = StoredHash::parse(&bcrypt::hash("q", 4).unwrap()).unwrap();
-        assert!(
-            !auth
-                .cache
-                .contains("u", &auth.cache.fingerprint(&creds, &changed)),
-            "a new hash misses"
-        );
-        assert!(
-            !auth.check_password(&creds, Some(&changed)).await,
-            "the old password no longer works"
-        );
-        let wrong = BasicCredentials {
-            username: "u".into(),
-            password: "x".into(),
-        };
-        assert!(!auth
-            .cache
-            .contains("u", &auth.cache.fingerprint(&wrong, &first)));
+        assert!(!auth.cache.contains("u", &auth.cache.fingerprint(&creds, &changed)), "a new hash misses");
+        assert!(!auth.check_password(&creds, Some(&changed)).await, "the old password no longer works");
+        let wrong = BasicCredentials { username: "u".into(), password: "x".into() };
+        assert!(!auth.cache.contains("u", &auth.cache.fingerprint(&wrong, &first)));
     }
 }

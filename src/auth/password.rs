@@ -60,10 +60,7 @@ impl StoredHash {
         if !well_formed {
             return Err(HashError::Malformed(scheme.name()));
         }
-        Ok(StoredHash {
-            text: text.to_owned(),
-            scheme,
-        })
+        Ok(StoredHash { text: text.to_owned(), scheme })
     }
 
     /// Whether `password` matches. Slow by design: call it off the async runtime.
@@ -75,9 +72,7 @@ impl StoredHash {
                     return false;
                 };
                 match scheme {
-                    Scheme::Argon2 => argon2::Argon2::default()
-                        .verify_password(password, &hash)
-                        .is_ok(),
+                    Scheme::Argon2 => argon2::Argon2::default().verify_password(password, &hash).is_ok(),
                     Scheme::Pbkdf2 => pbkdf2::Pbkdf2.verify_password(password, &hash).is_ok(),
                     Scheme::Scrypt => scrypt::Scrypt.verify_password(password, &hash).is_ok(),
                     Scheme::Bcrypt => unreachable!("handled above"),
@@ -115,10 +110,7 @@ pub fn hash_argon2id(password: &[u8]) -> String {
     let mut salt = [0u8; 16];
     getrandom::getrandom(&mut salt).expect("the OS random number generator is available");
     let salt = SaltString::encode_b64(&salt).expect("16 bytes is a valid salt length");
-    argon2::Argon2::default()
-        .hash_password(password, &salt)
-        .expect("default parameters are valid")
-        .to_string()
+    argon2::Argon2::default().hash_password(password, &salt).expect("default parameters are valid").to_string()
 }
 
 /// Verified in place of an unknown user's hash, so that an unknown user costs
@@ -141,15 +133,9 @@ mod tests {
 
     #[test]
     fn pbkdf2_sha256_and_sha512_verify() {
-        for algorithm in [
-            pbkdf2::Algorithm::Pbkdf2Sha256,
-            pbkdf2::Algorithm::Pbkdf2Sha512,
-        ] {
+        for algorithm in [pbkdf2::Algorithm::Pbkdf2Sha256, pbkdf2::Algorithm::Pbkdf2Sha512] {
             let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
-            let params = pbkdf2::Params {
-                rounds: 1_000,
-                output_length: 32,
-            };
+            let params = pbkdf2::Params { rounds: 1_000, output_length: 32 };
             let phc = pbkdf2::Pbkdf2
                 .hash_password_customized(b"pw", Some(algorithm.ident()), None, params, &salt)
                 .unwrap()
@@ -164,10 +150,7 @@ mod tests {
     fn scrypt_verifies() {
         let salt = SaltString::encode_b64(b"0123456789abcdef").unwrap();
         let params = scrypt::Params::new(10, 8, 1, 32).unwrap();
-        let phc = scrypt::Scrypt
-            .hash_password_customized(b"pw", None, None, params, &salt)
-            .unwrap()
-            .to_string();
+        let phc = scrypt::Scrypt.hash_password_customized(b"pw", None, None, params, &salt).unwrap().to_string();
         let hash = StoredHash::parse(&phc).unwrap();
         assert!(hash.verify(b"pw") && !hash.verify(b"px"));
     }
@@ -183,22 +166,10 @@ mod tests {
     fn plain_text_and_unknown_schemes_are_refused() {
         assert_eq!(StoredHash::parse("secret0"), Err(HashError::NotAHash));
         assert_eq!(StoredHash::parse(""), Err(HashError::NotAHash));
-        assert_eq!(
-            StoredHash::parse("$1$abc$def"),
-            Err(HashError::UnsupportedScheme("1".into()))
-        );
-        assert_eq!(
-            StoredHash::parse("$pbkdf2$i=1$abc$def"),
-            Err(HashError::UnsupportedScheme("pbkdf2".into()))
-        );
-        assert_eq!(
-            StoredHash::parse("$argon2id$v=19$garbage"),
-            Err(HashError::Malformed("argon2"))
-        );
-        assert_eq!(
-            StoredHash::parse("$2b$04$short"),
-            Err(HashError::Malformed("bcrypt"))
-        );
+        assert_eq!(StoredHash::parse("$1$abc$def"), Err(HashError::UnsupportedScheme("1".into())));
+        assert_eq!(StoredHash::parse("$pbkdf2$i=1$abc$def"), Err(HashError::UnsupportedScheme("pbkdf2".into())));
+        assert_eq!(StoredHash::parse("$argon2id$v=19$garbage"), Err(HashError::Malformed("argon2")));
+        assert_eq!(StoredHash::parse("$2b$04$short"), Err(HashError::Malformed("bcrypt")));
     }
 
     #[test]

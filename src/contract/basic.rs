@@ -19,9 +19,7 @@ pub struct BasicCredentials {
 
 impl fmt::Debug for BasicCredentials {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BasicCredentials")
-            .field("username", &self.username)
-            .finish_non_exhaustive()
+        f.debug_struct("BasicCredentials").field("username", &self.username).finish_non_exhaustive()
     }
 }
 
@@ -42,25 +40,18 @@ pub fn parse_basic(header: &HeaderValue) -> Result<BasicCredentials, BasicError>
         return Err(BasicError::Malformed);
     }
     let value = header.to_str().map_err(|_| BasicError::Malformed)?.trim();
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or(if value.eq_ignore_ascii_case("basic") {
-            BasicError::Malformed
-        } else {
-            BasicError::UnsupportedScheme
-        })?;
+    let (scheme, token) = value.split_once(' ').ok_or(if value.eq_ignore_ascii_case("basic") {
+        BasicError::Malformed
+    } else {
+        BasicError::UnsupportedScheme
+    })?;
     if !scheme.eq_ignore_ascii_case("basic") {
         return Err(BasicError::UnsupportedScheme);
     }
-    let decoded = base64::engine::general_purpose::STANDARD
-        .decode(token.trim())
-        .map_err(|_| BasicError::Malformed)?;
+    let decoded = base64::engine::general_purpose::STANDARD.decode(token.trim()).map_err(|_| BasicError::Malformed)?;
     let text = String::from_utf8(decoded).map_err(|_| BasicError::Malformed)?;
     let (username, password) = text.split_once(':').ok_or(BasicError::Malformed)?;
-    Ok(BasicCredentials {
-        username: username.to_owned(),
-        password: password.to_owned(),
-    })
+    Ok(BasicCredentials { username: username.to_owned(), password: password.to_owned() })
 }
 
 #[cfg(test)]
@@ -74,19 +65,12 @@ mod tests {
     #[test]
     fn the_product_page_header_is_user0_secret0() {
         let c = parse("Basic dXNlcjA6c2VjcmV0MA==").unwrap();
-        assert_eq!(
-            (c.username.as_str(), c.password.as_str()),
-            ("user0", "secret0")
-        );
+        assert_eq!((c.username.as_str(), c.password.as_str()), ("user0", "secret0"));
     }
 
     #[test]
     fn scheme_is_case_insensitive_and_password_may_hold_colons() {
-        let c = parse(&format!(
-            "bAsIc {}",
-            base64::engine::general_purpose::STANDARD.encode("u:p:q")
-        ))
-        .unwrap();
+        let c = parse(&format!("bAsIc {}", base64::engine::general_purpose::STANDARD.encode("u:p:q"))).unwrap();
         assert_eq!((c.username.as_str(), c.password.as_str()), ("u", "p:q"));
     }
 
@@ -95,24 +79,14 @@ mod tests {
         assert_eq!(parse("Bearer abc"), Err(BasicError::UnsupportedScheme));
         assert_eq!(parse("Basic"), Err(BasicError::Malformed));
         assert_eq!(parse("Basic !!!"), Err(BasicError::Malformed));
-        assert_eq!(
-            parse("Basic dXNlcjA="),
-            Err(BasicError::Malformed),
-            "no colon"
-        );
+        assert_eq!(parse("Basic dXNlcjA="), Err(BasicError::Malformed), "no colon");
         assert_eq!(parse("Basic /w=="), Err(BasicError::Malformed), "not UTF-8");
-        assert_eq!(
-            parse(&format!("Basic {}", "A".repeat(5000))),
-            Err(BasicError::Malformed)
-        );
+        assert_eq!(parse(&format!("Basic {}", "A".repeat(5000))), Err(BasicError::Malformed));
     }
 
     #[test]
     fn debug_output_hides_the_password() {
         let shown = format!("{:?}", parse("Basic dXNlcjA6c2VjcmV0MA==").unwrap());
-        assert!(
-            shown.contains("user0") && !shown.contains("secret0"),
-            "{shown}"
-        );
+        assert!(shown.contains("user0") && !shown.contains("secret0"), "{shown}");
     }
 }

@@ -49,10 +49,7 @@ pub enum ApiError {
 impl ApiError {
     /// A 400 with its code and message.
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
-        ApiError::BadRequest {
-            code,
-            message: message.into(),
-        }
+        ApiError::BadRequest { code, message: message.into() }
     }
 
     /// The HTTP status this error answers with.
@@ -85,9 +82,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { message, .. } => message.clone(),
             ApiError::Unauthorized { message, .. } => (*message).to_owned(),
-            ApiError::MethodNotAllowed => {
-                "only POST is supported; publish with POST /topics/{topic}".into()
-            }
+            ApiError::MethodNotAllowed => "only POST is supported; publish with POST /topics/{topic}".into(),
             ApiError::PayloadTooLarge { max } => {
                 format!("the payload exceeds the limit of {max} bytes")
             }
@@ -108,11 +103,8 @@ impl ApiError {
             error: &'a str,
             message: &'a str,
         }
-        let body = serde_json::to_vec(&Body {
-            error: self.code(),
-            message: &self.message(),
-        })
-        .expect("serializing two strings cannot fail");
+        let body = serde_json::to_vec(&Body { error: self.code(), message: &self.message() })
+            .expect("serializing two strings cannot fail");
         let mut response = Response::builder()
             .status(self.status())
             .header(header::CONTENT_TYPE, "application/json")
@@ -121,10 +113,7 @@ impl ApiError {
         let headers = response.headers_mut();
         match self {
             ApiError::Unauthorized { .. } => {
-                headers.insert(
-                    header::WWW_AUTHENTICATE,
-                    HeaderValue::from_static(REALM_HEADER),
-                );
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM_HEADER));
             }
             ApiError::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
@@ -148,8 +137,7 @@ mod tests {
 
     #[test]
     fn every_error_has_a_json_body_naming_the_problem() {
-        let response =
-            ApiError::bad_request("invalid_qos", "qos must be 0 or 1, not \"7\"").into_response();
+        let response = ApiError::bad_request("invalid_qos", "qos must be 0 or 1, not \"7\"").into_response();
         assert_eq!(response.status(), 400);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(
@@ -160,36 +148,20 @@ mod tests {
 
     #[test]
     fn statuses_carry_the_headers_http_requires() {
-        let r = ApiError::Unauthorized {
-            code: "authentication_failed",
-            message: "x",
-        }
-        .into_response();
-        assert_eq!(
-            r.headers()[header::WWW_AUTHENTICATE],
-            "Basic realm=\"mqtt\""
-        );
+        let r = ApiError::Unauthorized { code: "authentication_failed", message: "x" }.into_response();
+        assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"mqtt\"");
         let r = ApiError::MethodNotAllowed.into_response();
-        assert_eq!(
-            (r.status().as_u16(), &r.headers()[header::ALLOW]),
-            (405, &HeaderValue::from_static("POST"))
-        );
+        assert_eq!((r.status().as_u16(), &r.headers()[header::ALLOW]), (405, &HeaderValue::from_static("POST")));
         let r = ApiError::TooManyRequests { retry_after: 1 }.into_response();
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         let r = ApiError::Unavailable { retry_after: 5 }.into_response();
-        assert_eq!(
-            (r.status().as_u16(), &r.headers()[header::RETRY_AFTER]),
-            (503, &HeaderValue::from(5))
-        );
+        assert_eq!((r.status().as_u16(), &r.headers()[header::RETRY_AFTER]), (503, &HeaderValue::from(5)));
     }
 
     #[test]
     fn a_server_fault_says_nothing_internal() {
         let r = ApiError::Internal.into_response();
         assert_eq!(r.status(), 500);
-        assert_eq!(
-            body_json(&r)["message"],
-            "the server failed to publish the message"
-        );
+        assert_eq!(body_json(&r)["message"], "the server failed to publish the message");
     }
 }

@@ -23,10 +23,7 @@ fn process_node() -> u64 {
         let mut bytes = [0u8; 8];
         // Without OS randomness, time and pid still separate most processes.
         if getrandom::getrandom(&mut bytes).is_err() {
-            let nanos = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_nanos();
+            let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
             bytes = ((nanos as u64) ^ u64::from(std::process::id()).rotate_left(32)).to_be_bytes();
         }
         u64::from_be_bytes(bytes)
@@ -36,17 +33,12 @@ fn process_node() -> u64 {
 impl MessageId {
     /// A new id, greater than every id this process made before.
     pub fn next() -> MessageId {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_millis() as u64;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
         let floor = (now_ms & 0xFFFF_FFFF_FFFF) << 16;
         // A sequence overflow carries into the millisecond field: ids stay unique
         // and ordered, running at most a few milliseconds ahead under a burst.
         let prev = LAST
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| {
-                Some(floor.max(last + 1))
-            })
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(floor.max(last + 1)))
             .expect("the update closure always returns Some");
         let high = floor.max(prev + 1);
         MessageId((u128::from(high) << 64) | u128::from(process_node()))
@@ -67,26 +59,18 @@ mod tests {
     fn ids_are_32_upper_case_hex_digits() {
         let id = MessageId::next().to_string();
         assert_eq!(id.len(), 32);
-        assert!(
-            id.chars()
-                .all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)),
-            "{id}"
-        );
+        assert!(id.chars().all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)), "{id}");
     }
 
     #[test]
     fn ids_strictly_increase_across_threads() {
         let per_thread: Vec<Vec<MessageId>> = std::thread::scope(|s| {
-            let handles: Vec<_> = (0..4)
-                .map(|_| s.spawn(|| (0..50_000).map(|_| MessageId::next()).collect()))
-                .collect();
+            let handles: Vec<_> =
+                (0..4).map(|_| s.spawn(|| (0..50_000).map(|_| MessageId::next()).collect())).collect();
             handles.into_iter().map(|h| h.join().unwrap()).collect()
         });
         for ids in &per_thread {
-            assert!(
-                ids.windows(2).all(|w| w[0] < w[1]),
-                "ids from one thread must increase"
-            );
+            assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids from one thread must increase");
         }
         let mut all: Vec<_> = per_thread.concat();
         let total = all.len();
@@ -97,15 +81,9 @@ mod tests {
 
     #[test]
     fn the_leading_digits_are_the_current_time() {
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as u64;
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
         let id = MessageId::next();
         let id_ms = (id.0 >> 80) as u64;
-        assert!(
-            id_ms >= now_ms && id_ms < now_ms + 1_000,
-            "{id_ms} vs {now_ms}"
-        );
+        assert!(id_ms >= now_ms && id_ms < now_ms + 1_000, "{id_ms} vs {now_ms}");
     }
 }

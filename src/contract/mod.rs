@@ -93,23 +93,15 @@ pub fn parse_request(
     let topic = parse_topic(&request.path, limits.topic)?;
     let options = query::parse_options(&request.query, limits.max_qos, limits.topic)?;
     if request.body.len() > max_payload_bytes {
-        return Err(ApiError::PayloadTooLarge {
-            max: max_payload_bytes,
-        });
+        return Err(ApiError::PayloadTooLarge { max: max_payload_bytes });
     }
-    if options.properties.payload_format_indicator == Some(1)
-        && std::str::from_utf8(&request.body).is_err()
-    {
+    if options.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&request.body).is_err() {
         return Err(ApiError::bad_request(
             "invalid_payload",
             "PayloadFormatIndicator=1 declares a UTF-8 payload, but the body is not valid UTF-8",
         ));
     }
-    Ok(PublishRequest {
-        topic,
-        options,
-        payload: request.body.clone(),
-    })
+    Ok(PublishRequest { topic, options, payload: request.body.clone() })
 }
 
 /// `/topics/{topic}` → the topic, decoded exactly once: `%2F` and `/` both separate levels.
@@ -119,13 +111,9 @@ pub fn parse_topic(path: &RequestPath, limits: TopicLimits) -> Result<Topic, Api
         RequestPath::Decoded(text) => text.as_bytes().to_vec(),
     };
     let Some(name) = decoded.strip_prefix(TOPICS_PREFIX) else {
-        return Err(ApiError::bad_request(
-            "invalid_path",
-            "the path must be /topics/{url-encoded-topic}",
-        ));
+        return Err(ApiError::bad_request("invalid_path", "the path must be /topics/{url-encoded-topic}"));
     };
-    Topic::parse(name.to_vec(), limits)
-        .map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))
+    Topic::parse(name.to_vec(), limits).map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))
 }
 
 #[cfg(test)]
@@ -133,10 +121,7 @@ mod tests {
     use super::*;
 
     const LIMITS: BackendLimits = BackendLimits {
-        topic: TopicLimits {
-            max_bytes: 256,
-            max_slashes: Some(7),
-        },
+        topic: TopicLimits { max_bytes: 256, max_slashes: Some(7) },
         max_payload_bytes: 131_072,
         max_qos: 1,
     };
@@ -154,124 +139,57 @@ mod tests {
     }
 
     fn topic(path: RequestPath) -> Result<String, &'static str> {
-        parse_topic(&path, LIMITS.topic)
-            .map(|t| t.as_str().to_owned())
-            .map_err(|e| e.code())
+        parse_topic(&path, LIMITS.topic).map(|t| t.as_str().to_owned()).map_err(|e| e.code())
     }
 
     #[test]
     fn encoded_paths_are_decoded_once() {
-        assert_eq!(
-            topic(RequestPath::Encoded("/topics/a%2Fb/c".into())),
-            Ok("a/b/c".into())
-        );
-        assert_eq!(
-            topic(RequestPath::Encoded("/topics/%2541".into())),
-            Ok("%41".into())
-        );
-        assert_eq!(
-            topic(RequestPath::Encoded("/topics/a%20b".into())),
-            Ok("a b".into())
-        );
-        assert_eq!(
-            topic(RequestPath::Encoded("/topics/caf%C3%A9".into())),
-            Ok("café".into())
-        );
+        assert_eq!(topic(RequestPath::Encoded("/topics/a%2Fb/c".into())), Ok("a/b/c".into()));
+        assert_eq!(topic(RequestPath::Encoded("/topics/%2541".into())), Ok("%41".into()));
+        assert_eq!(topic(RequestPath::Encoded("/topics/a%20b".into())), Ok("a b".into()));
+        assert_eq!(topic(RequestPath::Encoded("/topics/caf%C3%A9".into())), Ok("café".into()));
     }
 
     #[test]
     fn decoded_paths_are_not_decoded_again() {
-        assert_eq!(
-            topic(RequestPath::Decoded("/topics/%41".into())),
-            Ok("%41".into())
-        );
-        assert_eq!(
-            topic(RequestPath::Decoded("/topics/a b".into())),
-            Ok("a b".into())
-        );
+        assert_eq!(topic(RequestPath::Decoded("/topics/%41".into())), Ok("%41".into()));
+        assert_eq!(topic(RequestPath::Decoded("/topics/a b".into())), Ok("a b".into()));
     }
 
     #[test]
     fn wrong_paths_and_topics_are_400() {
-        for p in [
-            "/",
-            "/topics",
-            "/topics/",
-            "/topic/home",
-            "/v1/topics/home",
-            "/TOPICS/home",
-        ] {
-            let want = if p == "/topics/" {
-                "invalid_topic"
-            } else {
-                "invalid_path"
-            };
+        for p in ["/", "/topics", "/topics/", "/topic/home", "/v1/topics/home", "/TOPICS/home"] {
+            let want = if p == "/topics/" { "invalid_topic" } else { "invalid_path" };
             assert_eq!(topic(RequestPath::Encoded(p.into())), Err(want), "{p}");
         }
-        assert_eq!(
-            topic(RequestPath::Encoded("/topics/a%2B".into())),
-            Err("invalid_topic")
-        );
-        assert_eq!(
-            topic(RequestPath::Encoded("/topics/%23".into())),
-            Err("invalid_topic")
-        );
-        assert_eq!(
-            topic(RequestPath::Encoded("/topics/a%00".into())),
-            Err("invalid_topic")
-        );
-        assert_eq!(
-            topic(RequestPath::Encoded("/topics/%FF".into())),
-            Err("invalid_topic")
-        );
+        assert_eq!(topic(RequestPath::Encoded("/topics/a%2B".into())), Err("invalid_topic"));
+        assert_eq!(topic(RequestPath::Encoded("/topics/%23".into())), Err("invalid_topic"));
+        assert_eq!(topic(RequestPath::Encoded("/topics/a%00".into())), Err("invalid_topic"));
+        assert_eq!(topic(RequestPath::Encoded("/topics/%FF".into())), Err("invalid_topic"));
     }
 
     #[test]
     fn only_post_publishes() {
         for m in [Method::GET, Method::PUT, Method::DELETE, Method::OPTIONS] {
             let r = request(m, RequestPath::Encoded("/topics/home".into()), b"");
-            assert_eq!(
-                parse_request(&r, LIMITS, 10),
-                Err(ApiError::MethodNotAllowed)
-            );
+            assert_eq!(parse_request(&r, LIMITS, 10), Err(ApiError::MethodNotAllowed));
         }
     }
 
     #[test]
     fn payload_limit_and_utf8_declaration_are_enforced() {
-        let r = request(
-            Method::POST,
-            RequestPath::Encoded("/topics/home".into()),
-            b"12345",
-        );
+        let r = request(Method::POST, RequestPath::Encoded("/topics/home".into()), b"12345");
         assert!(parse_request(&r, LIMITS, 5).is_ok());
-        assert_eq!(
-            parse_request(&r, LIMITS, 4),
-            Err(ApiError::PayloadTooLarge { max: 4 })
-        );
-        let mut r = request(
-            Method::POST,
-            RequestPath::Encoded("/topics/home".into()),
-            b"\xff\xfe",
-        );
-        assert!(
-            parse_request(&r, LIMITS, 10).is_ok(),
-            "bytes are fine without the indicator"
-        );
+        assert_eq!(parse_request(&r, LIMITS, 4), Err(ApiError::PayloadTooLarge { max: 4 }));
+        let mut r = request(Method::POST, RequestPath::Encoded("/topics/home".into()), b"\xff\xfe");
+        assert!(parse_request(&r, LIMITS, 10).is_ok(), "bytes are fine without the indicator");
         r.query = vec![("PayloadFormatIndicator".into(), "1".into())];
-        assert_eq!(
-            parse_request(&r, LIMITS, 10).unwrap_err().code(),
-            "invalid_payload"
-        );
+        assert_eq!(parse_request(&r, LIMITS, 10).unwrap_err().code(), "invalid_payload");
     }
 
     #[test]
     fn an_empty_body_is_a_message() {
-        let r = request(
-            Method::POST,
-            RequestPath::Encoded("/topics/home".into()),
-            b"",
-        );
+        let r = request(Method::POST, RequestPath::Encoded("/topics/home".into()), b"");
         assert!(parse_request(&r, LIMITS, 10).unwrap().payload.is_empty());
     }
 }

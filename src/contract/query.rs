@@ -50,24 +50,16 @@ pub const MAX_CLIENT_ID_LEN: usize = 128;
 /// Whether `id` is a client_id we accept: 1–128 of `[A-Za-z0-9_.:@-]`.
 pub fn is_valid_client_id(id: &str) -> bool {
     (1..=MAX_CLIENT_ID_LEN).contains(&id.len())
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
+        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component: `+` is a space and
 /// `%XX` a byte, as browsers, `curl --data-urlencode` and Python's `urlencode` send it.
 pub fn decode_component(raw: &str) -> Result<String, ApiError> {
     let spaced = raw.replace('+', " ");
-    percent_decode(spaced.as_bytes())
-        .decode_utf8()
-        .map(|s| s.into_owned())
-        .map_err(|_| {
-            ApiError::bad_request(
-                "invalid_query",
-                format!("query component {raw:?} does not decode to UTF-8"),
-            )
-        })
+    percent_decode(spaced.as_bytes()).decode_utf8().map(|s| s.into_owned()).map_err(|_| {
+        ApiError::bad_request("invalid_query", format!("query component {raw:?} does not decode to UTF-8"))
+    })
 }
 
 /// Splits and decodes a raw query string (`a=1&b=2`) into name/value pairs, in order.
@@ -102,11 +94,7 @@ pub fn parse_options(
         if let Some(rest) = lower.strip_prefix("userprop.") {
             let (index, half) = parse_user_prop_name(name, rest)?;
             let slot = user_props.entry(index).or_default();
-            let field = if half == Half::Key {
-                &mut slot.key
-            } else {
-                &mut slot.value
-            };
+            let field = if half == Half::Key { &mut slot.key } else { &mut slot.value };
             match field {
                 Some(existing) if existing != value => {
                     return Err(ApiError::bad_request(
@@ -142,10 +130,7 @@ pub fn parse_options(
             "2" if max_qos >= 2 => 2,
             _ => {
                 let allowed = if max_qos >= 2 { "0, 1 or 2" } else { "0 or 1" };
-                return Err(ApiError::bad_request(
-                    "invalid_qos",
-                    format!("qos must be {allowed}, not {v:?}"),
-                ));
+                return Err(ApiError::bad_request("invalid_qos", format!("qos must be {allowed}, not {v:?}")));
             }
         },
     };
@@ -154,10 +139,7 @@ pub fn parse_options(
         Some(v) if v.eq_ignore_ascii_case("true") => true,
         Some(v) if v.eq_ignore_ascii_case("false") => false,
         Some(v) => {
-            return Err(ApiError::bad_request(
-                "invalid_retained",
-                format!("retained must be true or false, not {v:?}"),
-            ))
+            return Err(ApiError::bad_request("invalid_retained", format!("retained must be true or false, not {v:?}")))
         }
     };
     let client_id = match scalars.get("client_id") {
@@ -166,9 +148,7 @@ pub fn parse_options(
         Some(&v) => {
             return Err(ApiError::bad_request(
                 "invalid_client_id",
-                format!(
-                    "client_id must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, not {v:?}"
-                ),
+                format!("client_id must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, not {v:?}"),
             ))
         }
     };
@@ -187,34 +167,24 @@ pub fn parse_options(
     };
     let message_expiry_interval = match scalars.get("messageexpiryinterval") {
         None => None,
-        Some(v) => Some(
-            v.parse::<u32>()
-                .ok()
-                .filter(|_| v.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| {
-                    ApiError::bad_request(
+        Some(v) => Some(v.parse::<u32>().ok().filter(|_| v.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| {
+            ApiError::bad_request(
                 "invalid_message_expiry_interval",
                 format!("MessageExpiryInterval must be an integer from 0 to 4294967295, not {v:?}"),
             )
-                })?,
-        ),
+        })?),
     };
     let response_topic = match scalars.get("responsetopic") {
         None => None,
         Some(&v) => {
             Topic::check(v, topic_limits).map_err(|e| {
-                ApiError::bad_request(
-                    "invalid_response_topic",
-                    format!("ResponseTopic is not a valid topic name: {e}"),
-                )
+                ApiError::bad_request("invalid_response_topic", format!("ResponseTopic is not a valid topic name: {e}"))
             })?;
             Some(v.to_owned())
         }
     };
     let content_type = scalars.get("contenttype").map(|&v| v.to_owned());
-    let correlation_data = scalars
-        .get("correlationdata")
-        .map(|&v| Bytes::copy_from_slice(v.as_bytes()));
+    let correlation_data = scalars.get("correlationdata").map(|&v| Bytes::copy_from_slice(v.as_bytes()));
 
     let user_properties = user_props
         .into_iter()
@@ -274,9 +244,7 @@ fn parse_user_prop_name(original: &str, rest: &str) -> Result<(u32, Half), ApiEr
     let invalid = || {
         ApiError::bad_request(
             "invalid_user_property",
-            format!(
-                "{original:?} is not UserProp.N.Key or UserProp.N.Value with N a positive integer"
-            ),
+            format!("{original:?} is not UserProp.N.Key or UserProp.N.Value with N a positive integer"),
         )
     };
     let (n, half) = rest.split_once('.').ok_or_else(invalid)?;
@@ -299,10 +267,7 @@ fn parse_user_prop_name(original: &str, rest: &str) -> Result<(u32, Half), ApiEr
 mod tests {
     use super::*;
 
-    const LIMITS: TopicLimits = TopicLimits {
-        max_bytes: 256,
-        max_slashes: Some(7),
-    };
+    const LIMITS: TopicLimits = TopicLimits { max_bytes: 256, max_slashes: Some(7) };
 
     fn parse(query: &str) -> Result<PublishOptions, ApiError> {
         parse_options(&decode_query(query).unwrap(), 1, LIMITS)
@@ -315,10 +280,7 @@ mod tests {
     #[test]
     fn defaults_are_qos_1_not_retained() {
         let o = parse("").unwrap();
-        assert_eq!(
-            (o.qos, o.retain, o.client_id, o.username),
-            (1, false, None, None)
-        );
+        assert_eq!((o.qos, o.retain, o.client_id, o.username), (1, false, None, None));
         assert_eq!(o.properties, Properties::default());
     }
 
@@ -333,10 +295,7 @@ mod tests {
     #[test]
     fn names_are_case_insensitive_and_unknown_names_ignored() {
         let o = parse("QoS=0&RETAIN=TRUE&Client_ID=a&foo=bar&contenttype=text%2Fplain").unwrap();
-        assert_eq!(
-            (o.qos, o.retain, o.client_id.as_deref()),
-            (0, true, Some("a"))
-        );
+        assert_eq!((o.qos, o.retain, o.client_id.as_deref()), (0, true, Some("a")));
         assert_eq!(o.properties.content_type.as_deref(), Some("text/plain"));
     }
 
@@ -345,12 +304,7 @@ mod tests {
         for q in ["qos=2", "qos=3", "qos=", "qos=01", "qos=-1", "qos=one"] {
             assert_eq!(code(q), "invalid_qos", "{q}");
         }
-        assert_eq!(
-            parse_options(&decode_query("qos=2").unwrap(), 2, LIMITS)
-                .unwrap()
-                .qos,
-            2
-        );
+        assert_eq!(parse_options(&decode_query("qos=2").unwrap(), 2, LIMITS).unwrap().qos, 2);
         for q in ["retained=yes", "retained=1", "retained=", "retain=maybe"] {
             assert_eq!(code(q), "invalid_retained", "{q}");
         }
@@ -368,10 +322,7 @@ mod tests {
     fn client_id_charset_and_length_are_checked() {
         assert!(parse("client_id=a.b:c@d-e_f").is_ok());
         assert!(parse(&format!("client_id={}", "x".repeat(128))).is_ok());
-        assert_eq!(
-            code(&format!("client_id={}", "x".repeat(129))),
-            "invalid_client_id"
-        );
+        assert_eq!(code(&format!("client_id={}", "x".repeat(129))), "invalid_client_id");
         assert_eq!(code("client_id="), "invalid_client_id");
         assert_eq!(code("client_id=a%20b"), "invalid_client_id");
         assert_eq!(code("client_id=a/b"), "invalid_client_id");
@@ -391,38 +342,20 @@ mod tests {
         assert_eq!(p.content_type.as_deref(), Some("application/json"));
         assert_eq!(p.payload_format_indicator, Some(1));
         assert_eq!(p.message_expiry_interval, Some(3600));
-        let props: Vec<(&str, &str)> = p
-            .user_properties
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        assert_eq!(
-            props,
-            [("a", "v1"), ("b", "v2"), ("a", "v3")],
-            "order of N, repeated keys kept"
-        );
+        let props: Vec<(&str, &str)> = p.user_properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(props, [("a", "v1"), ("b", "v2"), ("a", "v3")], "order of N, repeated keys kept");
     }
 
     #[test]
     fn property_values_are_checked() {
         assert_eq!(
-            parse("MessageExpiryInterval=4294967295")
-                .unwrap()
-                .properties
-                .message_expiry_interval,
+            parse("MessageExpiryInterval=4294967295").unwrap().properties.message_expiry_interval,
             Some(u32::MAX)
         );
-        for q in [
-            "MessageExpiryInterval=4294967296",
-            "MessageExpiryInterval=-1",
-            "MessageExpiryInterval=+5",
-        ] {
+        for q in ["MessageExpiryInterval=4294967296", "MessageExpiryInterval=-1", "MessageExpiryInterval=+5"] {
             assert_eq!(code(q), "invalid_message_expiry_interval", "{q}");
         }
-        assert_eq!(
-            code("PayloadFormatIndicator=2"),
-            "invalid_payload_format_indicator"
-        );
+        assert_eq!(code("PayloadFormatIndicator=2"), "invalid_payload_format_indicator");
         assert_eq!(code("ResponseTopic=a%2F%2B"), "invalid_response_topic");
         assert_eq!(code("ResponseTopic="), "invalid_response_topic");
     }
@@ -431,16 +364,10 @@ mod tests {
     fn user_properties_need_both_halves_and_a_positive_index() {
         assert_eq!(code("UserProp.1.Key=a"), "invalid_user_property");
         assert_eq!(code("UserProp.1.Value=a"), "invalid_user_property");
-        assert_eq!(
-            code("UserProp.0.Key=a&UserProp.0.Value=b"),
-            "invalid_user_property"
-        );
+        assert_eq!(code("UserProp.0.Key=a&UserProp.0.Value=b"), "invalid_user_property");
         assert_eq!(code("UserProp.x.Key=a"), "invalid_user_property");
         assert_eq!(code("UserProp.1.Name=a"), "invalid_user_property");
-        assert_eq!(
-            code("UserProp.1.Key=a&UserProp.1.Key=b&UserProp.1.Value=c"),
-            "conflicting_parameter"
-        );
+        assert_eq!(code("UserProp.1.Key=a&UserProp.1.Key=b&UserProp.1.Value=c"), "conflicting_parameter");
     }
 
     #[test]

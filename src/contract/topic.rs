@@ -63,17 +63,10 @@ impl Topic {
             return Err(TopicError::Empty);
         }
         if let Some(c) = name.chars().find(|c| matches!(c, '+' | '#' | '\0')) {
-            return Err(if c == '\0' {
-                TopicError::Null
-            } else {
-                TopicError::Wildcard(c)
-            });
+            return Err(if c == '\0' { TopicError::Null } else { TopicError::Wildcard(c) });
         }
         if name.len() > limits.max_bytes {
-            return Err(TopicError::TooLong {
-                len: name.len(),
-                max: limits.max_bytes,
-            });
+            return Err(TopicError::TooLong { len: name.len(), max: limits.max_bytes });
         }
         if let Some(max) = limits.max_slashes {
             let count = name.bytes().filter(|&b| b == b'/').count();
@@ -105,10 +98,7 @@ impl fmt::Display for Topic {
 mod tests {
     use super::*;
 
-    const AWS: TopicLimits = TopicLimits {
-        max_bytes: 256,
-        max_slashes: Some(7),
-    };
+    const AWS: TopicLimits = TopicLimits { max_bytes: 256, max_slashes: Some(7) };
 
     fn parse(s: &str) -> Result<Topic, TopicError> {
         Topic::parse(s.as_bytes().to_vec(), AWS)
@@ -117,10 +107,7 @@ mod tests {
     #[test]
     fn plain_and_nested_names_are_valid() {
         assert_eq!(parse("home").unwrap().as_str(), "home");
-        assert_eq!(
-            parse("a/b/c").unwrap().levels().collect::<Vec<_>>(),
-            ["a", "b", "c"]
-        );
+        assert_eq!(parse("a/b/c").unwrap().levels().collect::<Vec<_>>(), ["a", "b", "c"]);
         assert!(parse("/leading/and//empty/levels/").is_ok());
         assert!(parse("$aws/things/x").is_ok());
         assert!(parse("température/salle 1").is_ok());
@@ -132,28 +119,16 @@ mod tests {
         assert_eq!(parse("a/+/b"), Err(TopicError::Wildcard('+')));
         assert_eq!(parse("a/#"), Err(TopicError::Wildcard('#')));
         assert_eq!(parse("a\0b"), Err(TopicError::Null));
-        assert_eq!(
-            Topic::parse(vec![0x61, 0xff], AWS),
-            Err(TopicError::NotUtf8)
-        );
+        assert_eq!(Topic::parse(vec![0x61, 0xff], AWS), Err(TopicError::NotUtf8));
     }
 
     #[test]
     fn backend_limits_hold_at_their_edges() {
         assert!(parse(&"x".repeat(256)).is_ok());
-        assert_eq!(
-            parse(&"x".repeat(257)),
-            Err(TopicError::TooLong { len: 257, max: 256 })
-        );
+        assert_eq!(parse(&"x".repeat(257)), Err(TopicError::TooLong { len: 257, max: 256 }));
         assert!(parse("1/2/3/4/5/6/7/8").is_ok());
-        assert_eq!(
-            parse("1/2/3/4/5/6/7/8/9"),
-            Err(TopicError::TooDeep { count: 8, max: 7 })
-        );
-        let mqtt = TopicLimits {
-            max_bytes: 65_535,
-            max_slashes: None,
-        };
+        assert_eq!(parse("1/2/3/4/5/6/7/8/9"), Err(TopicError::TooDeep { count: 8, max: 7 }));
+        let mqtt = TopicLimits { max_bytes: 65_535, max_slashes: None };
         assert!(Topic::parse("1/2/3/4/5/6/7/8/9".into(), mqtt).is_ok());
     }
 }

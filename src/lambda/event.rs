@@ -110,10 +110,7 @@ pub enum DecodeError {
 }
 
 /// Decodes a raw event: what the fuzz target and the tests drive.
-pub fn decode(
-    bytes: &[u8],
-    base_path: Option<&str>,
-) -> Result<(Result<HttpRequest, ApiError>, Origin), DecodeError> {
+pub fn decode(bytes: &[u8], base_path: Option<&str>) -> Result<(Result<HttpRequest, ApiError>, Origin), DecodeError> {
     let event: Event = serde_json::from_slice(bytes)?;
     decode_event(event, base_path)
 }
@@ -126,15 +123,9 @@ pub fn decode_event(
 ) -> Result<(Result<HttpRequest, ApiError>, Origin), DecodeError> {
     let context = event.request_context.unwrap_or_default();
     let origin = if context.elb.is_some() {
-        Origin::Alb {
-            multi_value: event.multi_value_headers.is_some(),
-        }
+        Origin::Alb { multi_value: event.multi_value_headers.is_some() }
     } else if event.version.as_deref() == Some("2.0") || context.http.is_some() {
-        if context
-            .domain_name
-            .as_deref()
-            .is_some_and(|d| d.contains(".lambda-url."))
-        {
+        if context.domain_name.as_deref().is_some_and(|d| d.contains(".lambda-url.")) {
             Origin::FunctionUrl
         } else {
             Origin::HttpApi
@@ -146,9 +137,7 @@ pub fn decode_event(
     };
 
     let method = match origin {
-        Origin::HttpApi | Origin::FunctionUrl => {
-            context.http.as_ref().and_then(|h| h.method.clone())
-        }
+        Origin::HttpApi | Origin::FunctionUrl => context.http.as_ref().and_then(|h| h.method.clone()),
         _ => event.http_method,
     }
     .ok_or(DecodeError::NotHttp)?;
@@ -162,27 +151,15 @@ pub fn decode_event(
         .unwrap_or_default();
         let stage = context.stage.as_deref().filter(|s| *s != "$default");
         let path = strip_prefixes(&raw_path, stage, base_path).to_owned();
-        let path = if origin == Origin::HttpApi {
-            RequestPath::Decoded(path)
-        } else {
-            RequestPath::Encoded(path)
-        };
+        let path = if origin == Origin::HttpApi { RequestPath::Decoded(path) } else { RequestPath::Encoded(path) };
 
         let query = match origin {
-            Origin::HttpApi | Origin::FunctionUrl => {
-                decode_query(event.raw_query_string.as_deref().unwrap_or(""))?
-            }
-            Origin::RestApi => flatten(
-                event.multi_value_query_string_parameters,
-                event.query_string_parameters,
-            ),
-            Origin::Alb { .. } => flatten(
-                event.multi_value_query_string_parameters,
-                event.query_string_parameters,
-            )
-            .into_iter()
-            .map(|(k, v)| Ok((decode_component(&k)?, decode_component(&v)?)))
-            .collect::<Result<_, ApiError>>()?,
+            Origin::HttpApi | Origin::FunctionUrl => decode_query(event.raw_query_string.as_deref().unwrap_or(""))?,
+            Origin::RestApi => flatten(event.multi_value_query_string_parameters, event.query_string_parameters),
+            Origin::Alb { .. } => flatten(event.multi_value_query_string_parameters, event.query_string_parameters)
+                .into_iter()
+                .map(|(k, v)| Ok((decode_component(&k)?, decode_component(&v)?)))
+                .collect::<Result<_, ApiError>>()?,
         };
 
         let headers = header_map(event.multi_value_headers, event.headers);
@@ -191,24 +168,14 @@ pub fn decode_event(
             Some(text) if event.is_base64_encoded => Bytes::from(
                 base64::engine::general_purpose::STANDARD
                     .decode(text.as_bytes())
-                    .map_err(|_| {
-                        ApiError::bad_request(
-                            "invalid_body",
-                            "the body is marked base64 but is not",
-                        )
-                    })?,
+                    .map_err(|_| ApiError::bad_request("invalid_body", "the body is marked base64 but is not"))?,
             ),
             Some(text) => Bytes::from(text),
         };
 
         let source_ip = match origin {
-            Origin::HttpApi | Origin::FunctionUrl => {
-                context.http.as_ref().and_then(|h| h.source_ip.as_deref())
-            }
-            Origin::RestApi => context
-                .identity
-                .as_ref()
-                .and_then(|i| i.source_ip.as_deref()),
+            Origin::HttpApi | Origin::FunctionUrl => context.http.as_ref().and_then(|h| h.source_ip.as_deref()),
+            Origin::RestApi => context.identity.as_ref().and_then(|i| i.source_ip.as_deref()),
             // The ALB appends the address it saw to X-Forwarded-For: the last entry is the one to trust.
             Origin::Alb { .. } => headers
                 .get("x-forwarded-for")
@@ -223,19 +190,10 @@ pub fn decode_event(
             Origin::RestApi => context.identity.and_then(|i| i.client_cert),
             _ => None,
         };
-        let client_certificate = cert.map(|c| ClientCertificate {
-            common_name: c.subject_dn.as_deref().and_then(common_name),
-        });
+        let client_certificate =
+            cert.map(|c| ClientCertificate { common_name: c.subject_dn.as_deref().and_then(common_name) });
 
-        Ok(HttpRequest {
-            method,
-            path,
-            query,
-            headers,
-            body,
-            source_ip,
-            client_certificate,
-        })
+        Ok(HttpRequest { method, path, query, headers, body, source_ip, client_certificate })
     })();
     Ok((request, origin))
 }
@@ -243,16 +201,10 @@ pub fn decode_event(
 /// Removes a named stage (`/prod`) and then a configured base path (`/mqtt`), each only when it is a whole segment.
 fn strip_prefixes<'a>(path: &'a str, stage: Option<&str>, base_path: Option<&str>) -> &'a str {
     let strip = |p: &'a str, prefix: Option<&str>| -> &'a str {
-        let Some(prefix) = prefix
-            .map(|s| s.trim_matches('/'))
-            .filter(|s| !s.is_empty())
-        else {
+        let Some(prefix) = prefix.map(|s| s.trim_matches('/')).filter(|s| !s.is_empty()) else {
             return p;
         };
-        match p
-            .strip_prefix('/')
-            .and_then(|rest| rest.strip_prefix(prefix))
-        {
+        match p.strip_prefix('/').and_then(|rest| rest.strip_prefix(prefix)) {
             Some(rest) if rest.starts_with('/') => rest,
             _ => p,
         }
@@ -266,24 +218,15 @@ fn flatten(
     single: Option<HashMap<String, String>>,
 ) -> Vec<(String, String)> {
     match multi.filter(|m| !m.is_empty()) {
-        Some(multi) => multi
-            .into_iter()
-            .flat_map(|(k, vs)| vs.into_iter().map(move |v| (k.clone(), v)))
-            .collect(),
+        Some(multi) => multi.into_iter().flat_map(|(k, vs)| vs.into_iter().map(move |v| (k.clone(), v))).collect(),
         None => single.unwrap_or_default().into_iter().collect(),
     }
 }
 
-fn header_map(
-    multi: Option<HashMap<String, Vec<String>>>,
-    single: Option<HashMap<String, String>>,
-) -> HeaderMap {
+fn header_map(multi: Option<HashMap<String, Vec<String>>>, single: Option<HashMap<String, String>>) -> HeaderMap {
     let mut headers = HeaderMap::new();
     for (name, value) in flatten(multi, single) {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
+        if let (Ok(name), Ok(value)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(&value)) {
             headers.append(name, value);
         }
     }
@@ -312,8 +255,7 @@ pub fn common_name(dn: &str) -> Option<String> {
     attributes.iter().find_map(|attribute| {
         let (kind, value) = attribute.split_once('=')?;
         let kind = kind.trim();
-        (kind.eq_ignore_ascii_case("CN") || kind == "2.5.4.3")
-            .then(|| unescape_dn_value(value.trim()))?
+        (kind.eq_ignore_ascii_case("CN") || kind == "2.5.4.3").then(|| unescape_dn_value(value.trim()))?
     })
 }
 
@@ -365,31 +307,18 @@ pub fn encode(origin: Origin, response: Response<Bytes>) -> LambdaResponse {
     let (parts, body) = response.into_parts();
     let (body, is_base64_encoded) = match String::from_utf8(body.to_vec()) {
         Ok(text) => (text, false),
-        Err(_) => (
-            base64::engine::general_purpose::STANDARD.encode(&body),
-            true,
-        ),
+        Err(_) => (base64::engine::general_purpose::STANDARD.encode(&body), true),
     };
-    let pairs = parts
-        .headers
-        .iter()
-        .filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())));
+    let pairs = parts.headers.iter().filter_map(|(n, v)| Some((n.as_str().to_owned(), v.to_str().ok()?.to_owned())));
     let status = parts.status;
     let (headers, multi_value_headers) = match origin {
-        Origin::Alb { multi_value: true } => {
-            (None, Some(pairs.map(|(n, v)| (n, vec![v])).collect()))
-        }
+        Origin::Alb { multi_value: true } => (None, Some(pairs.map(|(n, v)| (n, vec![v])).collect())),
         _ => (Some(pairs.collect()), None),
     };
     LambdaResponse {
         status_code: status.as_u16(),
-        status_description: matches!(origin, Origin::Alb { .. }).then(|| {
-            format!(
-                "{} {}",
-                status.as_u16(),
-                status.canonical_reason().unwrap_or("")
-            )
-        }),
+        status_description: matches!(origin, Origin::Alb { .. })
+            .then(|| format!("{} {}", status.as_u16(), status.canonical_reason().unwrap_or(""))),
         headers,
         multi_value_headers,
         body,
@@ -403,14 +332,8 @@ mod tests {
 
     #[test]
     fn common_names_are_read_from_either_order_and_unescaped() {
-        assert_eq!(
-            common_name("CN=device-7,O=Example,C=US").as_deref(),
-            Some("device-7")
-        );
-        assert_eq!(
-            common_name("C=US,O=Example Corp,CN=curl001").as_deref(),
-            Some("curl001")
-        );
+        assert_eq!(common_name("CN=device-7,O=Example,C=US").as_deref(), Some("device-7"));
+        assert_eq!(common_name("C=US,O=Example Corp,CN=curl001").as_deref(), Some("curl001"));
         assert_eq!(common_name("cn = spaced , o=x").as_deref(), Some("spaced"));
         assert_eq!(common_name(r"O=a\,b,CN=dev\2B1").as_deref(), Some("dev+1"));
         assert_eq!(common_name("O=Example,C=US"), None);
@@ -419,31 +342,16 @@ mod tests {
 
     #[test]
     fn stages_and_base_paths_are_removed_only_as_whole_segments() {
-        assert_eq!(
-            strip_prefixes("/prod/topics/a", Some("prod"), None),
-            "/topics/a"
-        );
-        assert_eq!(
-            strip_prefixes("/production/topics/a", Some("prod"), None),
-            "/production/topics/a"
-        );
+        assert_eq!(strip_prefixes("/prod/topics/a", Some("prod"), None), "/topics/a");
+        assert_eq!(strip_prefixes("/production/topics/a", Some("prod"), None), "/production/topics/a");
         assert_eq!(strip_prefixes("/topics/a", Some("prod"), None), "/topics/a");
-        assert_eq!(
-            strip_prefixes("/mqtt/topics/a", None, Some("/mqtt/")),
-            "/topics/a"
-        );
-        assert_eq!(
-            strip_prefixes("/prod/mqtt/topics/a", Some("prod"), Some("mqtt")),
-            "/topics/a"
-        );
+        assert_eq!(strip_prefixes("/mqtt/topics/a", None, Some("/mqtt/")), "/topics/a");
+        assert_eq!(strip_prefixes("/prod/mqtt/topics/a", Some("prod"), Some("mqtt")), "/topics/a");
     }
 
     #[test]
     fn an_event_of_another_service_is_not_http() {
-        assert!(matches!(
-            decode(br#"{"Records": []}"#, None),
-            Err(DecodeError::NotHttp)
-        ));
+        assert!(matches!(decode(br#"{"Records": []}"#, None), Err(DecodeError::NotHttp)));
         assert!(matches!(decode(b"[1]", None), Err(DecodeError::Json(_))));
     }
 }

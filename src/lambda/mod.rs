@@ -28,8 +28,7 @@ pub async fn handle<P: Publisher>(
 /// Serves invocations from the Lambda Runtime API until the process ends.
 /// `BASE_PATH` names a custom domain's base path mapping to remove from paths.
 pub async fn run<P: Publisher>(service: Arc<Service<P>>) -> Result<(), lambda_runtime::Error> {
-    let base_path: Arc<Option<String>> =
-        Arc::new(std::env::var("BASE_PATH").ok().filter(|p| !p.is_empty()));
+    let base_path: Arc<Option<String>> = Arc::new(std::env::var("BASE_PATH").ok().filter(|p| !p.is_empty()));
     lambda_runtime::run(service_fn(move |invocation: LambdaEvent<Event>| {
         let service = Arc::clone(&service);
         let base_path = Arc::clone(&base_path);

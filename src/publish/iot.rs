@@ -18,10 +18,7 @@ use crate::contract::{BackendLimits, TopicLimits};
 
 /// AWS IoT Core's message limits (AWS IoT Core endpoints and quotas).
 pub const IOT_LIMITS: BackendLimits = BackendLimits {
-    topic: TopicLimits {
-        max_bytes: 256,
-        max_slashes: Some(7),
-    },
+    topic: TopicLimits { max_bytes: 256, max_slashes: Some(7) },
     max_payload_bytes: 128 * 1024,
     max_qos: 1,
 };
@@ -58,15 +55,10 @@ impl IotSettings {
     /// Defaults, with `IOT_DATA_ENDPOINT` and `PUBLISH_TIMEOUT_MS` (the total) from the environment.
     pub fn from_env() -> IotSettings {
         let mut settings = IotSettings {
-            endpoint: std::env::var("IOT_DATA_ENDPOINT")
-                .ok()
-                .filter(|e| !e.is_empty()),
+            endpoint: std::env::var("IOT_DATA_ENDPOINT").ok().filter(|e| !e.is_empty()),
             ..IotSettings::default()
         };
-        if let Some(ms) = std::env::var("PUBLISH_TIMEOUT_MS")
-            .ok()
-            .and_then(|v| v.parse::<u64>().ok())
-        {
+        if let Some(ms) = std::env::var("PUBLISH_TIMEOUT_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
             settings.total_timeout = Duration::from_millis(ms.max(1));
             settings.attempt_timeout = settings.attempt_timeout.min(settings.total_timeout);
         }
@@ -84,9 +76,7 @@ pub struct IotPublisher {
 /// Makes no network call: credentials and endpoints resolve on first use.
 pub async fn load_sdk_config(settings: &IotSettings) -> SdkConfig {
     let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(
-            tls::rustls_provider::CryptoMode::Ring,
-        ))
+        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
         .build_https();
     aws_config::defaults(BehaviorVersion::latest())
         .http_client(http_client)
@@ -112,16 +102,10 @@ impl IotPublisher {
     pub fn new(sdk_config: &SdkConfig, settings: &IotSettings) -> IotPublisher {
         let mut config = aws_sdk_iotdataplane::config::Builder::from(sdk_config);
         if let Some(endpoint) = &settings.endpoint {
-            let url = if endpoint.contains("://") {
-                endpoint.clone()
-            } else {
-                format!("https://{endpoint}")
-            };
+            let url = if endpoint.contains("://") { endpoint.clone() } else { format!("https://{endpoint}") };
             config = config.endpoint_url(url);
         }
-        IotPublisher {
-            client: Client::from_conf(config.build()),
-        }
+        IotPublisher { client: Client::from_conf(config.build()) }
     }
 }
 
@@ -132,8 +116,7 @@ impl Publisher for IotPublisher {
 
     async fn publish(&self, message: Message) -> Result<(), PublishError> {
         let p = message.properties;
-        let user_properties =
-            (!p.user_properties.is_empty()).then(|| user_properties_json(&p.user_properties));
+        let user_properties = (!p.user_properties.is_empty()).then(|| user_properties_json(&p.user_properties));
         let result = self
             .client
             .publish()
@@ -149,10 +132,7 @@ impl Publisher for IotPublisher {
             .set_content_type(p.content_type)
             .set_response_topic(p.response_topic)
             // The SDK sends this header as given; the API wants it base64-encoded.
-            .set_correlation_data(
-                p.correlation_data
-                    .map(|d| base64::engine::general_purpose::STANDARD.encode(d)),
-            )
+            .set_correlation_data(p.correlation_data.map(|d| base64::engine::general_purpose::STANDARD.encode(d)))
             .set_message_expiry(p.message_expiry_interval.map(i64::from))
             .send()
             .await;
@@ -165,9 +145,7 @@ impl Publisher for IotPublisher {
 fn user_properties_json(pairs: &[(String, String)]) -> String {
     let array: Vec<serde_json::Value> = pairs
         .iter()
-        .map(|(k, v)| {
-            serde_json::Value::Object([(k.clone(), v.clone().into())].into_iter().collect())
-        })
+        .map(|(k, v)| serde_json::Value::Object([(k.clone(), v.clone().into())].into_iter().collect()))
         .collect();
     serde_json::Value::Array(array).to_string()
 }
@@ -178,9 +156,7 @@ fn user_properties_json(pairs: &[(String, String)]) -> String {
 fn classify(err: SdkError<SdkPublishError>) -> PublishError {
     let detail = DisplayErrorContext(&err).to_string();
     match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => {
-            PublishError::Unavailable(detail)
-        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => PublishError::Unavailable(detail),
         SdkError::ServiceError(service) => match service.err() {
             SdkPublishError::InvalidRequestException(_) => PublishError::Rejected(detail),
             SdkPublishError::ThrottlingException(_) => PublishError::Throttled(detail),
@@ -189,9 +165,7 @@ fn classify(err: SdkError<SdkPublishError>) -> PublishError {
             | SdkPublishError::InternalFailureException(_) => PublishError::Failed(detail),
             other => match (other.meta().code(), service.raw().status().as_u16()) {
                 (Some("RequestEntityTooLargeException"), _) | (_, 413) => PublishError::TooLarge,
-                (Some("ServiceUnavailableException"), _) | (_, 503 | 504) => {
-                    PublishError::Unavailable(detail)
-                }
+                (Some("ServiceUnavailableException"), _) | (_, 503 | 504) => PublishError::Unavailable(detail),
                 (Some("ThrottlingException"), _) | (_, 429) => PublishError::Throttled(detail),
                 (Some("InvalidRequestException"), _) | (_, 400) => PublishError::Rejected(detail),
                 _ => PublishError::Failed(detail),
@@ -207,14 +181,8 @@ mod tests {
 
     #[test]
     fn user_properties_keep_order_and_repeats() {
-        let pairs = [
-            ("b".to_owned(), "1".to_owned()),
-            ("a".to_owned(), "2".to_owned()),
-            ("b".to_owned(), "3".to_owned()),
-        ];
-        assert_eq!(
-            user_properties_json(&pairs),
-            r#"[{"b":"1"},{"a":"2"},{"b":"3"}]"#
-        );
+        let pairs =
+            [("b".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned()), ("b".to_owned(), "3".to_owned())];
+        assert_eq!(user_properties_json(&pairs), r#"[{"b":"1"},{"a":"2"},{"b":"3"}]"#);
     }
 }

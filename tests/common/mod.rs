@@ -1,0 +1,199 @@
+//! What the integration tests share: a small HTTP/1.1 reader and writer for the
+//! suite's own loopback servers (the fault server, the Runtime API emulator), a
+//! client for moto's recorder, and the service built as production builds it.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mqtt_http_publish::config::Policy;
+use mqtt_http_publish::publish::iot::{load_sdk_config, IotPublisher, IotSettings};
+use mqtt_http_publish::service::Service;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// One HTTP request or response as read off the wire.
+#[derive(Debug, Clone, Default)]
+pub struct Wire {
+    /// `POST /path` for a request, `HTTP/1.1 200 OK` for a response.
+    pub start_line: String,
+    /// Header names lower-cased.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Wire {
+    pub fn status(&self) -> u16 {
+        self.start_line.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+    }
+
+    pub fn path(&self) -> &str {
+        self.start_line.split(' ').nth(1).unwrap_or("")
+    }
+}
+
+/// Parses a start line and headers.
+fn parse_head(head: &str) -> Wire {
+    let mut lines = head.lines();
+    let mut wire = Wire { start_line: lines.next().unwrap_or_default().to_owned(), ..Wire::default() };
+    for line in lines {
+        if let Some((name, value)) = line.split_once(':') {
+            wire.headers.insert(name.trim().to_ascii_lowercase(), value.trim().to_owned());
+        }
+    }
+    wire
+}
+
+/// Reads one message with a Content-Length body (or none); `None` at end of stream.
+pub async fn read_message<R: tokio::io::AsyncRead + Unpin>(reader: &mut BufReader<R>) -> std::io::Result<Option<Wire>> {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line).await? == 0 {
+            return Ok(None);
+        }
+        if line.trim_end().is_empty() {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let mut wire = parse_head(&head);
+    let length: usize = wire.headers.get("content-length").and_then(|l| l.parse().ok()).unwrap_or(0);
+    wire.body = vec![0; length];
+    reader.read_exact(&mut wire.body).await?;
+    Ok(Some(wire))
+}
+
+/// Writes a response and keeps the connection usable.
+pub async fn write_response<W: tokio::io::AsyncWrite + Unpin>(
+    writer: &mut W,
+    status: u16,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> std::io::Result<()> {
+    let mut head = format!("HTTP/1.1 {status} X\r\ncontent-length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
+    writer.write_all(head.as_bytes()).await?;
+    writer.write_all(body).await?;
+    writer.flush().await
+}
+
+/// One HTTP/1.0 call (the server closes after answering).
+pub async fn call(url: &str, method: &str, path: &str, body: &[u8]) -> Wire {
+    let host = url.trim_start_matches("http://").trim_end_matches('/');
+    let mut stream = TcpStream::connect(host).await.unwrap_or_else(|e| panic!("connect to {host}: {e}"));
+    let head = format!("{method} {path} HTTP/1.0\r\nhost: {host}\r\ncontent-length: {}\r\n\r\n", body.len());
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream.write_all(body).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete response") + 4;
+    let mut wire = parse_head(std::str::from_utf8(&raw[..split]).expect("ASCII headers"));
+    wire.body = raw[split..].to_vec();
+    wire
+}
+
+/// The moto server `scripts/test` started. Tests never skip without it: they fail and say why.
+pub fn moto_url() -> String {
+    for var in ["AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED"] {
+        assert!(std::env::var_os(var).is_some(), "{var} is not set: run the suite with scripts/test");
+    }
+    std::env::var("MOTO_URL").expect("MOTO_URL is not set: run the suite with scripts/test, which starts moto")
+}
+
+/// A name no other test uses, to find this test's requests in moto's shared recording.
+pub fn unique_app_name(test: &str) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("t{}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed), test.replace('_', "-"))
+}
+
+/// The production publisher, pointed at `endpoint`, tagged with `app` in its User-Agent.
+pub async fn iot_publisher(endpoint: &str, app: &str, settings: IotSettings) -> IotPublisher {
+    let settings = IotSettings { endpoint: Some(endpoint.to_owned()), ..settings };
+    let sdk = load_sdk_config(&settings)
+        .await
+        .into_builder()
+        .app_name(aws_config::AppName::new(app.to_owned()).unwrap())
+        .build();
+    IotPublisher::new(&sdk, &settings)
+}
+
+/// The service with the example config, as the Lambda function builds it.
+pub fn example_service(publisher: IotPublisher) -> Service<IotPublisher> {
+    let policy = Policy::from_toml(include_str!("../../config/example.toml")).expect("the example config loads");
+    Service::new(publisher, policy)
+}
+
+/// A request the SDK sent to moto, as its recorder kept it.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub method: String,
+    /// Path and query as sent, still encoded.
+    pub path_and_query: String,
+    /// Header names lower-cased.
+    pub headers: HashMap<String, String>,
+    pub body: Vec<u8>,
+}
+
+impl Recorded {
+    /// The decoded value of a query parameter.
+    pub fn query(&self, name: &str) -> Option<String> {
+        let query = self.path_and_query.split_once('?')?.1;
+        query.split('&').find_map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (k == name).then(|| percent_encoding::percent_decode_str(v).decode_utf8().unwrap().into_owned())
+        })
+    }
+
+    /// The decoded topic of a Publish call.
+    pub fn topic(&self) -> String {
+        let path = self.path_and_query.split('?').next().unwrap();
+        let encoded = path.strip_prefix("/topics/").expect("an IoT Publish path");
+        percent_encoding::percent_decode_str(encoded).decode_utf8().unwrap().into_owned()
+    }
+}
+
+/// Turns moto's recorder on (idempotent).
+pub async fn start_recording(moto: &str) {
+    let r = call(moto, "POST", "/moto-api/recorder/start-recording", b"").await;
+    assert_eq!(r.status(), 200, "moto's recorder did not start");
+}
+
+/// Every request moto recorded whose User-Agent carries `app`.
+pub async fn recorded(moto: &str, app: &str) -> Vec<Recorded> {
+    let r = call(moto, "GET", "/moto-api/recorder/download-recording", b"").await;
+    assert_eq!(r.status(), 200);
+    String::from_utf8(r.body)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+        .filter_map(|entry| {
+            let headers: HashMap<String, String> = entry["headers"]
+                .as_object()?
+                .iter()
+                .map(|(k, v)| (k.to_ascii_lowercase(), v.as_str().unwrap_or_default().to_owned()))
+                .collect();
+            let ua = format!("{} {}", headers.get("user-agent")?, headers.get("x-amz-user-agent").map_or("", |s| s));
+            if !ua.contains(&format!("app/{app}")) {
+                return None;
+            }
+            let url = entry["url"].as_str()?;
+            let path_and_query = url.splitn(4, '/').nth(3).map(|p| format!("/{p}")).unwrap_or_default();
+            let body = match (entry["body"].as_str(), entry["body_encoded"].as_bool()) {
+                (Some(b), Some(true)) => base64_decode(b),
+                (Some(b), _) => b.as_bytes().to_vec(),
+                _ => Vec::new(),
+            };
+            Some(Recorded { method: entry["method"].as_str()?.to_owned(), path_and_query, headers, body })
+        })
+        .collect()
+}
+
+pub fn base64_decode(text: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(text).expect("valid base64")
+}

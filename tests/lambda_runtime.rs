@@ -1,0 +1,156 @@
+//! The built binary as Lambda runs it: a Runtime API emulator of the suite's
+//! own hands it events (`GET .../invocation/next`) and collects its answers
+//! (`POST .../invocation/{id}/response`); the function publishes to moto.
+
+mod common;
+
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{moto_url, read_message, recorded, start_recording, unique_app_name, write_response};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::sync::Mutex;
+
+/// What the emulator saw: each invocation's answer, by request id, and errors.
+#[derive(Default)]
+struct Emulator {
+    pending: Vec<(String, Vec<u8>)>,
+    responses: Vec<(String, Value)>,
+    errors: Vec<(String, Value)>,
+}
+
+async fn start_emulator(events: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Emulator>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap().to_string();
+    let state = Arc::new(Mutex::new(Emulator { pending: events.into_iter().rev().collect(), ..Emulator::default() }));
+    let shared = Arc::clone(&state);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let state = Arc::clone(&shared);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = BufReader::new(read);
+                while let Ok(Some(request)) = read_message(&mut reader).await {
+                    let path = request.path().to_owned();
+                    if path.ends_with("/invocation/next") {
+                        let next = state.lock().await.pending.pop();
+                        let Some((id, event)) = next else {
+                            // No more events: hold the call, as Lambda does while idle.
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        };
+                        let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .unwrap()
+                            .as_millis()
+                            .to_string();
+                        let headers = [
+                            ("content-type", "application/json"),
+                            ("lambda-runtime-aws-request-id", id.as_str()),
+                            ("lambda-runtime-deadline-ms", deadline.as_str()),
+                            (
+                                "lambda-runtime-invoked-function-arn",
+                                "arn:aws:lambda:us-east-1:123456789012:function:mqtt-http-publish",
+                            ),
+                            (
+                                "lambda-runtime-trace-id",
+                                "Root=1-5759e988-bd862e3fe1be46a994272793;Parent=53995c3f42cd8ad8;Sampled=1",
+                            ),
+                        ];
+                        write_response(&mut write, 200, &headers, &event).await.unwrap();
+                    } else {
+                        let id = path.split('/').nth(4).unwrap_or_default().to_owned();
+                        let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+                        let mut s = state.lock().await;
+                        if path.ends_with("/response") {
+                            s.responses.push((id, body));
+                        } else {
+                            s.errors.push((id, body));
+                        }
+                        drop(s);
+                        write_response(
+                            &mut write,
+                            202,
+                            &[("content-type", "application/json")],
+                            b"{\"status\":\"OK\"}",
+                        )
+                        .await
+                        .unwrap();
+                    }
+                }
+            });
+        }
+    });
+    (address, state)
+}
+
+fn event(file: &str) -> Vec<u8> {
+    std::fs::read(format!("{}/events/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
+}
+
+#[tokio::test]
+async fn the_binary_serves_events_from_the_runtime_api_and_publishes_to_moto() {
+    let moto = moto_url();
+    start_recording(&moto).await;
+    let app = unique_app_name("runtime");
+    let events = vec![
+        ("req-1".to_owned(), event("example-1-basic-auth.json")),
+        ("req-2".to_owned(), event("error-401-wrong-password.json")),
+        ("req-3".to_owned(), br#"{"Records": []}"#.to_vec()),
+        ("req-4".to_owned(), event("rest-api-stage-encoded-slash.json")),
+    ];
+    let (runtime_api, state) = start_emulator(events).await;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-http-publish"))
+        .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "mqtt-http-publish")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("CONFIG_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"))
+        // The SDK's own endpoint resolution, as SPEC §6 promises when IOT_DATA_ENDPOINT is unset.
+        .env_remove("IOT_DATA_ENDPOINT")
+        .env("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &moto)
+        .env("AWS_SDK_UA_APP_ID", &app)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let s = state.lock().await;
+        if s.responses.len() + s.errors.len() == 4 {
+            break;
+        }
+        drop(s);
+        assert!(tokio::time::Instant::now() < deadline, "the function did not answer four invocations in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().await.unwrap();
+    let mut logs = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut logs).await.unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut logs).await.unwrap();
+
+    let s = state.lock().await;
+    let answer = |id: &str| s.responses.iter().find(|(i, _)| i == id).map(|(_, v)| v.clone()).expect(id);
+    assert_eq!(answer("req-1")["statusCode"], 200);
+    assert_eq!(answer("req-2")["statusCode"], 401);
+    assert_eq!(answer("req-4")["statusCode"], 200);
+    assert_eq!(s.errors.len(), 1, "an event that is no HTTP request is an invocation error");
+    assert_eq!(s.errors[0].0, "req-3");
+
+    let sent = recorded(&moto, &app).await;
+    let topics: Vec<String> = sent.iter().map(|r| r.topic()).collect();
+    assert_eq!(topics, ["home", "home/kitchen"], "one publish per 200, in order");
+
+    assert!(logs.lines().any(|l| l.starts_with('{') && l.contains("\"message_id\"")), "JSON logs:\n{logs}");
+    assert!(logs.contains("req-1"), "log lines carry the Lambda request id:\n{logs}");
+    for secret in ["secret0", "secret1", "dXNlcjA6c2VjcmV0MA==", "dXNlcjA6c2VjcmV0MQ==", "$argon2id$"] {
+        assert!(!logs.contains(secret), "a log line carries {secret:?}:\n{logs}");
+    }
+}
