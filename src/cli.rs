@@ -30,6 +30,12 @@ pub enum Command {
     Config(ConfigCommand),
     /// Run as the AWS Lambda function (the default when AWS_LAMBDA_RUNTIME_API is set).
     Lambda,
+    /// Run one Lambda event file through the function and print its response, as
+    /// Lambda would return it. Reads the same environment as the function.
+    Invoke {
+        /// An event JSON file, e.g. events/example-1-basic-auth.json.
+        event: PathBuf,
+    },
 }
 
 /// `config` subcommands.

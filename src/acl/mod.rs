@@ -342,4 +342,47 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn the_trie_agrees_with_the_linear_evaluator_on_random_rule_sets() {
+        let mut seed = 42u64;
+        let mut next = |n: usize| {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            (seed >> 33) as usize % n
+        };
+        let words = ["a", "b", "$s", "", "+", "#", "${username}", "${client_id}", "x-${client_id}"];
+        let topic_words = ["a", "b", "$s", "", "user0", "curl-x", "x-curl-x"];
+        for round in 0..20 {
+            let mut rules = Vec::new();
+            for priority in 0..500 {
+                let depth = 1 + next(4);
+                let mut levels: Vec<&str> = (0..depth).map(|_| words[next(words.len())]).collect();
+                levels.retain(|l| *l != "#");
+                if next(3) == 0 {
+                    levels.push("#");
+                }
+                let filter = match levels.join("/") {
+                    joined if joined.is_empty() => "#".to_owned(),
+                    joined => joined,
+                };
+                let effect = if next(2) == 0 { Effect::Allow } else { Effect::Deny };
+                let mut r = rule((priority * 7919) % 500, effect, &[&filter]);
+                if next(5) == 0 {
+                    r.qos = Some(vec![next(2) as u8]);
+                }
+                if next(7) == 0 {
+                    r.usernames = Some(vec!["user0".into()]);
+                }
+                rules.push(r);
+            }
+            let acl = Acl::new(rules.clone());
+            for _ in 0..200 {
+                let depth = 1 + next(4);
+                let name = (0..depth).map(|_| topic_words[next(topic_words.len())]).collect::<Vec<_>>().join("/");
+                let t = topic(if name.is_empty() { "a" } else { &name });
+                let a = Access { qos: next(2) as u8, username: [Some("user0"), None][next(2)], ..access(&t) };
+                assert_eq!(acl.decide(&a), linear(&rules, &a), "round {round}, topic {t:?}");
+            }
+        }
+    }
 }
