@@ -4,9 +4,11 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 use crate::auth::hash_argon2id;
+use crate::config::manage::{import_mosquitto, new_user, Change, Home};
+use crate::config::table::TableStore;
 use crate::config::Policy;
 
 /// Publish MQTT messages with an HTTP POST.
@@ -25,9 +27,12 @@ pub struct Cli {
 pub enum Command {
     /// Read a password on standard input and print its argon2id hash for the config.
     Passwd,
-    /// Work with config files.
+    /// Check, push, pull and import configs, in a TOML file or the DynamoDB table.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Add, change or remove one user without editing a file by hand.
+    #[command(subcommand)]
+    User(UserCommand),
     /// Run as the AWS Lambda function (the default when AWS_LAMBDA_RUNTIME_API is set).
     Lambda,
     /// Run one Lambda event file through the function and print its response, as
@@ -46,23 +51,147 @@ pub enum ConfigCommand {
         /// The TOML file.
         file: PathBuf,
     },
+    /// Make the table (or file) equal to FILE; print what is added, changed and deleted.
+    Push {
+        /// The TOML file to push.
+        #[arg(value_name = "FILE")]
+        source: PathBuf,
+        #[command(flatten)]
+        target: Target,
+        /// Print the changes without writing them.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the table's (or file's) config as TOML.
+    Pull {
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Turn a mosquitto_passwd file into users; print them as TOML, or add them to a table or file.
+    ImportMosquitto {
+        /// A file of `username:hash` lines written by mosquitto_passwd.
+        password_file: PathBuf,
+        #[command(flatten)]
+        target: OptionalTarget,
+    },
+}
+
+/// `user` subcommands.
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Add a user or change its password; the password is read on standard input.
+    Set {
+        /// The Basic user name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// Remove a user.
+    Remove {
+        /// The Basic user name.
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+/// Where a command works: exactly one of a table and a file.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// The DynamoDB config table (CONFIG_TABLE on Lambda).
+    #[arg(long)]
+    pub table: Option<String>,
+    /// A TOML config file, in place of a table.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+/// Where a command may also write: a table, a file, or neither.
+#[derive(Debug, Args)]
+#[group(required = false, multiple = false)]
+pub struct OptionalTarget {
+    /// The DynamoDB config table.
+    #[arg(long)]
+    pub table: Option<String>,
+    /// A TOML config file.
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+}
+
+async fn home(table: Option<String>, file: Option<PathBuf>) -> Option<Home> {
+    match (table, file) {
+        (Some(table), _) => Some(Home::Table(TableStore::new(&crate::aws::sdk_config().await, &table))),
+        (None, Some(file)) => Some(Home::File(file)),
+        (None, None) => None,
+    }
+}
+
+fn lines(changes: &[Change], dry_run: bool) -> String {
+    if changes.is_empty() {
+        return "no changes".into();
+    }
+    let prefix = if dry_run { "would " } else { "" };
+    changes.iter().map(|c| format!("{prefix}{c}")).collect::<Vec<_>>().join("\n")
+}
+
+/// `config push|pull|import-mosquitto` and `user set|remove`: the commands that change a config.
+pub async fn manage(command: Command, stdin: impl BufRead) -> Result<String, String> {
+    match command {
+        Command::Config(ConfigCommand::Push { source, target, dry_run }) => {
+            let home = home(target.table, target.file).await.expect("clap requires a target");
+            Ok(lines(&home.push(&source, dry_run).await?, dry_run))
+        }
+        Command::Config(ConfigCommand::Pull { target }) => {
+            home(target.table, target.file).await.expect("clap requires a target").pull().await
+        }
+        Command::Config(ConfigCommand::ImportMosquitto { password_file, target }) => {
+            let text = std::fs::read_to_string(&password_file)
+                .map_err(|e| format!("cannot read {}: {e}", password_file.display()))?;
+            let users = import_mosquitto(&text).map_err(|e| format!("{}: {e}", password_file.display()))?;
+            match home(target.table, target.file).await {
+                Some(home) => Ok(lines(&home.set_users(&users).await?, false)),
+                None => {
+                    let file = crate::config::ConfigFile { users, ..Default::default() };
+                    let text = toml::to_string(&file).map_err(|e| e.to_string())?;
+                    // Only the [[users]] tables: the limits are the caller's to keep.
+                    Ok(text.split("[limits]").next().unwrap_or_default().trim_end().to_owned())
+                }
+            }
+        }
+        Command::User(UserCommand::Set { name, target }) => {
+            let password = read_password(stdin)?;
+            let home = home(target.table, target.file).await.expect("clap requires a target");
+            Ok(lines(&home.set_users(&[new_user(&name, &password)]).await?, false))
+        }
+        Command::User(UserCommand::Remove { name, target }) => {
+            let home = home(target.table, target.file).await.expect("clap requires a target");
+            Ok(home.remove_user(&name).await?.to_string())
+        }
+        other => Err(format!("not a config command: {other:?}")),
+    }
 }
 
 /// `passwd`: the first line of `input`, without its line ending, hashed.
 pub fn passwd(input: impl BufRead) -> Result<String, String> {
+    Ok(hash_argon2id(read_password(input)?.as_bytes()))
+}
+
+/// The first line of `input` without its line ending; never empty.
+fn read_password(input: impl BufRead) -> Result<String, String> {
     let mut line = String::new();
     input.take(64 * 1024).read_line(&mut line).map_err(|e| format!("cannot read standard input: {e}"))?;
     let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
     if password.is_empty() {
         return Err("no password on standard input (try: echo -n 'secret0' | mqtt-http-publish passwd)".into());
     }
-    Ok(hash_argon2id(password.as_bytes()))
+    Ok(password.to_owned())
 }
 
 /// `config check`: a one-paragraph summary, or the reason the file is refused.
 pub fn config_check(file: &Path) -> Result<String, String> {
     let policy = Policy::load(file).map_err(|e| format!("{}: {e}", file.display()))?;
-    let limits = policy.limits;
+    let limits = policy.rules.limits;
     let quota = |rate: Option<f64>, burst: Option<u32>| match rate {
         Some(r) => format!("{r}/s (burst {})", burst.map_or("default".into(), |b| b.to_string())),
         None => "none".into(),
@@ -71,9 +200,9 @@ pub fn config_check(file: &Path) -> Result<String, String> {
         "{}: ok\n  users: {}\n  rules: {} ({} allow, {} deny)\n  max payload: {} bytes\n  instance quota: {}\n  per-user quota: {}",
         file.display(),
         policy.users.len(),
-        policy.acl.rules().len(),
-        policy.acl.rules().iter().filter(|r| r.effect == crate::acl::Effect::Allow).count(),
-        policy.acl.rules().iter().filter(|r| r.effect == crate::acl::Effect::Deny).count(),
+        policy.rules.acl.rules().len(),
+        policy.rules.acl.rules().iter().filter(|r| r.effect == crate::acl::Effect::Allow).count(),
+        policy.rules.acl.rules().iter().filter(|r| r.effect == crate::acl::Effect::Deny).count(),
         limits.max_payload_bytes,
         quota(limits.messages_per_second, limits.burst),
         quota(limits.user_messages_per_second, limits.user_burst),
@@ -84,6 +213,12 @@ pub fn config_check(file: &Path) -> Result<String, String> {
 mod tests {
     use super::*;
     use crate::auth::StoredHash;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
 
     #[test]
     fn passwd_hashes_the_first_line_without_its_ending() {

@@ -12,15 +12,18 @@
 //!   that says why not; [`contract::ApiError`] is where errors become statuses.
 //! - [`auth`]: who is calling (Basic against password hashes, or a client certificate).
 //! - [`acl`]: whether they may publish there (priorities, filters, conditions).
-//! - [`config`]: the users, rules and limits those decisions read, from TOML.
+//! - [`config`]: the users, rules and limits those decisions read, from a TOML
+//!   file or a DynamoDB table, and the tools that manage them.
 //! - [`publish`]: the edge towards a broker: the [`publish::Publisher`] trait
 //!   and its AWS IoT Core adapter.
+//! - [`aws`]: the AWS SDK config the IoT publisher and the config table share.
 //! - [`service`]: the one code path that strings them together.
 //! - [`lambda`]: the AWS Lambda entry point: event decoding and encoding, and the runtime loop.
 //! - [`cli`]: the command line (`passwd`, `config check`).
 
 pub mod acl;
 pub mod auth;
+pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod contract;

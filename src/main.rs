@@ -1,12 +1,16 @@
 //! The `mqtt-http-publish` binary: picks the entry point and hands over.
+// The Lambda handler future nests the SDK's deep futures; its layout needs more than the default depth.
+#![recursion_limit = "256"]
 
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
 use mqtt_http_publish::cli::{self, Cli, Command, ConfigCommand};
+use mqtt_http_publish::config::source::{CacheSettings, ConfigSource, TableSource};
+use mqtt_http_publish::config::table::TableStore;
 use mqtt_http_publish::config::Policy;
-use mqtt_http_publish::publish::iot::{load_sdk_config, IotPublisher, IotSettings};
+use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
 use mqtt_http_publish::service::Service;
 
 fn main() -> ExitCode {
@@ -22,6 +26,10 @@ fn main() -> ExitCode {
     match command {
         Command::Passwd => print_or_fail(cli::passwd(std::io::stdin().lock())),
         Command::Config(ConfigCommand::Check { file }) => print_or_fail(cli::config_check(&file)),
+        command @ (Command::Config(_) | Command::User(_)) => {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+            print_or_fail(runtime.block_on(cli::manage(command, std::io::stdin().lock())))
+        }
         Command::Lambda => run_lambda(),
         Command::Invoke { event } => invoke(&event),
     }
@@ -45,8 +53,16 @@ fn run_lambda() -> ExitCode {
     init_logs(true);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let result = runtime.block_on(async {
-        let service = build_service().await?;
-        mqtt_http_publish::lambda::run(Arc::new(service)).await.map_err(|e| format!("the Lambda runtime stopped: {e}"))
+        let service = Arc::new(build_service().await?);
+        // Start reading the table's rules now, without holding up init: the
+        // first request finds them loaded or joins the fetch in flight.
+        let prefetch = Arc::clone(&service);
+        tokio::spawn(async move {
+            if let ConfigSource::Table(table) = prefetch.config() {
+                table.prefetch().await;
+            }
+        });
+        mqtt_http_publish::lambda::run(service).await.map_err(|e| format!("the Lambda runtime stopped: {e}"))
     });
     exit_logged(result)
 }
@@ -66,15 +82,24 @@ fn invoke(event: &std::path::Path) -> ExitCode {
     exit_logged(result)
 }
 
-/// The service as the function runs it: the config of `CONFIG_FILE`, the IoT
-/// publisher of `IOT_DATA_ENDPOINT` (else the SDK's endpoint resolution).
+/// The service as the function runs it: the config of `CONFIG_TABLE` or
+/// `CONFIG_FILE`, the IoT publisher of `IOT_DATA_ENDPOINT` (else the SDK's
+/// endpoint resolution). No network call happens here.
 async fn build_service() -> Result<Service<IotPublisher>, String> {
-    let config_file =
-        std::env::var_os("CONFIG_FILE").ok_or("CONFIG_FILE is not set: name the TOML config of users and rules")?;
-    let policy = Policy::load(config_file.as_ref()).map_err(|e| format!("the config is refused: {e}"))?;
-    let settings = IotSettings::from_env();
-    let publisher = IotPublisher::new(&load_sdk_config(&settings).await, &settings);
-    Ok(Service::new(publisher, policy))
+    let sdk = mqtt_http_publish::aws::sdk_config().await;
+    let source = match (std::env::var("CONFIG_TABLE").ok().filter(|t| !t.is_empty()), std::env::var_os("CONFIG_FILE")) {
+        (Some(table), _) => {
+            ConfigSource::Table(TableSource::new(TableStore::new(&sdk, &table), CacheSettings::from_env()))
+        }
+        (None, Some(file)) => {
+            ConfigSource::file(Policy::load(file.as_ref()).map_err(|e| format!("the config is refused: {e}"))?)
+        }
+        (None, None) => {
+            return Err("neither CONFIG_TABLE nor CONFIG_FILE is set: name the config of users and rules".into())
+        }
+    };
+    let publisher = IotPublisher::new(&sdk, &IotSettings::from_env());
+    Ok(Service::with_source(publisher, source))
 }
 
 /// JSON lines on Lambda (CloudWatch parses them), plain text to stderr elsewhere.

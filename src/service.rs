@@ -2,7 +2,6 @@
 //! publish, answer. The Lambda function and `serve` differ only in how they
 //! turn their input into an [`HttpRequest`] and the answer back.
 
-use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -11,36 +10,38 @@ use tracing::{info, warn};
 
 use crate::acl::{Access, Effect};
 use crate::auth::Authenticator;
+use crate::config::source::ConfigSource;
 use crate::config::Policy;
 use crate::contract::{parse_request, ApiError, HttpRequest, MessageId};
 use crate::publish::{Message, PublishError, Publisher};
 
 /// `Retry-After` seconds when the backend throttles.
 const THROTTLED_RETRY_AFTER: u32 = 1;
-/// `Retry-After` seconds when the backend is unavailable.
+/// `Retry-After` seconds when the backend or the config store is unavailable.
 const UNAVAILABLE_RETRY_AFTER: u32 = 5;
 
 /// The publish service, shared by every request of a process.
 pub struct Service<P> {
     publisher: P,
-    /// Swapped whole on reload; a request keeps the policy it started with.
-    policy: RwLock<Arc<Policy>>,
+    /// Users, rules and limits: a file in memory or the table behind its caches.
+    config: ConfigSource,
     authenticator: Authenticator,
 }
 
 impl<P: Publisher> Service<P> {
-    /// A service publishing through `publisher` under `policy`.
+    /// A service publishing through `publisher` under a file's `policy`.
     pub fn new(publisher: P, policy: Policy) -> Service<P> {
-        Service { publisher, policy: RwLock::new(Arc::new(policy)), authenticator: Authenticator::default() }
+        Service::with_source(publisher, ConfigSource::file(policy))
     }
 
-    /// Replaces the policy; requests in flight finish under the old one.
-    pub fn set_policy(&self, policy: Policy) {
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+    /// A service publishing through `publisher` with its config from `config`.
+    pub fn with_source(publisher: P, config: ConfigSource) -> Service<P> {
+        Service { publisher, config, authenticator: Authenticator::default() }
     }
 
-    fn policy(&self) -> Arc<Policy> {
-        Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()))
+    /// Where the config comes from (to reload a file, or prefetch the table).
+    pub fn config(&self) -> &ConfigSource {
+        &self.config
     }
 
     /// Answers one request. Logs one line: status, topic, message id, latency.
@@ -76,13 +77,22 @@ impl<P: Publisher> Service<P> {
         message_id: MessageId,
         topic_for_log: &mut Option<String>,
     ) -> Result<(), ApiError> {
-        let policy = self.policy();
+        let store_down = |error: crate::config::table::StoreError| {
+            warn!(message_id = %message_id, %error, "the config store is unavailable");
+            ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }
+        };
+        let rules = self.config.rules().await.map_err(store_down)?;
         let limits = self.publisher.limits();
-        let max_payload = policy.limits.max_payload_bytes.min(limits.max_payload_bytes);
+        let max_payload = rules.limits.max_payload_bytes.min(limits.max_payload_bytes);
         let parsed = parse_request(request, limits, max_payload)?;
         *topic_for_log = Some(parsed.topic.to_string());
 
-        let identity = self.authenticator.authenticate(request, &parsed.options, &policy.users, message_id).await?;
+        let identity = self
+            .authenticator
+            .authenticate(request, &parsed.options, message_id, |name| async move {
+                self.config.user(&name).await.map_err(store_down)
+            })
+            .await?;
         let access = Access {
             topic: &parsed.topic,
             username: identity.username.as_deref(),
@@ -93,7 +103,7 @@ impl<P: Publisher> Service<P> {
             basic: identity.basic,
             certificate: identity.certificate,
         };
-        if policy.acl.decide(&access) == Effect::Deny {
+        if rules.acl.decide(&access) == Effect::Deny {
             return Err(ApiError::Unauthorized {
                 code: "not_authorized",
                 message: "the ACL does not allow this client to publish to this topic",

@@ -95,8 +95,9 @@ fn invoke_without_config_file_fails_clearly() {
     let out = Command::new(BIN)
         .args(["invoke", "events/example-1-basic-auth.json"])
         .env_remove("CONFIG_FILE")
+        .env_remove("CONFIG_TABLE")
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("CONFIG_FILE is not set"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("neither CONFIG_TABLE nor CONFIG_FILE is set"));
 }

@@ -4,6 +4,7 @@
 pub mod password;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Mutex;
 
 use hmac::{Hmac, Mac};
@@ -58,14 +59,20 @@ fn unauthorized(code: &'static str, message: &'static str) -> ApiError {
 
 impl Authenticator {
     /// Establishes the caller's identity, or answers 401 (400 for a certificate
-    /// whose CN cannot be a client_id).
-    pub async fn authenticate(
+    /// whose CN cannot be a client_id). `lookup` finds a user's hash; its error
+    /// (a config store outage) is passed through, so an outage never looks like
+    /// a wrong password.
+    pub async fn authenticate<F, Fut>(
         &self,
         request: &HttpRequest,
         options: &PublishOptions,
-        users: &Users,
         message_id: MessageId,
-    ) -> Result<Identity, ApiError> {
+        lookup: F,
+    ) -> Result<Identity, ApiError>
+    where
+        F: FnOnce(String) -> Fut,
+        Fut: Future<Output = Result<Option<StoredHash>, ApiError>>,
+    {
         let basic = match request.headers.get(AUTHORIZATION) {
             None => None,
             Some(header) => Some(parse_basic(header).map_err(|e| match e {
@@ -100,7 +107,8 @@ impl Authenticator {
             ));
         }
         if let Some(credentials) = &basic {
-            if !self.check_password(credentials, users.get(&credentials.username)).await {
+            let stored = lookup(credentials.username.clone()).await?;
+            if !self.check_password(credentials, stored.as_ref()).await {
                 return Err(unauthorized("authentication_failed", "the user name or password is wrong"));
             }
         }
@@ -226,7 +234,12 @@ mod tests {
     const USER0: &str = "Basic dXNlcjA6c2VjcmV0MA==";
 
     async fn auth(request: HttpRequest, client_id: Option<&str>) -> Result<Identity, ApiError> {
-        Authenticator::default().authenticate(&request, &options(client_id), &users(), MessageId::next()).await
+        let users = users();
+        Authenticator::default()
+            .authenticate(&request, &options(client_id), MessageId::next(), |name| async move {
+                Ok(users.get(&name).cloned())
+            })
+            .await
     }
 
     #[tokio::test]
@@ -263,6 +276,17 @@ mod tests {
             auth(request(Some("Bearer x"), None), None).await.unwrap_err().code(),
             "unsupported_authorization_scheme"
         );
+    }
+
+    #[tokio::test]
+    async fn a_store_outage_is_passed_through_not_turned_into_401() {
+        let outage = ApiError::Unavailable { retry_after: 5 };
+        let result = Authenticator::default()
+            .authenticate(&request(Some(USER0), None), &options(None), MessageId::next(), |_| async {
+                Err(ApiError::Unavailable { retry_after: 5 })
+            })
+            .await;
+        assert_eq!(result, Err(outage));
     }
 
     #[tokio::test]

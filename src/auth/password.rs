@@ -2,13 +2,18 @@
 //!
 //! Accepted: PHC strings of argon2 (`$argon2id$`, also `$argon2i$`/`$argon2d$`),
 //! PBKDF2 (`$pbkdf2-sha256$`, `$pbkdf2-sha512$`) and scrypt (`$scrypt$`), and
-//! bcrypt's `$2a$`/`$2b$`/`$2y$`. Everything else, plain text included, is
-//! refused when the config loads. Every comparison is constant-time: the
-//! RustCrypto `Output` compares with `subtle`, and so does the bcrypt crate.
+//! bcrypt's `$2a$`/`$2b$`/`$2y$`; and, so Mosquitto users move over without a
+//! password reset, `mosquitto_passwd`'s own `$6$` (salted SHA-512) and `$7$`
+//! (PBKDF2-SHA512). Everything else, plain text included, is refused when the
+//! config loads. Every comparison is constant-time: the RustCrypto `Output`
+//! compares with `subtle`, as do the bcrypt crate and the Mosquitto schemes here.
 
 use std::fmt;
 
+use base64::Engine;
 use password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use sha2::{Digest, Sha512};
+use subtle::ConstantTimeEq;
 
 /// A password hash we know how to verify, checked when the config loads.
 #[derive(Clone, PartialEq, Eq)]
@@ -23,7 +28,14 @@ enum Scheme {
     Pbkdf2,
     Scrypt,
     Bcrypt,
+    /// `$6$salt$hash`: SHA-512 over password then salt, both base64 (Mosquitto ≤ 1.6).
+    MosquittoSha512,
+    /// `$7$iterations$salt$hash`: PBKDF2-HMAC-SHA512, base64 (Mosquitto 2.0).
+    MosquittoPbkdf2,
 }
+
+/// Longest PBKDF2 iteration count accepted from a `$7$` line: bounds the work one request can cause.
+const MAX_MOSQUITTO_ITERATIONS: u32 = 1_000_000;
 
 /// Why a `password_hash` value is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -51,10 +63,13 @@ impl StoredHash {
             "pbkdf2-sha256" | "pbkdf2-sha512" => Scheme::Pbkdf2,
             "scrypt" => Scheme::Scrypt,
             "2a" | "2b" | "2y" => Scheme::Bcrypt,
+            "6" => Scheme::MosquittoSha512,
+            "7" => Scheme::MosquittoPbkdf2,
             other => return Err(HashError::UnsupportedScheme(other.to_owned())),
         };
         let well_formed = match scheme {
             Scheme::Bcrypt => text.parse::<bcrypt::HashParts>().is_ok(),
+            Scheme::MosquittoSha512 | Scheme::MosquittoPbkdf2 => mosquitto_parts(text).is_some(),
             _ => PasswordHash::new(text).is_ok_and(|h| h.hash.is_some() && h.salt.is_some()),
         };
         if !well_formed {
@@ -67,6 +82,18 @@ impl StoredHash {
     pub fn verify(&self, password: &[u8]) -> bool {
         match self.scheme {
             Scheme::Bcrypt => bcrypt::verify(password, &self.text).unwrap_or(false),
+            Scheme::MosquittoSha512 | Scheme::MosquittoPbkdf2 => {
+                let Some(parts) = mosquitto_parts(&self.text) else { return false };
+                let computed: Vec<u8> = match parts.iterations {
+                    None => Sha512::new().chain_update(password).chain_update(&parts.salt).finalize().to_vec(),
+                    Some(rounds) => {
+                        let mut out = vec![0u8; parts.hash.len()];
+                        pbkdf2::pbkdf2_hmac::<Sha512>(password, &parts.salt, rounds, &mut out);
+                        out
+                    }
+                };
+                bool::from(computed.ct_eq(&parts.hash))
+            }
             scheme => {
                 let Ok(hash) = PasswordHash::new(&self.text) else {
                     return false;
@@ -75,7 +102,7 @@ impl StoredHash {
                     Scheme::Argon2 => argon2::Argon2::default().verify_password(password, &hash).is_ok(),
                     Scheme::Pbkdf2 => pbkdf2::Pbkdf2.verify_password(password, &hash).is_ok(),
                     Scheme::Scrypt => scrypt::Scrypt.verify_password(password, &hash).is_ok(),
-                    Scheme::Bcrypt => unreachable!("handled above"),
+                    _ => unreachable!("handled above"),
                 }
             }
         }
@@ -94,6 +121,8 @@ impl Scheme {
             Scheme::Pbkdf2 => "pbkdf2",
             Scheme::Scrypt => "scrypt",
             Scheme::Bcrypt => "bcrypt",
+            Scheme::MosquittoSha512 => "mosquitto sha512",
+            Scheme::MosquittoPbkdf2 => "mosquitto sha512-pbkdf2",
         }
     }
 }
@@ -102,6 +131,28 @@ impl fmt::Debug for StoredHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "StoredHash({})", self.scheme.name())
     }
+}
+
+/// The decoded fields of a `$6$` or `$7$` line.
+struct MosquittoParts {
+    iterations: Option<u32>,
+    salt: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+fn mosquitto_parts(text: &str) -> Option<MosquittoParts> {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.decode(s).ok();
+    let fields: Vec<&str> = text.split('$').collect();
+    let (iterations, salt, hash) = match fields.as_slice() {
+        ["", "6", salt, hash] => (None, *salt, *hash),
+        ["", "7", rounds, salt, hash] => {
+            let rounds: u32 = rounds.parse().ok().filter(|r| (1..=MAX_MOSQUITTO_ITERATIONS).contains(r))?;
+            (Some(rounds), *salt, *hash)
+        }
+        _ => return None,
+    };
+    let (salt, hash) = (b64(salt)?, b64(hash)?);
+    (!salt.is_empty() && hash.len() == 64).then_some(MosquittoParts { iterations, salt, hash })
 }
 
 /// An argon2id PHC string of `password` with a random salt and the crate's
@@ -160,6 +211,23 @@ mod tests {
         let text = bcrypt::hash("pw", 4).unwrap();
         let hash = StoredHash::parse(&text).unwrap();
         assert!(hash.verify(b"pw") && !hash.verify(b"px"));
+    }
+
+    #[test]
+    fn mosquitto_passwd_lines_verify() {
+        // Written by Debian's mosquitto_passwd 2.0.11 (-H sha512 and -H sha512-pbkdf2).
+        let sha512 = StoredHash::parse(
+            "$6$fx1fsGY4/jC2GxIS$bJ0Mbzv4L7+xm8xDj0oX0zpH/2bw5rw+IEMu6iD/FSAUV4tX/ZAmFk1/7s/OSpLL4/SZCZNQSYBKMa1LLrYQiw==",
+        )
+        .unwrap();
+        assert!(sha512.verify(b"secret6") && !sha512.verify(b"secret7"));
+        let pbkdf2 = StoredHash::parse(
+            "$7$101$4/3d3VnguISvBsJY$utnP2DhgHQKIeiqO92bf5HdVAdMWcNOW9YABmNH76SNJUxb0HKkP9J1/homolJXTnOBPDU/Fz+nKectYs4f8nw==",
+        )
+        .unwrap();
+        assert!(pbkdf2.verify(b"secret7") && !pbkdf2.verify(b"secret6"));
+        assert_eq!(StoredHash::parse("$7$0$c2FsdA==$aGFzaA=="), Err(HashError::Malformed("mosquitto sha512-pbkdf2")));
+        assert_eq!(StoredHash::parse("$6$c2FsdA==$c2hvcnQ="), Err(HashError::Malformed("mosquitto sha512")));
     }
 
     #[test]

@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
-use aws_config::{BehaviorVersion, SdkConfig};
+use aws_config::SdkConfig;
 use aws_sdk_iotdataplane::error::{DisplayErrorContext, SdkError};
 use aws_sdk_iotdataplane::operation::publish::PublishError as SdkPublishError;
 use aws_sdk_iotdataplane::primitives::Blob;
 use aws_sdk_iotdataplane::types::PayloadFormatIndicator;
 use aws_sdk_iotdataplane::Client;
-use aws_smithy_http_client::tls;
 use base64::Engine;
 
 use super::{Message, PublishError, Publisher};
@@ -72,35 +71,23 @@ pub struct IotPublisher {
     client: Client,
 }
 
-/// The shared SDK config: one TLS stack (rustls on ring), bounded timeouts, a small retry budget.
-/// Makes no network call: credentials and endpoints resolve on first use.
-pub async fn load_sdk_config(settings: &IotSettings) -> SdkConfig {
-    let http_client = aws_smithy_http_client::Builder::new()
-        .tls_provider(tls::Provider::Rustls(tls::rustls_provider::CryptoMode::Ring))
-        .build_https();
-    aws_config::defaults(BehaviorVersion::latest())
-        .http_client(http_client)
-        .timeout_config(
-            TimeoutConfig::builder()
-                .connect_timeout(settings.connect_timeout)
-                .operation_attempt_timeout(settings.attempt_timeout)
-                .operation_timeout(settings.total_timeout)
-                .build(),
-        )
-        .retry_config(
-            RetryConfig::standard()
-                .with_max_attempts(settings.max_attempts)
-                .with_initial_backoff(Duration::from_millis(50))
-                .with_max_backoff(Duration::from_secs(1)),
-        )
-        .load()
-        .await
-}
-
 impl IotPublisher {
-    /// A publisher on `sdk_config`, with the endpoint of `settings` if it names one.
+    /// A publisher on `sdk_config`, bounded and pointed as `settings` say.
     pub fn new(sdk_config: &SdkConfig, settings: &IotSettings) -> IotPublisher {
-        let mut config = aws_sdk_iotdataplane::config::Builder::from(sdk_config);
+        let mut config = aws_sdk_iotdataplane::config::Builder::from(sdk_config)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(settings.connect_timeout)
+                    .operation_attempt_timeout(settings.attempt_timeout)
+                    .operation_timeout(settings.total_timeout)
+                    .build(),
+            )
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(settings.max_attempts)
+                    .with_initial_backoff(Duration::from_millis(50))
+                    .with_max_backoff(Duration::from_secs(1)),
+            );
         if let Some(endpoint) = &settings.endpoint {
             let url = if endpoint.contains("://") { endpoint.clone() } else { format!("https://{endpoint}") };
             config = config.endpoint_url(url);

@@ -6,8 +6,9 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use mqtt_http_publish::aws::sdk_config;
 use mqtt_http_publish::config::Policy;
-use mqtt_http_publish::publish::iot::{load_sdk_config, IotPublisher, IotSettings};
+use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
 use mqtt_http_publish::service::Service;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -113,11 +114,7 @@ pub fn unique_app_name(test: &str) -> String {
 /// The production publisher, pointed at `endpoint`, tagged with `app` in its User-Agent.
 pub async fn iot_publisher(endpoint: &str, app: &str, settings: IotSettings) -> IotPublisher {
     let settings = IotSettings { endpoint: Some(endpoint.to_owned()), ..settings };
-    let sdk = load_sdk_config(&settings)
-        .await
-        .into_builder()
-        .app_name(aws_config::AppName::new(app.to_owned()).unwrap())
-        .build();
+    let sdk = sdk_config().await.into_builder().app_name(aws_config::AppName::new(app.to_owned()).unwrap()).build();
     IotPublisher::new(&sdk, &settings)
 }
 
@@ -196,4 +193,80 @@ pub async fn recorded(moto: &str, app: &str) -> Vec<Recorded> {
 pub fn base64_decode(text: &str) -> Vec<u8> {
     use base64::Engine;
     base64::engine::general_purpose::STANDARD.decode(text).expect("valid base64")
+}
+
+/// An SDK config whose every client talks to `endpoint` (moto).
+pub async fn sdk_config_for(endpoint: &str) -> aws_config::SdkConfig {
+    sdk_config().await.into_builder().endpoint_url(endpoint).build()
+}
+
+/// Creates a config table as template.yaml declares it: string keys pk (hash) and sk (range).
+pub async fn create_config_table(endpoint: &str, name: &str) {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let client = aws_sdk_dynamodb::Client::new(&sdk_config_for(endpoint).await);
+    let attribute = |n: &str| {
+        AttributeDefinition::builder().attribute_name(n).attribute_type(ScalarAttributeType::S).build().unwrap()
+    };
+    let key = |n: &str, t| KeySchemaElement::builder().attribute_name(n).key_type(t).build().unwrap();
+    client
+        .create_table()
+        .table_name(name)
+        .attribute_definitions(attribute("pk"))
+        .attribute_definitions(attribute("sk"))
+        .key_schema(key("pk", KeyType::Hash))
+        .key_schema(key("sk", KeyType::Range))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("create table {name}: {}", aws_sdk_dynamodb::error::DisplayErrorContext(&e)));
+}
+
+/// A moto server of the test's own, for cases that stop and restart it.
+pub struct OwnMoto {
+    pub url: String,
+    port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnMoto {
+    /// Starts `MOTO_SERVER` (exported by scripts/test) on a free loopback port.
+    pub async fn start() -> OwnMoto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let mut moto = OwnMoto { url: format!("http://127.0.0.1:{port}"), port, child: None };
+        moto.restart().await;
+        moto
+    }
+
+    /// Starts it again on the same port (empty, as a restarted moto is).
+    pub async fn restart(&mut self) {
+        let server = std::env::var("MOTO_SERVER").expect("MOTO_SERVER is not set: run the suite with scripts/test");
+        let child = std::process::Command::new(server)
+            .args(["-H", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", self.port)).await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("moto did not start on port {}", self.port);
+    }
+
+    /// Stops it; connections are refused until `restart`.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            child.kill().unwrap();
+            child.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for OwnMoto {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -1,11 +1,18 @@
-//! The config of SPEC §5, users, rules and limits, read from TOML and
-//! validated into a [`Policy`] the service can use. A config that breaks a rule
-//! is refused whole, with a message that names the entry.
+//! The config of SPEC §5: users, rules and limits. One model, two homes: a
+//! TOML file and a DynamoDB table ([`table`]). Either is validated into the
+//! same [`Policy`]; a config that breaks a rule is refused whole, with a
+//! message that names the entry. [`source`] serves it to requests, with the
+//! table's caches; [`manage`] is the command line's check, push, pull and edits.
+
+pub mod manage;
+pub mod source;
+pub mod table;
 
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::Arc;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::acl::{Acl, AuthMethod, Cidr, Effect, Glob, Rule, TopicFilter};
 use crate::auth::{StoredHash, Users};
@@ -14,7 +21,7 @@ use crate::auth::{StoredHash, Users};
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 131_072;
 
 /// The config as written in TOML.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfigFile {
     /// Who may authenticate with HTTP Basic.
@@ -29,7 +36,7 @@ pub struct ConfigFile {
 }
 
 /// A `[[users]]` entry.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UserEntry {
     /// The Basic user name.
@@ -39,7 +46,7 @@ pub struct UserEntry {
 }
 
 /// A `[[rules]]` entry, before validation.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct RuleEntry {
     /// Unique; smaller is checked first.
@@ -49,21 +56,27 @@ pub struct RuleEntry {
     /// MQTT filters, with `${username}` and `${client_id}`.
     pub topics: Vec<String>,
     /// Verified user names.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub usernames: Option<Vec<String>>,
     /// client_id globs.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub client_ids: Option<Vec<String>>,
     /// CIDR blocks.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub source_ips: Option<Vec<String>>,
     /// QoS values.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub qos: Option<Vec<u8>>,
     /// Only retained (true) or only non-retained (false) publishes.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub retain: Option<bool>,
     /// `"basic"` or `"certificate"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthEntry>,
 }
 
 /// `effect` as written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EffectEntry {
     /// `"allow"`.
@@ -73,7 +86,7 @@ pub enum EffectEntry {
 }
 
 /// `auth` as written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthEntry {
     /// `"basic"`.
@@ -83,19 +96,23 @@ pub enum AuthEntry {
 }
 
 /// `[limits]`: every field optional; quotas are off unless set.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Largest payload accepted; the backend's own limit applies too.
     #[serde(default = "default_max_payload")]
     pub max_payload_bytes: usize,
     /// Quota of the whole instance, messages per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub messages_per_second: Option<f64>,
     /// Burst of the instance quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub burst: Option<u32>,
     /// Quota of each username or certificate CN.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_messages_per_second: Option<f64>,
     /// Burst of each user's quota.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub user_burst: Option<u32>,
 }
 
@@ -134,47 +151,21 @@ pub enum ConfigError {
     Invalid(String),
 }
 
-/// A validated config, ready to answer requests.
+/// The rules and limits of a validated config: what every request reads.
 #[derive(Debug)]
-pub struct Policy {
-    /// Users by name.
-    pub users: Users,
+pub struct RuleSet {
     /// The compiled ACL.
     pub acl: Acl,
     /// Quotas and sizes.
     pub limits: Limits,
 }
 
-impl Policy {
-    /// Reads and validates a TOML file.
-    pub fn load(path: &Path) -> Result<Policy, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
-        Policy::from_toml(&text)
-    }
-
-    /// Parses and validates TOML text.
-    pub fn from_toml(text: &str) -> Result<Policy, ConfigError> {
-        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))?;
-        Policy::from_file(file)
-    }
-
-    /// Validates a parsed config.
-    pub fn from_file(file: ConfigFile) -> Result<Policy, ConfigError> {
-        let mut users = Users::with_capacity(file.users.len());
-        for user in file.users {
-            if user.username.is_empty() {
-                return Err(ConfigError::Invalid("a user has an empty username".into()));
-            }
-            let hash = StoredHash::parse(&user.password_hash)
-                .map_err(|e| ConfigError::Invalid(format!("user {:?}: password_hash {e}", user.username)))?;
-            if users.insert(user.username.clone(), hash).is_some() {
-                return Err(ConfigError::Invalid(format!("user {:?} is defined twice", user.username)));
-            }
-        }
+impl RuleSet {
+    /// Validates rule entries and limits.
+    pub fn new(entries: Vec<RuleEntry>, limits: Limits) -> Result<RuleSet, ConfigError> {
         let mut priorities = HashSet::new();
-        let mut rules = Vec::with_capacity(file.rules.len());
-        for entry in file.rules {
+        let mut rules = Vec::with_capacity(entries.len());
+        for entry in entries {
             if !priorities.insert(entry.priority) {
                 return Err(ConfigError::Invalid(format!(
                     "rule with priority {}: the priority is used by another rule (priorities must be unique)",
@@ -183,9 +174,63 @@ impl Policy {
             }
             rules.push(validate_rule(entry)?);
         }
-        check_limits(&file.limits)?;
-        Ok(Policy { users, acl: Acl::new(rules), limits: file.limits })
+        check_limits(&limits)?;
+        Ok(RuleSet { acl: Acl::new(rules), limits })
     }
+}
+
+/// Validates one user entry.
+pub fn validate_user(user: &UserEntry) -> Result<StoredHash, ConfigError> {
+    if user.username.is_empty() {
+        return Err(ConfigError::Invalid("a user has an empty username".into()));
+    }
+    StoredHash::parse(&user.password_hash)
+        .map_err(|e| ConfigError::Invalid(format!("user {:?}: password_hash {e}", user.username)))
+}
+
+/// A validated config, ready to answer requests.
+#[derive(Debug)]
+pub struct Policy {
+    /// Users by name.
+    pub users: Users,
+    /// Rules and limits.
+    pub rules: Arc<RuleSet>,
+}
+
+impl Policy {
+    /// Reads and validates a TOML file.
+    pub fn load(path: &Path) -> Result<Policy, ConfigError> {
+        Policy::from_file(read_file(path)?)
+    }
+
+    /// Parses and validates TOML text.
+    pub fn from_toml(text: &str) -> Result<Policy, ConfigError> {
+        Policy::from_file(parse_toml(text)?)
+    }
+
+    /// Validates a parsed config.
+    pub fn from_file(file: ConfigFile) -> Result<Policy, ConfigError> {
+        let mut users = Users::with_capacity(file.users.len());
+        for user in &file.users {
+            let hash = validate_user(user)?;
+            if users.insert(user.username.clone(), hash).is_some() {
+                return Err(ConfigError::Invalid(format!("user {:?} is defined twice", user.username)));
+            }
+        }
+        Ok(Policy { users, rules: Arc::new(RuleSet::new(file.rules, file.limits)?) })
+    }
+}
+
+/// Reads a TOML config file without validating it.
+pub fn read_file(path: &Path) -> Result<ConfigFile, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+    parse_toml(&text)
+}
+
+/// Parses TOML text into the config's shape without validating it.
+pub fn parse_toml(text: &str) -> Result<ConfigFile, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string()))
 }
 
 fn validate_rule(entry: RuleEntry) -> Result<Rule, ConfigError> {
@@ -261,9 +306,9 @@ mod tests {
 
     #[test]
     fn the_example_config_loads() {
-        let policy = Policy::from_toml(include_str!("../config/example.toml")).unwrap();
+        let policy = Policy::from_toml(include_str!("../../config/example.toml")).unwrap();
         assert!(policy.users.contains_key("user0"));
-        assert!(!policy.acl.rules().is_empty());
+        assert!(!policy.rules.acl.rules().is_empty());
     }
 
     #[test]
@@ -300,9 +345,16 @@ mod tests {
     }
 
     #[test]
+    fn a_config_survives_toml_serialization_unchanged() {
+        let file = parse_toml(include_str!("../../config/example.toml")).unwrap();
+        let text = toml::to_string(&file).unwrap();
+        assert_eq!(parse_toml(&text).unwrap(), file);
+    }
+
+    #[test]
     fn limits_default_to_128_kib_and_no_quota() {
         let p = Policy::from_toml("").unwrap();
-        assert_eq!(p.limits, Limits::default());
-        assert_eq!(p.limits.max_payload_bytes, 131_072);
+        assert_eq!(p.rules.limits, Limits::default());
+        assert_eq!(p.rules.limits.max_payload_bytes, 131_072);
     }
 }

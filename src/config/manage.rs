@@ -1,0 +1,291 @@
+//! What the command line does to a config, in either home: check, push,
+//! pull, set or remove one user, and import a Mosquitto password file.
+//!
+//! A file is edited in place with its comments kept; a table is written in
+//! batches. Nothing is written that would not load: every change is validated
+//! first, as the service would validate it.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use toml_edit::{value, ArrayOfTables, DocumentMut, Item as TomlItem, Table};
+
+use super::table::{config_from_items, config_items, user_item, user_key, Item, TableStore};
+use super::{parse_toml, read_file, validate_user, ConfigFile, Policy, UserEntry};
+use crate::auth::hash_argon2id;
+
+/// Where a command reads and writes the config.
+pub enum Home {
+    /// A DynamoDB table.
+    Table(TableStore),
+    /// A TOML file.
+    File(PathBuf),
+}
+
+/// One difference between two configs, as `push` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// `add`, `change` or `delete`.
+    pub action: &'static str,
+    /// `user NAME`, `rule PRIORITY` or `limits`.
+    pub entry: String,
+}
+
+impl std::fmt::Display for Change {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.action, self.entry)
+    }
+}
+
+fn describe((pk, sk): &(String, String)) -> String {
+    match (pk.strip_prefix("user#"), sk.strip_prefix("rule#")) {
+        (Some(user), _) => format!("user {user}"),
+        (_, Some(priority)) => format!("rule {priority}"),
+        _ => sk.clone(),
+    }
+}
+
+/// What turns `current` into `desired`: adds, changes, deletes, in key order.
+pub fn diff(
+    current: &BTreeMap<(String, String), Item>,
+    desired: &BTreeMap<(String, String), Item>,
+) -> (Vec<Change>, Vec<Item>, Vec<(String, String)>) {
+    let mut changes = Vec::new();
+    let mut puts = Vec::new();
+    let mut deletes = Vec::new();
+    for (key, item) in desired {
+        match current.get(key) {
+            None => changes.push(Change { action: "add", entry: describe(key) }),
+            Some(existing) if existing != item => changes.push(Change { action: "change", entry: describe(key) }),
+            Some(_) => continue,
+        }
+        puts.push(item.clone());
+    }
+    for key in current.keys().filter(|k| !desired.contains_key(*k)) {
+        changes.push(Change { action: "delete", entry: describe(key) });
+        deletes.push(key.clone());
+    }
+    (changes, puts, deletes)
+}
+
+fn read_target(path: &Path) -> Result<ConfigFile, String> {
+    if !path.exists() {
+        return Ok(ConfigFile::default());
+    }
+    read_file(path).map_err(|e| e.to_string())
+}
+
+impl Home {
+    /// The config held here, users by name and rules by priority.
+    pub async fn read(&self) -> Result<ConfigFile, String> {
+        match self {
+            Home::Table(store) => {
+                config_from_items(&store.items().await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
+            }
+            Home::File(path) => {
+                let mut config = read_target(path)?;
+                config.users.sort_by(|a, b| a.username.cmp(&b.username));
+                config.rules.sort_by_key(|r| r.priority);
+                Ok(config)
+            }
+        }
+    }
+
+    /// Makes this home equal to the file `source`; returns what changed (or would, with `dry_run`).
+    pub async fn push(&self, source: &Path, dry_run: bool) -> Result<Vec<Change>, String> {
+        Policy::load(source).map_err(|e| format!("{}: {e}", source.display()))?;
+        let desired = read_file(source).map_err(|e| e.to_string())?;
+        let current = match self {
+            Home::Table(store) => store.items().await.map_err(|e| e.to_string())?,
+            Home::File(path) => config_items(&read_target(path)?),
+        };
+        let (changes, puts, deletes) = diff(&current, &config_items(&desired));
+        if dry_run || changes.is_empty() {
+            return Ok(changes);
+        }
+        match self {
+            Home::Table(store) => store.write(puts, deletes).await.map_err(|e| e.to_string())?,
+            Home::File(path) => {
+                let text = std::fs::read_to_string(source).map_err(|e| e.to_string())?;
+                write_atomically(path, &text)?;
+            }
+        }
+        Ok(changes)
+    }
+
+    /// The config as TOML: what `pull` prints.
+    pub async fn pull(&self) -> Result<String, String> {
+        toml::to_string(&self.read().await?).map_err(|e| e.to_string())
+    }
+
+    /// Adds users or changes their hashes; returns what changed.
+    pub async fn set_users(&self, users: &[UserEntry]) -> Result<Vec<Change>, String> {
+        for user in users {
+            validate_user(user).map_err(|e| e.to_string())?;
+        }
+        match self {
+            Home::Table(store) => {
+                let current = store.items().await.map_err(|e| e.to_string())?;
+                let changes = users
+                    .iter()
+                    .map(|u| Change {
+                        action: if current.contains_key(&user_key(&u.username)) { "change" } else { "add" },
+                        entry: format!("user {}", u.username),
+                    })
+                    .collect();
+                store.write(users.iter().map(user_item).collect(), Vec::new()).await.map_err(|e| e.to_string())?;
+                Ok(changes)
+            }
+            Home::File(path) => edit_file(path, |doc| {
+                let table = users_table(doc)?;
+                let mut changes = Vec::new();
+                for user in users {
+                    let existing =
+                        table.iter_mut().find(|t| t.get("username").and_then(|v| v.as_str()) == Some(&user.username));
+                    let action = match existing {
+                        Some(entry) => {
+                            entry["password_hash"] = value(user.password_hash.as_str());
+                            "change"
+                        }
+                        None => {
+                            let mut entry = Table::new();
+                            entry["username"] = value(user.username.as_str());
+                            entry["password_hash"] = value(user.password_hash.as_str());
+                            table.push(entry);
+                            "add"
+                        }
+                    };
+                    changes.push(Change { action, entry: format!("user {}", user.username) });
+                }
+                Ok(changes)
+            }),
+        }
+    }
+
+    /// Removes a user; an error if there is none.
+    pub async fn remove_user(&self, username: &str) -> Result<Change, String> {
+        let change = Change { action: "delete", entry: format!("user {username}") };
+        match self {
+            Home::Table(store) => {
+                if store.user(username).await.map_err(|e| e.to_string())?.is_none() {
+                    return Err(format!("there is no user {username:?} in table {}", store.table()));
+                }
+                store.write(Vec::new(), vec![user_key(username)]).await.map_err(|e| e.to_string())?;
+                Ok(change)
+            }
+            Home::File(path) => edit_file(path, |doc| {
+                let table = users_table(doc)?;
+                let before = table.len();
+                table.retain(|t| t.get("username").and_then(|v| v.as_str()) != Some(username));
+                if table.len() == before {
+                    return Err(format!("there is no user {username:?} in {}", path.display()));
+                }
+                Ok(change)
+            }),
+        }
+    }
+}
+
+/// A user entry with a fresh argon2id hash of `password`.
+pub fn new_user(username: &str, password: &str) -> UserEntry {
+    UserEntry { username: username.to_owned(), password_hash: hash_argon2id(password.as_bytes()) }
+}
+
+/// Reads a `mosquitto_passwd` file: `user:hash` lines (`$6$`, `$7$`, or a PHC
+/// string such as argon2id). Blank lines and `#` comments are skipped; any
+/// other line that does not verify as a hash we support is an error naming it.
+pub fn import_mosquitto(text: &str) -> Result<Vec<UserEntry>, String> {
+    let mut users = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        let line = line.trim_end_matches('\r');
+        if line.trim().is_empty() || line.trim_start().starts_with('#') {
+            continue;
+        }
+        let (username, hash) = line.split_once(':').ok_or_else(|| format!("line {}: not username:hash", number + 1))?;
+        let user = UserEntry { username: username.to_owned(), password_hash: hash.to_owned() };
+        validate_user(&user).map_err(|e| format!("line {}: {e}", number + 1))?;
+        users.push(user);
+    }
+    Ok(users)
+}
+
+fn users_table(doc: &mut DocumentMut) -> Result<&mut ArrayOfTables, String> {
+    doc.entry("users")
+        .or_insert(TomlItem::ArrayOfTables(ArrayOfTables::new()))
+        .as_array_of_tables_mut()
+        .ok_or_else(|| "`users` in the file is not an array of [[users]] tables".to_owned())
+}
+
+/// Edits a TOML file in place, keeping its comments; refuses a result that would not load.
+fn edit_file<T>(path: &Path, edit: impl FnOnce(&mut DocumentMut) -> Result<T, String>) -> Result<T, String> {
+    let text = if path.exists() { std::fs::read_to_string(path).map_err(|e| e.to_string())? } else { String::new() };
+    let mut doc: DocumentMut = text.parse().map_err(|e| format!("{}: {e}", path.display()))?;
+    let result = edit(&mut doc)?;
+    let edited = doc.to_string();
+    Policy::from_file(parse_toml(&edited).map_err(|e| e.to_string())?)
+        .map_err(|e| format!("the edit would break {}: {e}", path.display()))?;
+    write_atomically(path, &edited)?;
+    Ok(result)
+}
+
+fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+    let temporary = path.with_extension("toml.tmp");
+    std::fs::write(&temporary, text).map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
+    std::fs::rename(&temporary, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("mhp-manage-{}-{name}", std::process::id()))
+    }
+
+    #[tokio::test]
+    async fn user_set_and_remove_edit_a_file_keeping_its_comments() {
+        let path = temp("users.toml");
+        std::fs::write(&path, include_str!("../../config/example.toml")).unwrap();
+        let home = Home::File(path.clone());
+        let changes = home.set_users(&[new_user("dev1", "pw1")]).await.unwrap();
+        assert_eq!(changes[0].to_string(), "add user dev1");
+        let changes = home.set_users(&[new_user("user0", "changed")]).await.unwrap();
+        assert_eq!(changes[0].to_string(), "change user user0");
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(text.contains("# [[rules]]: the ACL"), "comments survive");
+        let policy = Policy::from_toml(&text).unwrap();
+        assert!(policy.users["user0"].verify(b"changed") && policy.users["dev1"].verify(b"pw1"));
+        assert_eq!(home.remove_user("dev1").await.unwrap().to_string(), "delete user dev1");
+        assert!(home.remove_user("dev1").await.unwrap_err().contains("no user"));
+        std::fs::remove_file(path).unwrap();
+    }
+
+    #[tokio::test]
+    async fn push_to_a_file_reports_the_diff_and_then_nothing() {
+        let (source, target) = (temp("source.toml"), temp("target.toml"));
+        std::fs::write(&source, include_str!("../../config/example.toml")).unwrap();
+        let home = Home::File(target.clone());
+        let changes: Vec<String> = home.push(&source, true).await.unwrap().iter().map(|c| c.to_string()).collect();
+        assert_eq!(
+            changes,
+            ["add rule 10", "add rule 20", "add rule 30", "add user user0"],
+            "absent limits are the defaults"
+        );
+        assert!(!target.exists(), "a dry run writes nothing");
+        home.push(&source, false).await.unwrap();
+        assert!(home.push(&source, false).await.unwrap().is_empty(), "a second push changes nothing");
+        std::fs::remove_file(source).unwrap();
+        std::fs::remove_file(target).unwrap();
+    }
+
+    #[test]
+    fn mosquitto_lines_are_imported_and_bad_lines_named() {
+        let users = import_mosquitto(
+            "# a comment\n\nu6:$6$fx1fsGY4/jC2GxIS$bJ0Mbzv4L7+xm8xDj0oX0zpH/2bw5rw+IEMu6iD/FSAUV4tX/ZAmFk1/7s/OSpLL4/SZCZNQSYBKMa1LLrYQiw==\n",
+        )
+        .unwrap();
+        assert_eq!(users[0].username, "u6");
+        assert!(import_mosquitto("plain:secret\n").unwrap_err().starts_with("line 1: user \"plain\""));
+        assert!(import_mosquitto("nocolon\n").unwrap_err().contains("line 1"));
+    }
+}

@@ -1,0 +1,286 @@
+//! The config table on moto's DynamoDB: the Lambda handler authenticating and
+//! authorizing from it, its caches and their TTL, outages, and the commands
+//! that manage it.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{create_config_table, example_service, iot_publisher, moto_url, sdk_config_for, unique_app_name, OwnMoto};
+use mqtt_http_publish::config::manage::{new_user, Home};
+use mqtt_http_publish::config::source::{CacheSettings, ConfigSource, TableSource, RETRY_AFTER_FAILURE};
+use mqtt_http_publish::config::table::{config_items, TableStore};
+use mqtt_http_publish::config::{parse_toml, ConfigFile, EffectEntry, RuleEntry};
+use mqtt_http_publish::lambda;
+use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
+use mqtt_http_publish::service::Service;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_mqtt-http-publish");
+const EXAMPLE: &str = include_str!("../config/example.toml");
+
+/// An HTTP API event publishing to `topic` as `user:password`.
+fn event(user: &str, password: &str, topic: &str) -> lambda::Event {
+    use base64::Engine;
+    let mut event: Value = serde_json::from_str(include_str!("../events/example-1-basic-auth.json")).unwrap();
+    let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+    event["headers"]["authorization"] = Value::String(format!("Basic {credentials}"));
+    event["rawPath"] = Value::String(format!("/topics/{topic}"));
+    serde_json::from_value(event).unwrap()
+}
+
+async fn status(service: &Service<IotPublisher>, event: lambda::Event) -> u64 {
+    let response = lambda::handle(service, event, None).await.unwrap();
+    serde_json::to_value(response).unwrap()["statusCode"].as_u64().unwrap()
+}
+
+/// A service reading `table` on `dynamodb`, publishing to the suite's moto.
+async fn table_service(dynamodb: &str, table: &str, settings: CacheSettings) -> Service<IotPublisher> {
+    let publisher = iot_publisher(&moto_url(), &unique_app_name("table"), IotSettings::default()).await;
+    let store = TableStore::new(&sdk_config_for(dynamodb).await, table);
+    Service::with_source(publisher, ConfigSource::Table(TableSource::new(store, settings)))
+}
+
+async fn push(dynamodb: &str, table: &str, config: &ConfigFile) {
+    let store = TableStore::new(&sdk_config_for(dynamodb).await, table);
+    store.write(config_items(config).into_values().collect(), Vec::new()).await.unwrap();
+}
+
+fn unique_table(name: &str) -> String {
+    format!("{}-{}", unique_app_name(name), std::process::id())
+}
+
+fn allow(priority: i64, topic: &str, users: &[&str]) -> RuleEntry {
+    RuleEntry {
+        priority,
+        effect: EffectEntry::Allow,
+        topics: vec![topic.into()],
+        usernames: Some(users.iter().map(|u| u.to_string()).collect()),
+        client_ids: None,
+        source_ips: None,
+        qos: None,
+        retain: None,
+        auth: None,
+    }
+}
+
+/// Runs the binary with the suite's AWS variables and DynamoDB at `dynamodb`.
+fn cli(args: &[&str], stdin: &str, dynamodb: &str) -> (bool, String, String) {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("AWS_ENDPOINT_URL_DYNAMODB", dynamodb)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
+}
+
+#[tokio::test]
+async fn the_handler_authenticates_and_authorizes_from_a_pushed_table() {
+    let moto = moto_url();
+    let table = unique_table("push");
+    create_config_table(&moto, &table).await;
+    let (ok, out, err) = cli(&["config", "push", "config/example.toml", "--table", &table], "", &moto);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        ["add limits", "add rule 10", "add rule 20", "add rule 30", "add user user0"]
+    );
+
+    let service = table_service(&moto, &table, CacheSettings::default()).await;
+    assert_eq!(status(&service, event("user0", "secret0", "home/kitchen")).await, 200);
+    assert_eq!(status(&service, event("user0", "wrong", "home")).await, 401);
+    assert_eq!(status(&service, event("nobody", "secret0", "home")).await, 401);
+    assert_eq!(status(&service, event("user0", "secret0", "home/admin/door")).await, 401, "deny rule 10");
+    assert_eq!(status(&service, event("user0", "secret0", "office")).await, 401, "no rule: deny");
+}
+
+#[tokio::test]
+async fn a_changed_password_and_a_removed_rule_take_effect_after_the_ttl_and_not_before() {
+    let moto = moto_url();
+    let table = unique_table("ttl");
+    create_config_table(&moto, &table).await;
+    push(&moto, &table, &parse_toml(EXAMPLE).unwrap()).await;
+    let ttl = Duration::from_millis(1500);
+    let service = table_service(&moto, &table, CacheSettings { ttl, stale_max: Duration::from_secs(60) }).await;
+    assert_eq!(status(&service, event("user0", "secret0", "home")).await, 200);
+
+    let home = Home::Table(TableStore::new(&sdk_config_for(&moto).await, &table));
+    home.set_users(&[new_user("user0", "secret-new")]).await.unwrap();
+    let store = TableStore::new(&sdk_config_for(&moto).await, &table);
+    store.write(Vec::new(), vec![("acl".into(), "rule#30".into())]).await.unwrap();
+    assert_eq!(status(&service, event("user0", "secret0", "home")).await, 200, "before the TTL: the cached copy");
+    assert_eq!(status(&service, event("user0", "secret-new", "home")).await, 401, "before the TTL: not yet");
+
+    tokio::time::sleep(ttl).await;
+    assert_eq!(status(&service, event("user0", "secret0", "home")).await, 401, "after the TTL: the old one is gone");
+    assert_eq!(status(&service, event("user0", "secret-new", "home")).await, 200, "after the TTL: the new one works");
+
+    store.write(Vec::new(), vec![("acl".into(), "rule#20".into())]).await.unwrap();
+    assert_eq!(status(&service, event("user0", "secret-new", "home")).await, 200, "rule 20 still cached");
+    tokio::time::sleep(ttl).await;
+    assert_eq!(status(&service, event("user0", "secret-new", "home")).await, 401, "rule 20 removed: no match");
+}
+
+#[tokio::test]
+async fn with_dynamodb_stopped_cached_users_keep_working_and_an_uncached_user_gets_503_then_it_recovers() {
+    let mut dynamodb = OwnMoto::start().await;
+    let table = unique_table("outage");
+    let config = ConfigFile {
+        users: vec![new_user("user0", "secret0"), new_user("dev1", "pw1")],
+        rules: vec![allow(1, "home/#", &["user0", "dev1"])],
+        ..ConfigFile::default()
+    };
+    create_config_table(&dynamodb.url, &table).await;
+    push(&dynamodb.url, &table, &config).await;
+    let ttl = Duration::from_millis(300);
+    let service = table_service(&dynamodb.url, &table, CacheSettings { ttl, stale_max: Duration::from_secs(60) }).await;
+    assert_eq!(status(&service, event("user0", "secret0", "home")).await, 200);
+
+    dynamodb.stop();
+    tokio::time::sleep(ttl).await;
+    assert_eq!(status(&service, event("user0", "secret0", "home")).await, 200, "served from the last good copy");
+    tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+    assert_eq!(status(&service, event("dev1", "pw1", "home")).await, 503, "an outage is never a wrong password");
+    assert_eq!(status(&service, event("user0", "secret0", "home")).await, 200);
+
+    dynamodb.restart().await;
+    create_config_table(&dynamodb.url, &table).await;
+    push(&dynamodb.url, &table, &config).await;
+    tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+    assert_eq!(status(&service, event("dev1", "pw1", "home")).await, 200, "recovered once the table is back");
+}
+
+#[tokio::test]
+async fn with_nothing_cached_and_the_store_down_every_request_is_503() {
+    let mut dynamodb = OwnMoto::start().await;
+    let service = table_service(&dynamodb.url, "absent", CacheSettings::default()).await;
+    dynamodb.stop();
+    let response = lambda::handle(&service, event("user0", "secret0", "home"), None).await.unwrap();
+    let response = serde_json::to_value(response).unwrap();
+    assert_eq!(response["statusCode"], 503);
+    assert_eq!(response["headers"]["retry-after"], "5");
+}
+
+#[tokio::test]
+async fn push_then_pull_round_trips_and_a_second_push_changes_nothing() {
+    let moto = moto_url();
+    let table = unique_table("roundtrip");
+    create_config_table(&moto, &table).await;
+    let (ok, out, _) = cli(&["config", "push", "config/example.toml", "--table", &table, "--dry-run"], "", &moto);
+    assert!(ok && out.lines().all(|l| l.starts_with("would add")), "{out}");
+    let (_, pulled, _) = cli(&["config", "pull", "--table", &table], "", &moto);
+    assert_eq!(parse_toml(&pulled).unwrap(), ConfigFile::default(), "a dry run writes nothing");
+
+    cli(&["config", "push", "config/example.toml", "--table", &table], "", &moto);
+    let (ok, pulled, err) = cli(&["config", "pull", "--table", &table], "", &moto);
+    assert!(ok, "{err}");
+    let mut expected = parse_toml(EXAMPLE).unwrap();
+    expected.rules.sort_by_key(|r| r.priority);
+    assert_eq!(parse_toml(&pulled).unwrap(), expected);
+
+    let file = std::env::temp_dir().join(format!("{table}.toml"));
+    std::fs::write(&file, &pulled).unwrap();
+    let (ok, out, _) = cli(&["config", "push", file.to_str().unwrap(), "--table", &table], "", &moto);
+    assert!(ok);
+    assert_eq!(out.trim(), "no changes");
+
+    std::fs::write(&file, pulled.replace("\"home/admin/#\"", "\"home/secret/#\"")).unwrap();
+    let (_, out, _) = cli(&["config", "push", file.to_str().unwrap(), "--table", &table], "", &moto);
+    assert_eq!(out.trim(), "change rule 10");
+    std::fs::remove_file(file).unwrap();
+}
+
+#[tokio::test]
+async fn user_set_and_remove_work_on_a_table() {
+    let moto = moto_url();
+    let table = unique_table("user");
+    create_config_table(&moto, &table).await;
+    let (ok, out, err) = cli(&["user", "set", "dev7", "--table", &table], "pw7\n", &moto);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "add user dev7");
+    let (_, out, _) = cli(&["user", "set", "dev7", "--table", &table], "pw8\n", &moto);
+    assert_eq!(out.trim(), "change user dev7");
+    let store = TableStore::new(&sdk_config_for(&moto).await, &table);
+    let user = store.user("dev7").await.unwrap().unwrap();
+    assert!(mqtt_http_publish::auth::StoredHash::parse(&user.password_hash).unwrap().verify(b"pw8"));
+    let (_, out, _) = cli(&["user", "remove", "dev7", "--table", &table], "", &moto);
+    assert_eq!(out.trim(), "delete user dev7");
+    assert_eq!(store.user("dev7").await.unwrap(), None);
+    let (ok, _, err) = cli(&["user", "remove", "dev7", "--table", &table], "", &moto);
+    assert!(!ok && err.contains("no user"), "{err}");
+}
+
+/// Writes a password file with Debian's mosquitto_passwd, one user per format it can write.
+fn mosquitto_passwd_file(dir: &Path) -> std::path::PathBuf {
+    let file = dir.join("passwd");
+    for (i, (format, user, password)) in
+        [("sha512", "u6", "secret6"), ("sha512-pbkdf2", "u7", "secret7")].iter().enumerate()
+    {
+        let mut args = vec!["-b", "-H", format];
+        if i == 0 {
+            args.push("-c");
+        }
+        let file_arg = file.to_str().unwrap();
+        args.extend([file_arg, user, password]);
+        let out =
+            Command::new("mosquitto_passwd").args(&args).output().expect("mosquitto_passwd (scripts/test installs it)");
+        assert!(out.status.success(), "mosquitto_passwd {args:?}: {out:?}");
+    }
+    file
+}
+
+#[tokio::test]
+async fn a_mosquitto_password_file_imports_into_users_that_authenticate() {
+    let moto = moto_url();
+    let table = unique_table("mosquitto");
+    create_config_table(&moto, &table).await;
+    let dir = std::env::temp_dir().join(&table);
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = mosquitto_passwd_file(&dir);
+    let text = std::fs::read_to_string(&file).unwrap();
+    assert!(text.contains("u6:$6$") && text.contains("u7:$7$"), "{text}");
+    // Mosquitto 2.1 writes argon2id PHC lines; Debian's 2.0 cannot, so one is added by hand.
+    let argon = mqtt_http_publish::auth::hash_argon2id(b"secret-a");
+    std::fs::write(&file, format!("{text}ua:{argon}\n")).unwrap();
+
+    let (ok, out, err) = cli(&["config", "import-mosquitto", file.to_str().unwrap(), "--table", &table], "", &moto);
+    assert!(ok, "{err}");
+    assert_eq!(out.lines().collect::<Vec<_>>(), ["add user u6", "add user u7", "add user ua"]);
+    push(&moto, &table, &ConfigFile { rules: vec![allow(1, "home", &["u6", "u7", "ua"])], ..ConfigFile::default() })
+        .await;
+
+    let service = table_service(&moto, &table, CacheSettings::default()).await;
+    for (user, password) in [("u6", "secret6"), ("u7", "secret7"), ("ua", "secret-a")] {
+        assert_eq!(status(&service, event(user, password, "home")).await, 200, "{user}");
+        assert_eq!(status(&service, event(user, "wrong", "home")).await, 401, "{user}");
+    }
+    let (ok, toml, _) = cli(&["config", "import-mosquitto", file.to_str().unwrap()], "", &moto);
+    assert!(ok && toml.matches("[[users]]").count() == 3, "{toml}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[tokio::test]
+async fn a_file_service_and_a_table_service_answer_alike() {
+    let moto = moto_url();
+    let table = unique_table("alike");
+    create_config_table(&moto, &table).await;
+    push(&moto, &table, &parse_toml(EXAMPLE).unwrap()).await;
+    let from_table = table_service(&moto, &table, CacheSettings::default()).await;
+    let from_file = example_service(iot_publisher(&moto, &unique_app_name("file"), IotSettings::default()).await);
+    for (user, password, topic) in
+        [("user0", "secret0", "home"), ("user0", "x", "home"), ("user0", "secret0", "home/admin/x")]
+    {
+        assert_eq!(
+            status(&from_table, event(user, password, topic)).await,
+            status(&from_file, event(user, password, topic)).await
+        );
+    }
+}
