@@ -121,7 +121,11 @@ pub struct OptionalTarget {
 
 async fn home(table: Option<String>, file: Option<PathBuf>) -> Option<Home> {
     match (table, file) {
-        (Some(table), _) => Some(Home::Table(TableStore::new(&crate::aws::sdk_config().await, &table))),
+        (Some(table), _) => Some(Home::Table(TableStore::with_timeout(
+            &crate::aws::sdk_config().await,
+            &table,
+            std::time::Duration::from_secs(60),
+        ))),
         (None, Some(file)) => Some(Home::File(file)),
         (None, None) => None,
     }

@@ -154,3 +154,55 @@ async fn the_binary_serves_events_from_the_runtime_api_and_publishes_to_moto() {
         assert!(!logs.contains(secret), "a log line carries {secret:?}:\n{logs}");
     }
 }
+
+#[tokio::test]
+async fn the_binary_reads_users_and_rules_from_config_table() {
+    let moto = moto_url();
+    start_recording(&moto).await;
+    let table = format!("{}-runtime-table", unique_app_name("table"));
+    common::create_config_table(&moto, &table).await;
+    let items = mqtt_http_publish::config::table::config_items(
+        &mqtt_http_publish::config::parse_toml(include_str!("../config/example.toml")).unwrap(),
+    );
+    let store = mqtt_http_publish::config::table::TableStore::new(&common::sdk_config_for(&moto).await, &table);
+    store.write(items.into_values().collect(), Vec::new()).await.unwrap();
+
+    let app = unique_app_name("runtime-table");
+    let events = vec![
+        ("t-1".to_owned(), event("example-1-basic-auth.json")),
+        ("t-2".to_owned(), event("error-401-wrong-password.json")),
+        ("t-3".to_owned(), event("error-401-acl-deny-rule.json")),
+    ];
+    let (runtime_api, state) = start_emulator(events).await;
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-http-publish"))
+        .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "mqtt-http-publish")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env("CONFIG_TABLE", &table)
+        .env_remove("CONFIG_FILE")
+        .env("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &moto)
+        .env("AWS_ENDPOINT_URL_DYNAMODB", &moto)
+        .env("AWS_SDK_UA_APP_ID", &app)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while state.lock().await.responses.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the function did not answer three invocations in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().await.unwrap();
+    let s = state.lock().await;
+    let statuses: Vec<u64> = s.responses.iter().map(|(_, r)| r["statusCode"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [200, 401, 401]);
+    let published: Vec<String> = recorded(&moto, &app)
+        .await
+        .iter()
+        .filter(|r| r.path_and_query.starts_with("/topics/"))
+        .map(|r| r.topic())
+        .collect();
+    assert_eq!(published, ["home"]);
+}

@@ -44,7 +44,7 @@ pub enum HashError {
     #[error("is not a password hash (plain-text passwords are refused; make a hash with `mqtt-http-publish passwd`)")]
     NotAHash,
     /// A `$...$` string of a scheme we do not verify.
-    #[error("uses the unsupported scheme {0:?} (use argon2id, pbkdf2-sha256, pbkdf2-sha512, scrypt or bcrypt)")]
+    #[error("uses the unsupported scheme {0:?} (use argon2id, pbkdf2-sha256, pbkdf2-sha512, scrypt, bcrypt, or Mosquitto's $6$ or $7$)")]
     UnsupportedScheme(String),
     /// The scheme is known but the string is damaged.
     #[error("is a malformed {0} hash")]

@@ -26,6 +26,10 @@ use super::{AuthEntry, ConfigFile, EffectEntry, Limits, RuleEntry, UserEntry};
 /// One item: attribute name → value.
 pub type Item = HashMap<String, AttributeValue>;
 
+/// The bound of one table call made while a request waits: DynamoDB answers in
+/// milliseconds, and the request has API Gateway's 29 s in all.
+pub const REQUEST_PATH_TIMEOUT: Duration = Duration::from_secs(4);
+
 /// The partition holding the rules and the limits.
 const ACL_PARTITION: &str = "acl";
 
@@ -42,14 +46,20 @@ pub struct TableStore {
 }
 
 impl TableStore {
-    /// A store on `table`, with calls bounded to stay well inside a request's budget.
+    /// A store for the request path: each call bounded to stay well inside a request's budget.
     pub fn new(sdk_config: &SdkConfig, table: &str) -> TableStore {
+        TableStore::with_timeout(sdk_config, table, REQUEST_PATH_TIMEOUT)
+    }
+
+    /// A store whose calls (each page of a Query or Scan) may take up to `timeout`:
+    /// the command line's, which moves whole tables.
+    pub fn with_timeout(sdk_config: &SdkConfig, table: &str, timeout: Duration) -> TableStore {
         let config = aws_sdk_dynamodb::config::Builder::from(sdk_config)
             .timeout_config(
                 TimeoutConfig::builder()
                     .connect_timeout(Duration::from_secs(1))
-                    .operation_attempt_timeout(Duration::from_secs(2))
-                    .operation_timeout(Duration::from_secs(4))
+                    .operation_attempt_timeout(timeout / 2)
+                    .operation_timeout(timeout)
                     .build(),
             )
             .build();
