@@ -33,6 +33,8 @@ pub enum Command {
     /// Add, change or remove one user without editing a file by hand.
     #[command(subcommand)]
     User(UserCommand),
+    /// Serve the publish API over HTTP(S), in front of an MQTT 5 broker or an embedded one.
+    Serve(ServeArgs),
     /// Run as the AWS Lambda function (the default when AWS_LAMBDA_RUNTIME_API is set).
     Lambda,
     /// Run one Lambda event file through the function and print its response, as
@@ -41,6 +43,58 @@ pub enum Command {
         /// An event JSON file, e.g. events/example-1-basic-auth.json.
         event: PathBuf,
     },
+}
+
+/// `serve`'s options.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address of the HTTP(S) listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: std::net::SocketAddr,
+    /// TOML config of users and rules; without it a demo config runs (user0 / secret0).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The MQTT 5 broker, mqtt://HOST:PORT or mqtts://HOST:PORT; without it a broker is embedded.
+    #[arg(long)]
+    pub mqtt: Option<String>,
+    /// CA certificate (PEM) to trust for mqtts:// (default: the system's roots).
+    #[arg(long)]
+    pub mqtt_ca: Option<PathBuf>,
+    /// User name for the broker connection.
+    #[arg(long)]
+    pub mqtt_username: Option<String>,
+    /// Password for the broker connection (better: the MQTT_PASSWORD variable, out of `ps`).
+    #[arg(long, env = "MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
+    /// Address of the embedded broker (used without --mqtt).
+    #[arg(long, default_value = "127.0.0.1:1883")]
+    pub broker_listen: std::net::SocketAddr,
+    /// Server certificate chain (PEM): serve HTTPS.
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Server private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA (PEM) for client certificates; a verified certificate's CN becomes the client_id.
+    #[arg(long, requires = "tls_cert")]
+    pub client_ca: Option<PathBuf>,
+}
+
+impl From<ServeArgs> for crate::serve::ServeOptions {
+    fn from(a: ServeArgs) -> Self {
+        crate::serve::ServeOptions {
+            listen: a.listen,
+            config: a.config,
+            mqtt: a.mqtt,
+            mqtt_ca: a.mqtt_ca,
+            mqtt_username: a.mqtt_username,
+            mqtt_password: a.mqtt_password,
+            broker_listen: a.broker_listen,
+            tls_cert: a.tls_cert,
+            tls_key: a.tls_key,
+            client_ca: a.client_ca,
+        }
+    }
 }
 
 /// `config` subcommands.

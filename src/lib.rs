@@ -17,7 +17,10 @@
 //! - [`publish`]: the edge towards a broker: the [`publish::Publisher`] trait
 //!   and its AWS IoT Core adapter.
 //! - [`aws`]: the AWS SDK config the IoT publisher and the config table share.
+//! - [`quota`]: the `[limits]` token buckets (429).
 //! - [`service`]: the one code path that strings them together.
+//! - [`serve`]: the entry point as an HTTP(S) server of its own, in front of an
+//!   MQTT 5 broker ([`publish::mqtt`]) or one it embeds.
 //! - [`lambda`]: the AWS Lambda entry point: event decoding and encoding, and the runtime loop.
 //! - [`cli`]: the command line (`passwd`, `config check`).
 
@@ -29,4 +32,6 @@ pub mod config;
 pub mod contract;
 pub mod lambda;
 pub mod publish;
+pub mod quota;
+pub mod serve;
 pub mod service;

@@ -30,6 +30,11 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
             print_or_fail(runtime.block_on(cli::manage(command, std::io::stdin().lock())))
         }
+        Command::Serve(args) => {
+            init_logs(false);
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+            exit_logged(runtime.block_on(mqtt_http_publish::serve::run(args.into())))
+        }
         Command::Lambda => run_lambda(),
         Command::Invoke { event } => invoke(&event),
     }
@@ -104,14 +109,16 @@ async fn build_service() -> Result<Service<IotPublisher>, String> {
 
 /// JSON lines on Lambda (CloudWatch parses them), plain text to stderr elsewhere.
 fn init_logs(json: bool) {
+    // The embedded broker logs every connection at info; its warnings are what matters here.
     let filter = tracing_subscriber::EnvFilter::try_from_env("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| "info".into());
+        .unwrap_or_else(|_| "info,rumqttd=warn".into());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     if json {
         builder.json().with_current_span(true).with_span_list(false).without_time().init();
     } else {
-        builder.with_writer(std::io::stderr).init();
+        use std::io::IsTerminal;
+        builder.with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
     }
 }
 

@@ -14,6 +14,7 @@ use crate::config::source::ConfigSource;
 use crate::config::Policy;
 use crate::contract::{parse_request, ApiError, HttpRequest, MessageId};
 use crate::publish::{Message, PublishError, Publisher};
+use crate::quota::Quotas;
 
 /// `Retry-After` seconds when the backend throttles.
 const THROTTLED_RETRY_AFTER: u32 = 1;
@@ -26,6 +27,7 @@ pub struct Service<P> {
     /// Users, rules and limits: a file in memory or the table behind its caches.
     config: ConfigSource,
     authenticator: Authenticator,
+    quotas: Quotas,
 }
 
 impl<P: Publisher> Service<P> {
@@ -36,12 +38,21 @@ impl<P: Publisher> Service<P> {
 
     /// A service publishing through `publisher` with its config from `config`.
     pub fn with_source(publisher: P, config: ConfigSource) -> Service<P> {
-        Service { publisher, config, authenticator: Authenticator::default() }
+        Service { publisher, config, authenticator: Authenticator::default(), quotas: Quotas::default() }
     }
 
     /// Where the config comes from (to reload a file, or prefetch the table).
     pub fn config(&self) -> &ConfigSource {
         &self.config
+    }
+
+    /// The payload limit in force: the config's and the backend's, whichever is smaller.
+    pub async fn max_payload_bytes(&self) -> usize {
+        let backend = self.publisher.limits().max_payload_bytes;
+        match self.config.rules().await {
+            Ok(rules) => rules.limits.max_payload_bytes.min(backend),
+            Err(_) => backend,
+        }
     }
 
     /// Answers one request. Logs one line: status, topic, message id, latency.
@@ -109,6 +120,11 @@ impl<P: Publisher> Service<P> {
                 message: "the ACL does not allow this client to publish to this topic",
             });
         }
+
+        let quota_user = identity.username.as_deref().or(identity.certificate.then_some(identity.client_id.as_str()));
+        self.quotas
+            .admit(&rules.limits, quota_user)
+            .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
 
         let message = Message {
             topic: parsed.topic,

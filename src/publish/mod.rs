@@ -3,6 +3,7 @@
 //! [`PublishError`] to one.
 
 pub mod iot;
+pub mod mqtt;
 
 use std::future::Future;
 

@@ -1,0 +1,55 @@
+//! The MQTT 5 broker `serve` embeds when no `--mqtt` is given: rumqttd,
+//! listening on `--broker-listen`. `serve` publishes to it over loopback with
+//! the same client it uses for any other broker, so there is one code path.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
+
+/// Largest payload the embedded broker accepts (it keeps messages in memory).
+pub const EMBEDDED_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// Starts the broker on its own threads; it runs until the process ends.
+pub fn start(listen: SocketAddr) -> Result<(), String> {
+    // rumqttd binds inside its own thread and only logs a failure there: check the address first.
+    std::net::TcpListener::bind(listen).map_err(|e| format!("the embedded broker cannot listen on {listen}: {e}"))?;
+    let server = ServerSettings {
+        name: "v5".into(),
+        listen,
+        tls: None,
+        next_connection_delay_ms: 1,
+        connections: ConnectionSettings {
+            connection_timeout_ms: 60_000,
+            max_payload_size: EMBEDDED_MAX_PAYLOAD,
+            max_inflight_count: 500,
+            auth: None,
+            external_auth: None,
+            dynamic_filters: true,
+        },
+    };
+    let config = Config {
+        id: 0,
+        router: RouterConfig {
+            max_connections: 10_010,
+            max_outgoing_packet_count: 200,
+            max_segment_size: 100 * 1024 * 1024,
+            max_segment_count: 10,
+            custom_segment: None,
+            initialized_filters: None,
+            shared_subscriptions_strategy: Default::default(),
+        },
+        v5: Some(HashMap::from([("v5".to_owned(), server)])),
+        ..Config::default()
+    };
+    let mut broker = Broker::new(config);
+    std::thread::Builder::new()
+        .name("embedded-broker".into())
+        .spawn(move || {
+            if let Err(error) = broker.start() {
+                tracing::error!(%error, "the embedded MQTT broker stopped");
+            }
+        })
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
