@@ -84,9 +84,18 @@ pub async fn write_response<W: tokio::io::AsyncWrite + Unpin>(
 
 /// One HTTP/1.0 call (the server closes after answering).
 pub async fn call(url: &str, method: &str, path: &str, body: &[u8]) -> Wire {
+    request(url, method, path, &[], body).await
+}
+
+/// One HTTP/1.0 call with extra headers.
+pub async fn request(url: &str, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Wire {
     let host = url.trim_start_matches("http://").trim_end_matches('/');
     let mut stream = TcpStream::connect(host).await.unwrap_or_else(|e| panic!("connect to {host}: {e}"));
-    let head = format!("{method} {path} HTTP/1.0\r\nhost: {host}\r\ncontent-length: {}\r\n\r\n", body.len());
+    let mut head = format!("{method} {path} HTTP/1.0\r\nhost: {host}\r\ncontent-length: {}\r\n", body.len());
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    head.push_str("\r\n");
     stream.write_all(head.as_bytes()).await.unwrap();
     stream.write_all(body).await.unwrap();
     let mut raw = Vec::new();
