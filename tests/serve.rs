@@ -387,3 +387,125 @@ async fn the_product_page_examples_work_over_tls_with_and_without_a_client_certi
     ]);
     assert_eq!((status, body.contains("client_id_mismatch")), (401, true), "{body}");
 }
+
+/// A subscriber whose session outlives its connection (and the broker's restart, with persistence on).
+async fn persistent_subscriber(port: u16, filter: &str) -> mpsc::UnboundedReceiver<Publish> {
+    let mut options = MqttOptions::new(format!("durable-{}", free_port()), "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(5));
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(Some(600));
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _client = client;
+        let mut ready = Some(ready_tx);
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Incoming::SubAck(_))) => {
+                    if let Some(r) = ready.take() {
+                        let _ = r.send(());
+                    }
+                }
+                Ok(Event::Incoming(Incoming::Publish(p))) => {
+                    let _ = tx.send(p);
+                }
+                Ok(_) => {}
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(5), ready_rx).await.expect("SUBACK").unwrap();
+    rx
+}
+
+#[tokio::test]
+async fn with_the_broker_stopped_mid_load_every_answer_is_200_or_503_and_every_200_arrives() {
+    let port = free_port();
+    let dir = temp_dir("midload");
+    // mosquitto started as root drops to its own user, which must be able to write its database here.
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\npersistence_location {}/\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let start_broker = || async {
+        let child = Command::new("mosquitto")
+            .args(["-c", conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(port, "mosquitto").await;
+        child
+    };
+    let mut broker = start_broker().await;
+    let serve = serve(Some(port), &[]).await;
+    let mut rx = persistent_subscriber(port, "load/#").await;
+
+    let started = tokio::time::Instant::now();
+    let load = Duration::from_millis(4000);
+    let workers: Vec<_> = (0..8)
+        .map(|worker| {
+            let url = serve.url.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                let mut i = 0;
+                while started.elapsed() < load {
+                    let payload = format!("m-{worker}-{i}");
+                    let at = started.elapsed();
+                    let status =
+                        post(&url, &format!("/topics/load/{worker}"), &[USER0], payload.as_bytes()).await.status();
+                    answers.push((payload, status, at));
+                    i += 1;
+                }
+                answers
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    // A clean stop: mosquitto saves its sessions, the subscriber's queue included.
+    Command::new("kill").args(["-TERM", &broker.id().to_string()]).status().unwrap();
+    broker.wait().unwrap();
+    let stopped_at = started.elapsed();
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let _broker = Proc(start_broker().await);
+    let restarted_at = started.elapsed();
+
+    let mut answers = Vec::new();
+    for worker in workers {
+        answers.extend(worker.await.unwrap());
+    }
+    let odd: Vec<_> = answers.iter().filter(|(_, s, _)| *s != 200 && *s != 503).collect();
+    assert!(odd.is_empty(), "only 200 or 503 while the broker comes and goes: {odd:?}");
+    let ok: std::collections::BTreeSet<&str> =
+        answers.iter().filter(|(_, s, _)| *s == 200).map(|(p, _, _)| p.as_str()).collect();
+    assert!(answers.iter().any(|(_, s, at)| *s == 503 && *at >= stopped_at), "the outage was seen");
+    assert!(
+        answers.iter().any(|(_, s, at)| *s == 200 && *at > restarted_at),
+        "service resumed after the broker returned"
+    );
+
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !ok.iter().all(|p| seen.contains(*p)) && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            seen.insert(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+    }
+    let missing: Vec<_> = ok.iter().filter(|p| !seen.contains(**p)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged messages never arrived: {:?}",
+        missing.len(),
+        ok.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
