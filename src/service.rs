@@ -11,7 +11,7 @@ use tracing::{info, warn};
 use crate::acl::{Access, Effect};
 use crate::auth::Authenticator;
 use crate::config::source::ConfigSource;
-use crate::config::Policy;
+use crate::config::{Policy, RuleSet};
 use crate::contract::{parse_request, ApiError, HttpRequest, MessageId};
 use crate::publish::{Message, PublishError, Publisher};
 use crate::quota::Quotas;
@@ -20,6 +20,11 @@ use crate::quota::Quotas;
 const THROTTLED_RETRY_AFTER: u32 = 1;
 /// `Retry-After` seconds when the backend or the config store is unavailable.
 const UNAVAILABLE_RETRY_AFTER: u32 = 5;
+
+/// The config's payload limit, capped by the backend's.
+fn payload_limit(rules: &RuleSet, backend: usize) -> usize {
+    rules.limits.max_payload_bytes.min(backend)
+}
 
 /// The publish service, shared by every request of a process.
 pub struct Service<P> {
@@ -46,13 +51,11 @@ impl<P: Publisher> Service<P> {
         &self.config
     }
 
-    /// The payload limit in force: the config's and the backend's, whichever is smaller.
+    /// The payload limit in force: the config's and the backend's, whichever is
+    /// smaller (the backend's alone while the config store is unavailable).
     pub async fn max_payload_bytes(&self) -> usize {
         let backend = self.publisher.limits().max_payload_bytes;
-        match self.config.rules().await {
-            Ok(rules) => rules.limits.max_payload_bytes.min(backend),
-            Err(_) => backend,
-        }
+        self.config.rules().await.map_or(backend, |rules| payload_limit(&rules, backend))
     }
 
     /// Answers one request. Logs one line: status, topic, message id, latency.
@@ -94,7 +97,7 @@ impl<P: Publisher> Service<P> {
         };
         let rules = self.config.rules().await.map_err(store_down)?;
         let limits = self.publisher.limits();
-        let max_payload = rules.limits.max_payload_bytes.min(limits.max_payload_bytes);
+        let max_payload = payload_limit(&rules, limits.max_payload_bytes);
         let parsed = parse_request(request, limits, max_payload)?;
         *topic_for_log = Some(parsed.topic.to_string());
 

@@ -5,7 +5,8 @@ pub mod password;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use hmac::{Hmac, Mac};
 use http::header::AUTHORIZATION;
@@ -42,13 +43,26 @@ const CACHE_CAPACITY: usize = 10_000;
 pub struct Authenticator {
     dummy: StoredHash,
     cache: CredentialCache,
+    /// Slow hashes running at once, at most one per core: each argon2id
+    /// verification holds 19 MiB, so a burst of logins (or a guessing attack)
+    /// queues here instead of growing the process by gigabytes.
+    hashing: tokio::sync::Semaphore,
+    /// Verifications in progress by fingerprint: concurrent requests with the
+    /// same credentials wait for the one hash instead of each paying for it.
+    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    /// Slow hashes computed so far (what the cache and the gates save is visible here).
+    slow_hashes: AtomicUsize,
 }
 
 impl Default for Authenticator {
     fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Authenticator {
             dummy: StoredHash::parse(password::DUMMY_HASH).expect("the dummy hash is valid"),
             cache: CredentialCache::new(),
+            hashing: tokio::sync::Semaphore::new(cores),
+            in_flight: Mutex::new(HashMap::new()),
+            slow_hashes: AtomicUsize::new(0),
         }
     }
 }
@@ -135,22 +149,37 @@ impl Authenticator {
     /// for an unknown user so that both cost one slow hash.
     async fn check_password(&self, credentials: &BasicCredentials, stored: Option<&StoredHash>) -> bool {
         let Some(stored) = stored else {
-            let dummy = self.dummy.clone();
-            let password = credentials.password.clone();
-            let _ = tokio::task::spawn_blocking(move || dummy.verify(password.as_bytes())).await;
+            self.slow_verify(&self.dummy, &credentials.password).await;
             return false;
         };
         let fingerprint = self.cache.fingerprint(credentials, stored);
         if self.cache.contains(&credentials.username, &fingerprint) {
             return true;
         }
-        let hash = stored.clone();
-        let password = credentials.password.clone();
-        let ok = tokio::task::spawn_blocking(move || hash.verify(password.as_bytes())).await.unwrap_or(false);
+        let gate = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            Arc::clone(in_flight.entry(fingerprint).or_default())
+        };
+        let _turn = gate.lock().await;
+        // Whoever held the gate before us may have verified these very credentials.
+        let ok = self.cache.contains(&credentials.username, &fingerprint)
+            || self.slow_verify(stored, &credentials.password).await;
         if ok {
             self.cache.insert(&credentials.username, fingerprint);
         }
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if Arc::strong_count(&gate) <= 2 {
+            in_flight.remove(&fingerprint);
+        }
         ok
+    }
+
+    /// One slow hash on the blocking pool, within the concurrency bound.
+    async fn slow_verify(&self, hash: &StoredHash, password: &str) -> bool {
+        let _permit = self.hashing.acquire().await.expect("the semaphore is never closed");
+        self.slow_hashes.fetch_add(1, Ordering::Relaxed);
+        let (hash, password) = (hash.clone(), password.to_owned());
+        tokio::task::spawn_blocking(move || hash.verify(password.as_bytes())).await.unwrap_or(false)
     }
 }
 
@@ -307,6 +336,26 @@ mod tests {
         assert!(id.basic && id.certificate);
         let bad = request(Some("Basic dXNlcjA6c2VjcmV0MQ=="), Some(Some("device-7")));
         assert_eq!(auth(bad, None).await.unwrap_err().code(), "authentication_failed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_the_same_credentials_pays_one_slow_hash() {
+        let auth = Arc::new(Authenticator::default());
+        let stored = StoredHash::parse(&bcrypt::hash("pw", 4).unwrap()).unwrap();
+        let tasks: Vec<_> = (0..16)
+            .map(|_| {
+                let (auth, stored) = (Arc::clone(&auth), stored.clone());
+                tokio::spawn(async move {
+                    let creds = BasicCredentials { username: "u".into(), password: "pw".into() };
+                    auth.check_password(&creds, Some(&stored)).await
+                })
+            })
+            .collect();
+        for t in tasks {
+            assert!(t.await.unwrap());
+        }
+        assert_eq!(auth.slow_hashes.load(Ordering::Relaxed), 1);
+        assert!(auth.in_flight.lock().unwrap().is_empty(), "no gate is left behind");
     }
 
     #[tokio::test]

@@ -7,8 +7,13 @@ use std::net::SocketAddr;
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
-/// Largest payload the embedded broker accepts (it keeps messages in memory).
+/// Largest payload the embedded broker accepts.
 pub const EMBEDDED_MAX_PAYLOAD: usize = 1024 * 1024;
+/// rumqttd keeps recent messages in a commit log of segments in memory: with its
+/// defaults (10 segments of 100 MB) a burst of load grows the process by hundreds
+/// of MB. Four segments of 2 MB bound it to about 8 MB while holding any one payload.
+const SEGMENT_BYTES: usize = 2 * EMBEDDED_MAX_PAYLOAD;
+const SEGMENT_COUNT: usize = 4;
 
 /// Starts the broker on its own threads; it runs until the process ends.
 pub fn start(listen: SocketAddr) -> Result<(), String> {
@@ -33,8 +38,8 @@ pub fn start(listen: SocketAddr) -> Result<(), String> {
         router: RouterConfig {
             max_connections: 10_010,
             max_outgoing_packet_count: 200,
-            max_segment_size: 100 * 1024 * 1024,
-            max_segment_count: 10,
+            max_segment_size: SEGMENT_BYTES,
+            max_segment_count: SEGMENT_COUNT,
             custom_segment: None,
             initialized_filters: None,
             shared_subscriptions_strategy: Default::default(),
