@@ -509,3 +509,86 @@ async fn with_the_broker_stopped_mid_load_every_answer_is_200_or_503_and_every_2
         &missing[..missing.len().min(10)]
     );
 }
+
+/// mosquitto with TLS (the demo server certificate), a password file and an ACL
+/// that lets serve's connection write only under `allowed/`.
+async fn strict_mosquitto(dir: &std::path::Path) -> (Proc, u16) {
+    let port = free_port();
+    let certs = dir.join("certs");
+    let out = Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/demo-certs"))
+        .arg(certs.to_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let passwd = dir.join("passwd");
+    let out = Command::new("mosquitto_passwd")
+        .args(["-b", "-c", passwd.to_str().unwrap(), "svc", "svc-pw"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let acl = dir.join("acl");
+    std::fs::write(&acl, "user svc\ntopic write allowed/#\n").unwrap();
+    std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    for file in [&passwd, &acl] {
+        std::fs::set_permissions(file, std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    for file in ["server.key", "server.crt", "CA.crt"] {
+        std::fs::set_permissions(certs.join(file), std::os::unix::fs::PermissionsExt::from_mode(0o644)).unwrap();
+    }
+    let conf = dir.join("mosquitto.conf");
+    let c = |name: &str| certs.join(name).display().to_string();
+    std::fs::write(
+        &conf,
+        format!(
+            "listener {port} 127.0.0.1\nallow_anonymous false\npassword_file {}\nacl_file {}\n\
+             cafile {}\ncertfile {}\nkeyfile {}\npersistence false\n",
+            passwd.display(),
+            acl.display(),
+            c("CA.crt"),
+            c("server.crt"),
+            c("server.key")
+        ),
+    )
+    .unwrap();
+    let child = Command::new("mosquitto")
+        .args(["-c", conf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, "mosquitto").await;
+    (Proc(child), port)
+}
+
+#[tokio::test]
+async fn over_mqtts_with_credentials_a_broker_refusal_maps_from_its_puback_reason_code() {
+    let dir = temp_dir("strict");
+    let (_broker, port) = strict_mosquitto(&dir).await;
+    let ca = dir.join("certs/CA.crt");
+    let http = free_port();
+    let _serve = Proc(
+        Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{http}")])
+            .args(["--mqtt", &format!("mqtts://127.0.0.1:{port}"), "--mqtt-ca", ca.to_str().unwrap()])
+            .args(["--mqtt-username", "svc"])
+            .env("MQTT_PASSWORD", "svc-pw")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for_port(http, "serve").await;
+    let url = format!("http://127.0.0.1:{http}");
+    let mut status = 0;
+    for _ in 0..200 {
+        status = post(&url, "/topics/allowed/x", &[USER0], b"ok").await.status();
+        if status == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 200, "TLS to the broker with its CA, and the broker credentials, work");
+    let refused = post(&url, "/topics/forbidden/x", &[USER0], b"no").await;
+    assert_eq!(refused.status(), 500, "PUBACK 0x87 (not authorized) is our connection's fault: {refused:?}");
+    assert!(!String::from_utf8_lossy(&refused.body).contains("0x87"), "no internals in the body");
+}
