@@ -1,0 +1,145 @@
+//! template.yaml keeps its promises: least privilege, the `$default` route,
+//! throttling from the parameters, and mutual TLS under its condition.
+
+use yaml_rust2::{Yaml, YamlLoader};
+
+fn template() -> Yaml {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml")).unwrap();
+    YamlLoader::load_from_str(&text).unwrap().remove(0)
+}
+
+fn resource<'a>(t: &'a Yaml, name: &str) -> &'a Yaml {
+    let r = &t["Resources"][name];
+    assert!(!r.is_badvalue(), "resource {name} is missing");
+    r
+}
+
+/// Every IAM action string anywhere under `node`.
+fn actions(node: &Yaml, out: &mut Vec<String>) {
+    match node {
+        Yaml::Hash(map) => {
+            for (k, v) in map {
+                if k.as_str() == Some("Action") {
+                    match v {
+                        Yaml::String(a) => out.push(a.clone()),
+                        Yaml::Array(list) => out.extend(list.iter().filter_map(|a| a.as_str().map(str::to_owned))),
+                        _ => {}
+                    }
+                }
+                actions(v, out);
+            }
+        }
+        Yaml::Array(list) => list.iter().for_each(|v| actions(v, out)),
+        _ => {}
+    }
+}
+
+#[test]
+fn no_action_is_a_wildcard() {
+    let mut found = Vec::new();
+    actions(&template(), &mut found);
+    assert!(!found.is_empty());
+    assert!(found.iter().all(|a| !a.contains('*')), "{found:?}");
+    let mut sorted = found.clone();
+    sorted.sort();
+    assert_eq!(sorted, ["dynamodb:GetItem", "dynamodb:Query", "iot:Publish", "iot:RetainPublish"]);
+}
+
+#[test]
+fn iot_publishing_is_scoped_to_the_topic_prefix_and_dynamodb_to_the_table() {
+    let t = template();
+    let statements =
+        resource(&t, "PublishFunction")["Properties"]["Policies"][0]["Statement"].as_vec().unwrap().clone();
+    let iot = statements.iter().find(|s| s["Action"][0].as_str() == Some("iot:Publish")).unwrap();
+    assert_eq!(
+        iot["Resource"]["Fn::Sub"].as_str(),
+        Some("arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}:topic/${TopicPrefix}*")
+    );
+    let dynamodb = statements.iter().find(|s| s["Action"][0].as_str() == Some("dynamodb:GetItem")).unwrap();
+    assert_eq!(dynamodb["Resource"]["Fn::GetAtt"][0].as_str(), Some("ConfigTable"));
+    assert_eq!(t["Parameters"]["TopicPrefix"]["Default"].as_str(), Some(""));
+}
+
+#[test]
+fn the_function_is_built_and_run_as_promised() {
+    let t = template();
+    let f = resource(&t, "PublishFunction");
+    assert_eq!(f["Metadata"]["BuildMethod"].as_str(), Some("rust-cargolambda"));
+    assert_eq!(f["Metadata"]["BuildProperties"]["Binary"].as_str(), Some("mqtt-http-publish"));
+    let p = &f["Properties"];
+    assert_eq!((p["Runtime"].as_str(), p["Handler"].as_str()), (Some("provided.al2023"), Some("bootstrap")));
+    assert_eq!(p["Architectures"][0]["Ref"].as_str(), Some("Architecture"));
+    assert_eq!(t["Parameters"]["Architecture"]["Default"].as_str(), Some("arm64"));
+    assert_eq!(p["MemorySize"].as_i64(), Some(128));
+    let timeout_s = p["Timeout"].as_i64().unwrap();
+    let publish_ms: i64 = p["Environment"]["Variables"]["PUBLISH_TIMEOUT_MS"].as_str().unwrap().parse().unwrap();
+    assert!(
+        timeout_s * 1000 > publish_ms && timeout_s < 29,
+        "the function outlives a publish, inside API Gateway's 29 s"
+    );
+    assert_eq!(p["Environment"]["Variables"]["CONFIG_TABLE"]["Fn::If"][2]["Ref"].as_str(), Some("ConfigTable"));
+    assert_eq!(p["LoggingConfig"]["LogGroup"]["Ref"].as_str(), Some("PublishLogGroup"));
+    assert_eq!(
+        resource(&t, "PublishLogGroup")["Properties"]["RetentionInDays"]["Ref"].as_str(),
+        Some("LogRetentionDays")
+    );
+}
+
+#[test]
+fn every_method_and_path_reaches_the_function_through_the_default_route() {
+    let t = template();
+    let event = &resource(&t, "PublishFunction")["Properties"]["Events"]["AllRequests"];
+    assert_eq!(event["Type"].as_str(), Some("HttpApi"));
+    assert_eq!(event["Properties"]["ApiId"]["Ref"].as_str(), Some("HttpApi"));
+    // SAM makes the $default route of an HttpApi event that names no Path and no Method.
+    assert!(event["Properties"]["Path"].is_badvalue() && event["Properties"]["Method"].is_badvalue());
+}
+
+#[test]
+fn throttling_is_wired_to_the_parameters() {
+    let t = template();
+    let settings = &resource(&t, "HttpApi")["Properties"]["DefaultRouteSettings"];
+    assert_eq!(settings["ThrottlingRateLimit"]["Ref"].as_str(), Some("ThrottlingRateLimit"));
+    assert_eq!(settings["ThrottlingBurstLimit"]["Ref"].as_str(), Some("ThrottlingBurstLimit"));
+}
+
+#[test]
+fn the_config_table_is_on_demand_with_point_in_time_recovery() {
+    let t = template();
+    let p = &resource(&t, "ConfigTable")["Properties"];
+    assert_eq!(p["BillingMode"].as_str(), Some("PAY_PER_REQUEST"));
+    assert_eq!(p["PointInTimeRecoverySpecification"]["PointInTimeRecoveryEnabled"].as_bool(), Some(true));
+    let keys: Vec<_> = p["KeySchema"].as_vec().unwrap().iter().map(|k| k["AttributeName"].as_str().unwrap()).collect();
+    assert_eq!(keys, ["pk", "sk"], "the schema src/config/table.rs reads");
+}
+
+#[test]
+fn mutual_tls_pieces_exist_under_their_condition_and_close_the_default_endpoint() {
+    let t = template();
+    let condition = &t["Conditions"]["UseMutualTls"]["Fn::And"];
+    assert_eq!(condition.as_vec().map(Vec::len), Some(3), "domain, certificate and truststore are all required");
+    let domain = resource(&t, "MutualTlsDomain");
+    assert_eq!(domain["Condition"].as_str(), Some("UseMutualTls"));
+    assert_eq!(domain["Type"].as_str(), Some("AWS::ApiGatewayV2::DomainName"));
+    assert_eq!(domain["Properties"]["MutualTlsAuthentication"]["TruststoreUri"]["Ref"].as_str(), Some("TruststoreUri"));
+    assert_eq!(
+        domain["Properties"]["DomainNameConfigurations"][0]["CertificateArn"]["Ref"].as_str(),
+        Some("CertificateArn")
+    );
+    let mapping = resource(&t, "MutualTlsMapping");
+    assert_eq!(mapping["Condition"].as_str(), Some("UseMutualTls"));
+    assert_eq!(mapping["Properties"]["ApiId"]["Ref"].as_str(), Some("HttpApi"));
+    let disable = &resource(&t, "HttpApi")["Properties"]["DisableExecuteApiEndpoint"]["Fn::If"];
+    assert_eq!(
+        (disable[0].as_str(), disable[1].as_bool(), disable[2].as_bool()),
+        (Some("UseMutualTls"), Some(true), Some(false))
+    );
+}
+
+#[test]
+fn the_outputs_give_the_url_the_table_and_a_curl_line() {
+    let t = template();
+    for output in ["ApiUrl", "ConfigTableName", "CurlExample"] {
+        assert!(!t["Outputs"][output]["Value"].is_badvalue(), "{output}");
+    }
+}
