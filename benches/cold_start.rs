@@ -150,7 +150,11 @@ fn main() {
                 respond(&mut writer, &headers, &event);
             } else {
                 durations.push(handed_out.elapsed());
-                assert!(String::from_utf8_lossy(&body).contains("\"statusCode\":200"), "{}", String::from_utf8_lossy(&body));
+                assert!(
+                    String::from_utf8_lossy(&body).contains("\"statusCode\":200"),
+                    "{}",
+                    String::from_utf8_lossy(&body)
+                );
                 served += 1;
                 respond(&mut writer, "", b"{}");
             }
