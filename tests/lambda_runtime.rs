@@ -88,6 +88,24 @@ async fn start_emulator(events: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Em
     (address, state)
 }
 
+/// The built binary as Lambda starts it, on `runtime_api`, with `env` on top.
+fn spawn_function(runtime_api: &str, env: &[(&str, &str)]) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-http-publish"))
+        .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
+        .env("AWS_LAMBDA_FUNCTION_NAME", "mqtt-http-publish")
+        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
+        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
+        .env_remove("IOT_DATA_ENDPOINT")
+        .env_remove("CONFIG_FILE")
+        .env_remove("CONFIG_TABLE")
+        .envs(env.iter().copied())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
 fn event(file: &str) -> Vec<u8> {
     std::fs::read(format!("{}/events/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
@@ -105,21 +123,15 @@ async fn the_binary_serves_events_from_the_runtime_api_and_publishes_to_moto() {
     ];
     let (runtime_api, state) = start_emulator(events).await;
 
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-http-publish"))
-        .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
-        .env("AWS_LAMBDA_FUNCTION_NAME", "mqtt-http-publish")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("CONFIG_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml"))
-        // The SDK's own endpoint resolution, as SPEC §6 promises when IOT_DATA_ENDPOINT is unset.
-        .env_remove("IOT_DATA_ENDPOINT")
-        .env("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &moto)
-        .env("AWS_SDK_UA_APP_ID", &app)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    // The SDK's own endpoint resolution, as SPEC §6 promises when IOT_DATA_ENDPOINT is unset.
+    let mut child = spawn_function(
+        &runtime_api,
+        &[
+            ("CONFIG_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml")),
+            ("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &moto),
+            ("AWS_SDK_UA_APP_ID", &app),
+        ],
+    );
 
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
@@ -174,21 +186,15 @@ async fn the_binary_reads_users_and_rules_from_config_table() {
         ("t-3".to_owned(), event("error-401-acl-deny-rule.json")),
     ];
     let (runtime_api, state) = start_emulator(events).await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-http-publish"))
-        .env("AWS_LAMBDA_RUNTIME_API", &runtime_api)
-        .env("AWS_LAMBDA_FUNCTION_NAME", "mqtt-http-publish")
-        .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
-        .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
-        .env("CONFIG_TABLE", &table)
-        .env_remove("CONFIG_FILE")
-        .env("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &moto)
-        .env("AWS_ENDPOINT_URL_DYNAMODB", &moto)
-        .env("AWS_SDK_UA_APP_ID", &app)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
+    let mut child = spawn_function(
+        &runtime_api,
+        &[
+            ("CONFIG_TABLE", &table),
+            ("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &moto),
+            ("AWS_ENDPOINT_URL_DYNAMODB", &moto),
+            ("AWS_SDK_UA_APP_ID", &app),
+        ],
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while state.lock().await.responses.len() < 3 {
         assert!(tokio::time::Instant::now() < deadline, "the function did not answer three invocations in time");

@@ -103,8 +103,21 @@ async fn post(url: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> W
 
 /// A real MQTT 5 subscriber on `filter`; returns once the broker acknowledged the subscription.
 async fn subscriber(port: u16, filter: &str) -> mpsc::UnboundedReceiver<Publish> {
+    subscribe(port, filter, false).await
+}
+
+/// A subscriber whose session outlives its connection (and the broker's restart, with persistence on).
+async fn persistent_subscriber(port: u16, filter: &str) -> mpsc::UnboundedReceiver<Publish> {
+    subscribe(port, filter, true).await
+}
+
+async fn subscribe(port: u16, filter: &str, durable: bool) -> mpsc::UnboundedReceiver<Publish> {
     let mut options = MqttOptions::new(format!("sub-{}", free_port()), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(30));
+    options.set_keep_alive(Duration::from_secs(5));
+    if durable {
+        options.set_clean_start(false);
+        options.set_session_expiry_interval(Some(600));
+    }
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
@@ -125,7 +138,7 @@ async fn subscriber(port: u16, filter: &str) -> mpsc::UnboundedReceiver<Publish>
                     }
                 }
                 Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
             }
         }
     });
@@ -386,38 +399,6 @@ async fn the_product_page_examples_work_over_tls_with_and_without_a_client_certi
         &format!("{base}/topics/home?client_id=other"),
     ]);
     assert_eq!((status, body.contains("client_id_mismatch")), (401, true), "{body}");
-}
-
-/// A subscriber whose session outlives its connection (and the broker's restart, with persistence on).
-async fn persistent_subscriber(port: u16, filter: &str) -> mpsc::UnboundedReceiver<Publish> {
-    let mut options = MqttOptions::new(format!("durable-{}", free_port()), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(5));
-    options.set_clean_start(false);
-    options.set_session_expiry_interval(Some(600));
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    let (tx, rx) = mpsc::unbounded_channel();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let _client = client;
-        let mut ready = Some(ready_tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    let _ = tx.send(p);
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-            }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(5), ready_rx).await.expect("SUBACK").unwrap();
-    rx
 }
 
 #[tokio::test]
