@@ -143,6 +143,8 @@ pub fn decode_event(
     .ok_or(DecodeError::NotHttp)?;
     let method = Method::from_bytes(method.as_bytes()).map_err(|_| DecodeError::NotHttp)?;
 
+    // From here on a failure is the client's (a bad query, a body that is not the base64 it
+    // claims): answered as a 400 in the event's own response shape, not as an invocation error.
     let request = (|| {
         let raw_path = match origin {
             Origin::HttpApi | Origin::FunctionUrl => event.raw_path,
