@@ -103,11 +103,6 @@ impl MqttPublisher {
         tokio::spawn(drive(eventloop, Arc::clone(&correlation)));
         MqttPublisher { client, correlation }
     }
-
-    /// Whether the connection is up (for readiness and tests).
-    pub fn is_connected(&self) -> bool {
-        self.correlation.lock().unwrap_or_else(|e| e.into_inner()).connected
-    }
 }
 
 impl Publisher for MqttPublisher {
