@@ -23,6 +23,7 @@
 //!   MQTT 5 broker ([`publish::mqtt`]) or one it embeds.
 //! - [`lambda`]: the AWS Lambda entry point: event decoding and encoding, and the runtime loop.
 //! - [`cli`]: the command line (`passwd`, `config check`).
+//! - [`logs`]: where log lines go (JSON on Lambda, a writer thread for `serve`).
 
 pub mod acl;
 pub mod auth;
@@ -31,6 +32,7 @@ pub mod cli;
 pub mod config;
 pub mod contract;
 pub mod lambda;
+pub mod logs;
 pub mod publish;
 pub mod quota;
 pub mod serve;

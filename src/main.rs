@@ -10,6 +10,7 @@ use mqtt_http_publish::cli::{self, Cli, Command, ConfigCommand};
 use mqtt_http_publish::config::source::{CacheSettings, ConfigSource, TableSource};
 use mqtt_http_publish::config::table::TableStore;
 use mqtt_http_publish::config::Policy;
+use mqtt_http_publish::logs::{self, Output};
 use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
 use mqtt_http_publish::service::Service;
 
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
             print_or_fail(runtime.block_on(cli::manage(command, std::io::stdin().lock())))
         }
         Command::Serve(args) => {
-            init_logs(false);
+            let _logs = logs::init(Output::Background);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
             exit_logged(runtime.block_on(mqtt_http_publish::serve::run(args.into())))
         }
@@ -55,7 +56,7 @@ fn print_or_fail(result: Result<String, String>) -> ExitCode {
 
 /// The Lambda function: JSON logs, config from `CONFIG_FILE`, IoT client built once.
 fn run_lambda() -> ExitCode {
-    init_logs(true);
+    let _logs = logs::init(Output::LambdaJson);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let result = runtime.block_on(async {
         let service = Arc::new(build_service().await?);
@@ -74,7 +75,7 @@ fn run_lambda() -> ExitCode {
 
 /// `invoke`: one event through the same service the function runs.
 fn invoke(event: &std::path::Path) -> ExitCode {
-    init_logs(false);
+    let _logs = logs::init(Output::Text);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let result = runtime.block_on(async {
         let text = std::fs::read(event).map_err(|e| format!("cannot read {}: {e}", event.display()))?;
@@ -105,21 +106,6 @@ async fn build_service() -> Result<Service<IotPublisher>, String> {
     };
     let publisher = IotPublisher::new(&sdk, &IotSettings::from_env());
     Ok(Service::with_source(publisher, source))
-}
-
-/// JSON lines on Lambda (CloudWatch parses them), plain text to stderr elsewhere.
-fn init_logs(json: bool) {
-    // The embedded broker logs every connection at info; its warnings are what matters here.
-    let filter = tracing_subscriber::EnvFilter::try_from_env("AWS_LAMBDA_LOG_LEVEL")
-        .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| "info,rumqttd=warn".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
-    if json {
-        builder.json().with_current_span(true).with_span_list(false).without_time().init();
-    } else {
-        use std::io::IsTerminal;
-        builder.with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
-    }
 }
 
 fn exit_logged(result: Result<(), String>) -> ExitCode {
