@@ -38,6 +38,11 @@ pub const MQTT_LIMITS: BackendLimits = BackendLimits {
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 /// Publishes queued towards the connection at most; beyond, 503.
 const CHANNEL_CAPACITY: usize = 4096;
+/// QoS 1 publishes awaiting their PUBACK at most (the broker's Receive Maximum,
+/// when lower, wins: mosquitto announces 20, EMQX 32). rumqttc keeps a slot per
+/// possible packet id up to this number: its default, 65 535, costs 13 MB of RSS
+/// for slots no broker lets us fill.
+const MAX_INFLIGHT: u16 = 1024;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -92,6 +97,7 @@ impl MqttPublisher {
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_start(true);
         options.set_connection_timeout(5);
+        options.set_outgoing_inflight_upper_limit(MAX_INFLIGHT);
         if let Some((user, password)) = settings.credentials {
             options.set_credentials(user, password);
         }
