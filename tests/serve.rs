@@ -304,6 +304,29 @@ async fn serve_with_config(config: &std::path::Path) -> Serve {
 }
 
 #[tokio::test]
+async fn the_embedded_broker_s_payload_limit_is_413_and_does_not_drop_the_shared_connection() {
+    // GIVEN a config that allows 4 MiB, more than the embedded broker's 1 MiB.
+    let dir = temp_dir("embedded-limit");
+    let config = write_config(&dir, "[limits]\nmax_payload_bytes = 4194304\n");
+    let serve = serve_with_config(&config).await;
+    let mib = 1024 * 1024;
+    // A full 1 MiB payload with a long topic and properties is taken (the broker sent PUBACK).
+    let long_topic =
+        format!("/topics/home/{}?UserProp.1.Key=k&UserProp.1.Value={}", "t".repeat(4000), "v".repeat(4000));
+    assert_eq!(post(&serve.url, &long_topic, &[USER0], &vec![b'x'; mib]).await.status(), 200);
+    // One byte more is 413, answered here rather than by the broker dropping the connection...
+    let head = format!(
+        "POST /topics/home HTTP/1.1\r\nhost: x\r\nauthorization: {}\r\ncontent-length: {}\r\n\r\n",
+        USER0.1,
+        mib + 1
+    );
+    let over = raw(&serve.url, head.as_bytes()).await;
+    assert_eq!(last_json_error(&over), (413, "payload_too_large".into()), "{over}");
+    // ...so the next caller is served at once, not 503 while serve reconnects.
+    assert_eq!(post(&serve.url, "/topics/home", &[USER0], b"next").await.status(), 200);
+}
+
+#[tokio::test]
 async fn oversized_headers_are_431_with_json() {
     let serve = serve(None, &[]).await;
     let huge = "x".repeat(20 * 1024);

@@ -18,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::config::Policy;
-use crate::publish::mqtt::{BrokerSettings, MqttPublisher};
+use crate::publish::mqtt::{BrokerSettings, MqttPublisher, MQTT_LIMITS};
 use crate::service::Service;
 
 /// Everything `serve` is told on its command line.
@@ -121,6 +121,7 @@ pub async fn run(options: ServeOptions) -> Result<(), String> {
                     .clone()
                     .map(|u| (u, options.mqtt_password.clone().unwrap_or_default())),
                 client_id: connection_client_id(),
+                max_payload_bytes: MQTT_LIMITS.max_payload_bytes,
             }
         }
         None => {
@@ -132,6 +133,7 @@ pub async fn run(options: ServeOptions) -> Result<(), String> {
                 tls: None,
                 credentials: None,
                 client_id: connection_client_id(),
+                max_payload_bytes: broker::EMBEDDED_MAX_PAYLOAD,
             }
         }
     };
