@@ -78,6 +78,9 @@ pub struct ServeArgs {
     /// CA (PEM) for client certificates; a verified certificate's CN becomes the client_id.
     #[arg(long, requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
+    /// Seconds a client has to send a request's line and headers; then its connection is closed.
+    #[arg(long, default_value_t = crate::serve::http::HEADER_READ_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_read_timeout: u64,
 }
 
 impl From<ServeArgs> for crate::serve::ServeOptions {
@@ -93,6 +96,7 @@ impl From<ServeArgs> for crate::serve::ServeOptions {
             tls_cert: a.tls_cert,
             tls_key: a.tls_key,
             client_ca: a.client_ca,
+            header_read_timeout: std::time::Duration::from_secs(a.header_read_timeout),
         }
     }
 }

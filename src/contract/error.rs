@@ -32,6 +32,11 @@ pub enum ApiError {
         /// The limit in bytes.
         max: usize,
     },
+    /// 431: the request line and headers exceed what the server reads (`serve`).
+    HeadersTooLarge {
+        /// The limit in bytes.
+        max: usize,
+    },
     /// 429: over a quota, ours or the backend's.
     TooManyRequests {
         /// Seconds after which a retry may succeed.
@@ -59,6 +64,7 @@ impl ApiError {
             ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
@@ -71,6 +77,7 @@ impl ApiError {
             ApiError::BadRequest { code, .. } | ApiError::Unauthorized { code, .. } => code,
             ApiError::MethodNotAllowed => "method_not_allowed",
             ApiError::PayloadTooLarge { .. } => "payload_too_large",
+            ApiError::HeadersTooLarge { .. } => "headers_too_large",
             ApiError::TooManyRequests { .. } => "too_many_requests",
             ApiError::Internal => "internal_error",
             ApiError::Unavailable { .. } => "service_unavailable",
@@ -85,6 +92,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => "only POST is supported; publish with POST /topics/{topic}".into(),
             ApiError::PayloadTooLarge { max } => {
                 format!("the payload exceeds the limit of {max} bytes")
+            }
+            ApiError::HeadersTooLarge { max } => {
+                format!("the request line and headers exceed the limit of {max} bytes or 100 headers")
             }
             ApiError::TooManyRequests { retry_after } => {
                 format!("too many messages in a short time; retry after {retry_after} s")

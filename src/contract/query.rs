@@ -91,7 +91,7 @@ pub fn parse_options(
 
     for (name, value) in pairs {
         let lower = name.to_ascii_lowercase();
-        if let Some(rest) = lower.strip_prefix("userprop.") {
+        if let Some(rest) = lower.strip_prefix(USER_PROPERTY_PREFIX) {
             let (index, half) = parse_user_prop_name(name, rest)?;
             let slot = user_props.entry(index).or_default();
             let field = if half == Half::Key { &mut slot.key } else { &mut slot.value };
@@ -217,20 +217,27 @@ pub fn parse_options(
     })
 }
 
-/// The parameters we read, under one name each (`retain` is AWS IoT's `retained`).
+/// Every query parameter read (lower-cased: names match case-insensitively),
+/// with the one name it is read as (`retain` is AWS IoT's `retained`).
+/// `UserProp.N.Key` and `UserProp.N.Value` ([`USER_PROPERTY_PREFIX`]) come on top.
+pub const PARAMETERS: [(&str, &str); 10] = [
+    ("qos", "qos"),
+    ("retained", "retained"),
+    ("retain", "retained"),
+    ("client_id", "client_id"),
+    ("username", "username"),
+    ("responsetopic", "responsetopic"),
+    ("correlationdata", "correlationdata"),
+    ("contenttype", "contenttype"),
+    ("payloadformatindicator", "payloadformatindicator"),
+    ("messageexpiryinterval", "messageexpiryinterval"),
+];
+
+/// The lower-cased prefix of the user property parameters, `UserProp.N.Key` and `UserProp.N.Value`.
+pub const USER_PROPERTY_PREFIX: &str = "userprop.";
+
 fn canonical_name(lower: &str) -> Option<&'static str> {
-    Some(match lower {
-        "qos" => "qos",
-        "retained" | "retain" => "retained",
-        "client_id" => "client_id",
-        "username" => "username",
-        "responsetopic" => "responsetopic",
-        "correlationdata" => "correlationdata",
-        "contenttype" => "contenttype",
-        "payloadformatindicator" => "payloadformatindicator",
-        "messageexpiryinterval" => "messageexpiryinterval",
-        _ => return None,
-    })
+    PARAMETERS.iter().find(|(name, _)| *name == lower).map(|(_, canonical)| *canonical)
 }
 
 #[derive(PartialEq, Eq)]

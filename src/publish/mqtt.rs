@@ -57,6 +57,9 @@ pub struct BrokerSettings {
     pub credentials: Option<(String, String)>,
     /// The MQTT client id of the connection.
     pub client_id: String,
+    /// Largest payload the broker takes: a bigger one is 413 here, not a packet
+    /// that makes the broker drop the connection every request shares.
+    pub max_payload_bytes: usize,
 }
 
 type Waiter = oneshot::Sender<Result<(), PublishError>>;
@@ -88,11 +91,17 @@ impl Correlation {
 pub struct MqttPublisher {
     client: AsyncClient,
     correlation: Arc<Mutex<Correlation>>,
+    /// [`MQTT_LIMITS`], with the broker's own payload limit.
+    limits: BackendLimits,
 }
 
 impl MqttPublisher {
     /// Starts the connection task; returns at once (requests get 503 until connected).
     pub fn connect(settings: BrokerSettings) -> MqttPublisher {
+        let limits = BackendLimits {
+            max_payload_bytes: settings.max_payload_bytes.min(MQTT_LIMITS.max_payload_bytes),
+            ..MQTT_LIMITS
+        };
         let mut options = MqttOptions::new(settings.client_id, settings.host, settings.port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_start(true);
@@ -107,13 +116,13 @@ impl MqttPublisher {
         let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
         let correlation = Arc::new(Mutex::new(Correlation::default()));
         tokio::spawn(drive(eventloop, Arc::clone(&correlation)));
-        MqttPublisher { client, correlation }
+        MqttPublisher { client, correlation, limits }
     }
 }
 
 impl Publisher for MqttPublisher {
     fn limits(&self) -> BackendLimits {
-        MQTT_LIMITS
+        self.limits
     }
 
     async fn publish(&self, message: Message) -> Result<(), PublishError> {

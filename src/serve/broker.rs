@@ -7,8 +7,11 @@ use std::net::SocketAddr;
 
 use rumqttd::{Broker, Config, ConnectionSettings, RouterConfig, ServerSettings};
 
-/// Largest payload the embedded broker accepts.
+/// Largest payload `serve` publishes to the embedded broker (beyond it, 413).
 pub const EMBEDDED_MAX_PAYLOAD: usize = 1024 * 1024;
+/// Room in a packet besides the payload: the topic and the properties, which come
+/// from the request line and headers (at most 16 KiB), and MQTT's framing.
+const PACKET_OVERHEAD: usize = 64 * 1024;
 /// rumqttd keeps recent messages in a commit log of segments in memory: with its
 /// defaults (10 segments of 100 MB) a burst of load grows the process by hundreds
 /// of MB. Four segments of 2 MB bound it to about 8 MB while holding any one payload.
@@ -26,7 +29,8 @@ pub fn start(listen: SocketAddr) -> Result<(), String> {
         next_connection_delay_ms: 1,
         connections: ConnectionSettings {
             connection_timeout_ms: 60_000,
-            max_payload_size: EMBEDDED_MAX_PAYLOAD,
+            // rumqttd's limit is on the whole packet; a bigger one drops the connection.
+            max_payload_size: EMBEDDED_MAX_PAYLOAD + PACKET_OVERHEAD,
             max_inflight_count: 500,
             auth: None,
             external_auth: None,

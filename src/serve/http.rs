@@ -2,9 +2,11 @@
 //! this module turns those into the contract's [`HttpRequest`] and runs the
 //! same [`Service`] the Lambda function runs.
 //!
-//! Limits on what a client controls: headers (16 KiB, read within 10 s), the
-//! TLS handshake (10 s), and the body, refused by its `Content-Length` before
-//! any of it is read, and cut off at the limit when it comes chunked.
+//! Limits on what a client controls: headers (16 KiB, read within 10 s by
+//! default), the TLS handshake (10 s), and the body, refused by its
+//! `Content-Length` before any of it is read, and cut off at the limit when it
+//! comes chunked. Requests hyper cannot parse are answered with the contract's
+//! JSON errors too ([`super::parse_errors`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -25,6 +27,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
+use super::parse_errors::JsonParseErrors;
 use crate::contract::query::decode_query;
 use crate::contract::{ApiError, ClientCertificate, HttpRequest, RequestPath};
 use crate::publish::Publisher;
@@ -32,7 +35,7 @@ use crate::service::Service;
 
 /// Most bytes of request line and headers (hyper's read buffer).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Time a client has to send its request line and headers.
+/// Time a client has to send its request line and headers, unless `serve --header-read-timeout` says otherwise.
 pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -40,11 +43,13 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts connections until `shutdown` completes, then stops accepting and
-/// waits (up to 30 s) for requests in flight to finish.
+/// waits (up to 30 s) for requests in flight to finish. A connection that has
+/// not sent a request's line and headers within `header_read_timeout` is closed.
 pub async fn serve<P: Publisher>(
     listener: TcpListener,
     tls: Option<TlsAcceptor>,
     service: Arc<Service<P>>,
+    header_read_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
     let graceful = GracefulShutdown::new();
@@ -64,13 +69,13 @@ pub async fn serve<P: Publisher>(
                 let (service, tls, watcher) = (Arc::clone(&service), tls.clone(), graceful.watcher());
                 tokio::spawn(async move {
                     match tls {
-                        None => connection(stream, peer, None, service, watcher).await,
+                        None => connection(stream, peer, None, service, header_read_timeout, watcher).await,
                         Some(acceptor) => match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                             Ok(Ok(stream)) => {
                                 let certificate = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).map(|der| {
                                     ClientCertificate { common_name: super::tls::common_name(der) }
                                 });
-                                connection(stream, peer, certificate, service, watcher).await;
+                                connection(stream, peer, certificate, service, header_read_timeout, watcher).await;
                             }
                             Ok(Err(error)) => debug!(%peer, %error, "TLS handshake failed"),
                             Err(_) => debug!(%peer, "TLS handshake timed out"),
@@ -93,6 +98,7 @@ async fn connection<P, IO>(
     peer: SocketAddr,
     certificate: Option<ClientCertificate>,
     service: Arc<Service<P>>,
+    header_read_timeout: Duration,
     watcher: Watcher,
 ) where
     P: Publisher,
@@ -104,9 +110,9 @@ async fn connection<P, IO>(
     });
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(header_read_timeout)
         .max_buf_size(MAX_HEADER_BYTES)
-        .serve_connection(TokioIo::new(io), handler);
+        .serve_connection(TokioIo::new(JsonParseErrors::new(io, MAX_HEADER_BYTES)), handler);
     if let Err(error) = watcher.watch(connection).await {
         debug!(%peer, %error, "connection ended with an error");
     }

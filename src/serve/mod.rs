@@ -4,11 +4,13 @@
 
 pub mod broker;
 pub mod http;
+pub mod parse_errors;
 pub mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio::signal::unix::{signal, SignalKind};
@@ -16,7 +18,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
 use crate::config::Policy;
-use crate::publish::mqtt::{BrokerSettings, MqttPublisher};
+use crate::publish::mqtt::{BrokerSettings, MqttPublisher, MQTT_LIMITS};
 use crate::service::Service;
 
 /// Everything `serve` is told on its command line.
@@ -42,6 +44,8 @@ pub struct ServeOptions {
     pub tls_key: Option<PathBuf>,
     /// CA (PEM) that client certificates must chain to.
     pub client_ca: Option<PathBuf>,
+    /// Time a client has to send a request's line and headers before its connection is closed.
+    pub header_read_timeout: Duration,
 }
 
 /// The demo config: `user0` / `secret0` may publish to any topic not starting
@@ -117,6 +121,7 @@ pub async fn run(options: ServeOptions) -> Result<(), String> {
                     .clone()
                     .map(|u| (u, options.mqtt_password.clone().unwrap_or_default())),
                 client_id: connection_client_id(),
+                max_payload_bytes: MQTT_LIMITS.max_payload_bytes,
             }
         }
         None => {
@@ -128,6 +133,7 @@ pub async fn run(options: ServeOptions) -> Result<(), String> {
                 tls: None,
                 credentials: None,
                 client_id: connection_client_id(),
+                max_payload_bytes: broker::EMBEDDED_MAX_PAYLOAD,
             }
         }
     };
@@ -170,7 +176,7 @@ pub async fn run(options: ServeOptions) -> Result<(), String> {
         }
     });
 
-    http::serve(listener, acceptor, service, shutdown_signal()).await;
+    http::serve(listener, acceptor, service, options.header_read_timeout, shutdown_signal()).await;
     info!("stopped");
     Ok(())
 }
