@@ -4,11 +4,16 @@
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::path::Path;
 use std::process::{Command, Stdio};
+use std::sync::Arc;
 use std::time::Duration;
 
-use common::{create_config_table, example_service, iot_publisher, moto_url, sdk_config_for, unique_app_name, OwnMoto};
+use common::{
+    create_config_table, example_service, iot_publisher, moto_url, recorded, sdk_config_for, start_recording,
+    unique_app_name, OwnMoto,
+};
 use mqtt_http_publish::config::manage::{new_user, Home};
 use mqtt_http_publish::config::source::{CacheSettings, ConfigSource, TableSource, RETRY_AFTER_FAILURE};
 use mqtt_http_publish::config::table::{config_items, TableStore};
@@ -23,11 +28,24 @@ const EXAMPLE: &str = include_str!("../config/example.toml");
 
 /// An HTTP API event publishing to `topic` as `user:password`.
 fn event(user: &str, password: &str, topic: &str) -> lambda::Event {
+    serde_json::from_value(event_json(user, password, topic)).unwrap()
+}
+
+fn event_json(user: &str, password: &str, topic: &str) -> Value {
     use base64::Engine;
     let mut event: Value = serde_json::from_str(include_str!("../events/example-1-basic-auth.json")).unwrap();
     let credentials = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
     event["headers"]["authorization"] = Value::String(format!("Basic {credentials}"));
     event["rawPath"] = Value::String(format!("/topics/{topic}"));
+    event
+}
+
+/// As [`event`], with `payload` as the body.
+fn event_with_body(user: &str, password: &str, topic: &str, payload: &str) -> lambda::Event {
+    let mut event = event_json(user, password, topic);
+    event["body"] = Value::String(payload.to_owned());
+    event["isBase64Encoded"] = Value::Bool(false);
+    event["headers"]["content-length"] = Value::String(payload.len().to_string());
     serde_json::from_value(event).unwrap()
 }
 
@@ -38,7 +56,17 @@ async fn status(service: &Service<IotPublisher>, event: lambda::Event) -> u64 {
 
 /// A service reading `table` on `dynamodb`, publishing to the suite's moto.
 async fn table_service(dynamodb: &str, table: &str, settings: CacheSettings) -> Service<IotPublisher> {
-    let publisher = iot_publisher(&moto_url(), &unique_app_name("table"), IotSettings::default()).await;
+    tagged_table_service(dynamodb, table, settings, &unique_app_name("table")).await
+}
+
+/// As [`table_service`], its publishes tagged `app` so that moto's recording shows them.
+async fn tagged_table_service(
+    dynamodb: &str,
+    table: &str,
+    settings: CacheSettings,
+    app: &str,
+) -> Service<IotPublisher> {
+    let publisher = iot_publisher(&moto_url(), app, IotSettings::default()).await;
     let store = TableStore::new(&sdk_config_for(dynamodb).await, table);
     Service::with_source(publisher, ConfigSource::Table(TableSource::new(store, settings)))
 }
@@ -156,6 +184,80 @@ async fn with_dynamodb_stopped_cached_users_keep_working_and_an_uncached_user_ge
     push(&dynamodb.url, &table, &config).await;
     tokio::time::sleep(RETRY_AFTER_FAILURE).await;
     assert_eq!(status(&service, event("dev1", "pw1", "home")).await, 200, "recovered once the table is back");
+}
+
+/// Publishes `rounds` messages from each of `users` at once, the payload naming `phase`, user and
+/// round; returns each payload with its status. A user's password is `pw-{user}`.
+async fn publish_all(service: &Arc<Service<IotPublisher>>, phase: &str, users: &[&str]) -> Vec<(String, u64)> {
+    let mut requests = tokio::task::JoinSet::new();
+    for round in 0..4 {
+        for user in users {
+            let payload = format!("{phase}-{user}-{round}");
+            let event = event_with_body(user, &format!("pw-{user}"), "home/outage", &payload);
+            let service = Arc::clone(service);
+            requests.spawn(async move { (payload, status(&service, event).await) });
+        }
+    }
+    let mut answers = Vec::new();
+    while let Some(answer) = requests.join_next().await {
+        answers.push(answer.unwrap());
+    }
+    answers
+}
+
+#[tokio::test]
+async fn through_a_dynamodb_outage_a_200_is_sent_only_for_a_message_iot_received_and_after_it_everything_arrives() {
+    // GIVEN a table service whose publishes moto's recorder sees, with user0 cached and dev1..dev3 not
+    let moto = moto_url();
+    start_recording(&moto).await;
+    let mut dynamodb = OwnMoto::start().await;
+    let table = unique_table("outage-ledger");
+    let everyone = ["user0", "dev1", "dev2", "dev3"];
+    let config = ConfigFile {
+        users: everyone.iter().map(|u| new_user(u, &format!("pw-{u}"))).collect(),
+        rules: vec![allow(1, "home/#", &everyone)],
+        ..ConfigFile::default()
+    };
+    create_config_table(&dynamodb.url, &table).await;
+    push(&dynamodb.url, &table, &config).await;
+    let app = unique_app_name("outage-ledger");
+    let ttl = Duration::from_millis(300);
+    let settings = CacheSettings { ttl, stale_max: Duration::from_secs(60) };
+    let service = Arc::new(tagged_table_service(&dynamodb.url, &table, settings, &app).await);
+    let mut answers = publish_all(&service, "before", &["user0"]).await;
+    assert!(answers.iter().all(|(_, s)| *s == 200), "{answers:?}");
+
+    // WHEN DynamoDB stops, and the cached user and the uncached devices publish at once
+    dynamodb.stop();
+    tokio::time::sleep(ttl).await;
+    let during = publish_all(&service, "outage", &everyone).await;
+    // THEN the cached user is served from the last good copy, a device is 503 (never 401)
+    for (payload, status) in &during {
+        let expected = if payload.starts_with("outage-user0-") { 200 } else { 503 };
+        assert_eq!(*status, expected, "{payload}");
+    }
+    answers.extend(during);
+
+    // WHEN DynamoDB is back (empty, as a restarted moto is) and the config pushed again
+    dynamodb.restart().await;
+    create_config_table(&dynamodb.url, &table).await;
+    push(&dynamodb.url, &table, &config).await;
+    tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+    let after = publish_all(&service, "after", &everyone).await;
+    // THEN everyone gets 200
+    assert!(after.iter().all(|(_, s)| *s == 200), "{after:?}");
+    answers.extend(after);
+
+    // AND the messages IoT received are exactly the 200s: none lost, none answered 200 unsent
+    let ok: BTreeSet<String> = answers.iter().filter(|(_, s)| *s == 200).map(|(p, _)| p.clone()).collect();
+    let received: BTreeSet<String> = recorded(&moto, &app)
+        .await
+        .into_iter()
+        .filter(|r| r.method == "POST" && r.path_and_query.starts_with("/topics/"))
+        .map(|r| String::from_utf8(r.body).unwrap())
+        .collect();
+    assert_eq!(received, ok);
+    assert_eq!(ok.len(), 4 + 4 + 16);
 }
 
 #[tokio::test]

@@ -2,11 +2,19 @@
 //! answers the Publish call with chosen statuses and `x-amzn-ErrorType`
 //! values, or never answers. Each maps as SPEC §4 says, and only a real
 //! success answers 200.
+//!
+//! The last test mixes every fault under concurrent requests and checks that
+//! nothing was lost: the payloads answered 200 are exactly the payloads the
+//! backend answered with success. A 5xx never claims the message was not
+//! delivered (a backend may accept a publish and lose its answer, as AWS IoT
+//! may when a call times out): the caller retries, and MQTT's at-least-once
+//! allows the duplicate. A 200 always claims it was delivered.
 
 mod common;
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::{example_service, iot_publisher, moto_url, read_message, unique_app_name, write_response};
@@ -162,4 +170,171 @@ fn default_timeouts_answer_well_inside_api_gateways_29_seconds() {
     let s = IotSettings::default();
     assert!(s.total_timeout <= Duration::from_secs(10));
     assert!(s.attempt_timeout * s.max_attempts <= s.total_timeout + s.attempt_timeout);
+}
+
+/// What the mixed backend does with one message, named by the payload's first word,
+/// so the test knows each message's fate before it is sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Fate {
+    /// Success at once.
+    Accept,
+    /// ThrottlingException on every attempt.
+    Throttle,
+    /// InternalFailureException on every attempt.
+    Fail,
+    /// No answer, ever, and not accepted: the client must time out.
+    Hang,
+    /// ThrottlingException on the first attempt, success on the SDK's retry.
+    ThrottleThenAccept,
+    /// Accepted, then the answer is lost (the backend hangs): delivered, yet the client sees a timeout.
+    AcceptThenHang,
+}
+
+const FATES: [Fate; 6] =
+    [Fate::Accept, Fate::Throttle, Fate::Fail, Fate::Hang, Fate::ThrottleThenAccept, Fate::AcceptThenHang];
+
+impl Fate {
+    fn of(payload: &str) -> Fate {
+        let name = payload.split('-').next().unwrap_or_default();
+        *FATES.iter().find(|f| format!("{f:?}") == name).unwrap_or_else(|| panic!("no fate in {payload:?}"))
+    }
+
+    /// The one answer the caller may get, as SPEC §4 maps the backend's.
+    fn expected_status(self) -> u64 {
+        match self {
+            Fate::Accept | Fate::ThrottleThenAccept => 200,
+            Fate::Throttle => 429,
+            Fate::Fail => 500,
+            Fate::Hang | Fate::AcceptThenHang => 503,
+        }
+    }
+}
+
+/// What the mixed backend did, by payload.
+#[derive(Default)]
+struct Ledger {
+    /// Attempts received.
+    attempts: HashMap<String, u32>,
+    /// Answered with success: the backend accepted it and said so.
+    acknowledged: BTreeSet<String>,
+    /// Accepted, answer lost.
+    accepted_unanswered: BTreeSet<String>,
+}
+
+/// A backend in IoT's wire format that treats each publish as its payload's [`Fate`] says.
+async fn mixed_fault_server() -> (String, Arc<Mutex<Ledger>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let ledger = Arc::new(Mutex::new(Ledger::default()));
+    let book = Arc::clone(&ledger);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let book = Arc::clone(&book);
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = BufReader::new(read);
+                while let Ok(Some(request)) = read_message(&mut reader).await {
+                    let payload = String::from_utf8(request.body).unwrap();
+                    let fate = Fate::of(&payload);
+                    let attempt = {
+                        let mut book = book.lock().unwrap();
+                        let attempt = book.attempts.entry(payload.clone()).or_default();
+                        *attempt += 1;
+                        *attempt
+                    };
+                    let throttled = (429, "ThrottlingException", r#"{"message":"Rate exceeded"}"#);
+                    let failed = (500, "InternalFailureException", r#"{"message":"internal failure"}"#);
+                    let (status, error_type, body) = match (fate, attempt) {
+                        (Fate::Accept, _) | (Fate::ThrottleThenAccept, 2..) => {
+                            // Booked before the answer is written: once the client can read a
+                            // success, the ledger already holds it.
+                            book.lock().unwrap().acknowledged.insert(payload);
+                            (200, "", "{}")
+                        }
+                        (Fate::Throttle, _) | (Fate::ThrottleThenAccept, _) => throttled,
+                        (Fate::Fail, _) => failed,
+                        (Fate::Hang, _) => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                        (Fate::AcceptThenHang, _) => {
+                            book.lock().unwrap().accepted_unanswered.insert(payload);
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                    };
+                    let mut headers = vec![("content-type", "application/json"), ("x-amzn-RequestId", "fault-server")];
+                    if !error_type.is_empty() {
+                        headers.push(("x-amzn-ErrorType", error_type));
+                    }
+                    if write_response(&mut write, status, &headers, body.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, ledger)
+}
+
+/// Example 1 with `payload` as its body.
+fn event_with_body(payload: &str) -> lambda::Event {
+    let mut event: Value = serde_json::from_str(include_str!("../events/example-1-basic-auth.json")).unwrap();
+    event["body"] = Value::String(payload.to_owned());
+    event["isBase64Encoded"] = Value::Bool(false);
+    event["headers"]["content-length"] = Value::String(payload.len().to_string());
+    serde_json::from_value(event).unwrap()
+}
+
+#[tokio::test]
+async fn under_concurrent_mixed_faults_the_200s_are_exactly_the_publishes_the_backend_acknowledged() {
+    // GIVEN a backend that accepts, throttles, fails and hangs by message, and timeouts
+    // generous enough that a prompt answer is never mistaken for a hang on a busy machine
+    moto_url();
+    let (url, ledger) = mixed_fault_server().await;
+    let settings = IotSettings {
+        connect_timeout: Duration::from_secs(2),
+        attempt_timeout: Duration::from_millis(1_500),
+        total_timeout: Duration::from_secs(4),
+        ..IotSettings::default()
+    };
+    assert_eq!(settings.max_attempts, 2, "ThrottleThenAccept relies on the one retry the defaults allow");
+    let service = Arc::new(example_service(iot_publisher(&url, &unique_app_name("mixed"), settings).await));
+
+    // WHEN eight messages of each fate are published at once
+    let payloads: Vec<String> = FATES.iter().flat_map(|f| (0..8).map(move |i| format!("{f:?}-{i}"))).collect();
+    let mut requests = tokio::task::JoinSet::new();
+    for payload in payloads.clone() {
+        let service = Arc::clone(&service);
+        requests.spawn(async move {
+            let response = lambda::handle(&service, event_with_body(&payload), None).await.unwrap();
+            (payload, serde_json::to_value(response).unwrap()["statusCode"].as_u64().unwrap())
+        });
+    }
+    let mut answers = BTreeMap::new();
+    while let Some(answer) = requests.join_next().await {
+        let (payload, status) = answer.unwrap();
+        answers.insert(payload, status);
+    }
+
+    // THEN each caller got the answer its backend outcome maps to
+    let wrong: Vec<_> = answers.iter().filter(|(p, s)| Fate::of(p).expected_status() != **s).collect();
+    assert!(wrong.is_empty(), "answers that do not match the backend's outcome: {wrong:?}");
+    let ledger = ledger.lock().unwrap();
+    assert!(payloads.iter().all(|p| ledger.attempts.contains_key(p)), "every message reached the backend");
+    let retried = |p: &String| Fate::of(p) == Fate::ThrottleThenAccept && ledger.attempts[p] == 2;
+    assert_eq!(payloads.iter().filter(|p| retried(p)).count(), 8, "each throttled first attempt was retried once");
+    // AND the 200s are exactly the backend's acknowledged publishes: no 200 without one,
+    // no acknowledged publish answered otherwise
+    let ok: BTreeSet<String> = answers.iter().filter(|(_, s)| **s == 200).map(|(p, _)| p.clone()).collect();
+    assert_eq!(ok, ledger.acknowledged);
+    assert_eq!(ok.len(), 16, "Accept and ThrottleThenAccept, eight each");
+    // AND the only messages delivered without a 200 are those whose answer was lost:
+    // they were answered 503, which promises nothing either way
+    let delivered_without_200: BTreeSet<&String> = ledger.accepted_unanswered.difference(&ok).collect();
+    assert!(delivered_without_200.iter().all(|p| Fate::of(p) == Fate::AcceptThenHang && answers[*p] == 503));
+    assert_eq!(delivered_without_200.len(), 8);
+    // AND a hang that never accepted left nothing accepted
+    assert!(!ledger.acknowledged.iter().chain(&ledger.accepted_unanswered).any(|p| Fate::of(p) == Fate::Hang));
 }
