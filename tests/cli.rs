@@ -20,7 +20,13 @@ fn run(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin).unwrap();
-    child.wait_with_output().unwrap()
+    keep(child.wait_with_output().unwrap())
+}
+
+/// Leaves what the command printed in the suite's log directory (scripts/check-logs scans it).
+fn keep(out: Output) -> Output {
+    common::keep_log("cli", &[&out.stdout[..], &out.stderr[..]].concat());
+    out
 }
 
 fn temp_file(name: &str, text: &str) -> std::path::PathBuf {
@@ -98,6 +104,7 @@ fn invoke_without_config_file_fails_clearly() {
         .env_remove("CONFIG_TABLE")
         .output()
         .unwrap();
+    let out = keep(out);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("neither CONFIG_TABLE nor CONFIG_FILE is set"));
 }

@@ -107,6 +107,7 @@ fn cli(args: &[&str], stdin: &str, dynamodb: &str) -> (bool, String, String) {
         .unwrap();
     child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
+    common::keep_log("cli-config-table", &[&out.stdout[..], &out.stderr[..]].concat());
     (out.status.success(), String::from_utf8(out.stdout).unwrap(), String::from_utf8(out.stderr).unwrap())
 }
 

@@ -106,6 +106,15 @@ fn spawn_function(runtime_api: &str, env: &[(&str, &str)]) -> tokio::process::Ch
         .unwrap()
 }
 
+/// Everything a stopped function printed, also left in the suite's log directory.
+async fn logs_of(child: &mut tokio::process::Child) -> String {
+    let mut logs = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut logs).await.unwrap();
+    child.stderr.take().unwrap().read_to_string(&mut logs).await.unwrap();
+    common::keep_log("lambda-runtime", logs.as_bytes());
+    logs
+}
+
 fn event(file: &str) -> Vec<u8> {
     std::fs::read(format!("{}/events/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap()
 }
@@ -144,9 +153,7 @@ async fn the_binary_serves_events_from_the_runtime_api_and_publishes_to_moto() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().await.unwrap();
-    let mut logs = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut logs).await.unwrap();
-    child.stderr.take().unwrap().read_to_string(&mut logs).await.unwrap();
+    let logs = logs_of(&mut child).await;
 
     let s = state.lock().await;
     let answer = |id: &str| s.responses.iter().find(|(i, _)| i == id).map(|(_, v)| v.clone()).expect(id);
@@ -201,6 +208,7 @@ async fn the_binary_reads_users_and_rules_from_config_table() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().await.unwrap();
+    logs_of(&mut child).await;
     let s = state.lock().await;
     let statuses: Vec<u64> = s.responses.iter().map(|(_, r)| r["statusCode"].as_u64().unwrap()).collect();
     assert_eq!(statuses, [200, 401, 401]);

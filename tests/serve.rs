@@ -85,7 +85,8 @@ async fn serve(mqtt_port: Option<u16>, args: &[&str]) -> Serve {
             embedded
         }
     };
-    let child = command.stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let (stdout, stderr) = common::child_logs("serve");
+    let child = command.stdout(stdout).stderr(stderr).spawn().unwrap();
     let serve = Serve { proc: Proc(child), url: format!("http://{listen}"), mqtt_port: broker_port };
     wait_for_port(http, "serve").await;
     for _ in 0..200 {
@@ -455,6 +456,7 @@ async fn the_product_page_examples_work_over_tls_with_and_without_a_client_certi
     let c = |name: &str| certs.join(name).to_str().unwrap().to_owned();
     let http = free_port();
     let embedded = free_port();
+    let (stdout, stderr) = common::child_logs("serve-tls");
     let _proc = Proc(
         Command::new(BIN)
             .args([
@@ -465,8 +467,8 @@ async fn the_product_page_examples_work_over_tls_with_and_without_a_client_certi
                 &format!("127.0.0.1:{embedded}"),
             ])
             .args(["--tls-cert", &c("server.crt"), "--tls-key", &c("server.key"), "--client-ca", &c("CA.crt")])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap(),
     );
@@ -679,14 +681,15 @@ async fn over_mqtts_with_credentials_a_broker_refusal_maps_from_its_puback_reaso
     let (_broker, port) = strict_mosquitto(&dir).await;
     let ca = dir.join("certs/CA.crt");
     let http = free_port();
+    let (stdout, stderr) = common::child_logs("serve-mqtts");
     let _serve = Proc(
         Command::new(BIN)
             .args(["serve", "--listen", &format!("127.0.0.1:{http}")])
             .args(["--mqtt", &format!("mqtts://127.0.0.1:{port}"), "--mqtt-ca", ca.to_str().unwrap()])
             .args(["--mqtt-username", "svc"])
             .env("MQTT_PASSWORD", "svc-pw")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
             .spawn()
             .unwrap(),
     );

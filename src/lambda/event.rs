@@ -15,7 +15,7 @@
 //! | REST API (1.0) | `path`, encoded, no stage | `multiValueQueryStringParameters`, decoded | `requestContext.identity.clientCert` |
 //! | ALB | `path`, encoded | `(multiValue)QueryStringParameters`, encoded | — |
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
 
 use base64::Engine;
@@ -296,10 +296,13 @@ pub struct LambdaResponse {
     status_code: u16,
     #[serde(skip_serializing_if = "Option::is_none")]
     status_description: Option<String>,
+    /// Sorted by name, so that two equal answers are equal bytes (a `HashMap`'s
+    /// order differs from one map to the next: SPEC §4 wants an unknown user's
+    /// answer identical to a wrong password's).
     #[serde(skip_serializing_if = "Option::is_none")]
-    headers: Option<HashMap<String, String>>,
+    headers: Option<BTreeMap<String, String>>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    multi_value_headers: Option<HashMap<String, Vec<String>>>,
+    multi_value_headers: Option<BTreeMap<String, Vec<String>>>,
     body: String,
     is_base64_encoded: bool,
 }
@@ -349,6 +352,22 @@ mod tests {
         assert_eq!(strip_prefixes("/topics/a", Some("prod"), None), "/topics/a");
         assert_eq!(strip_prefixes("/mqtt/topics/a", None, Some("/mqtt/")), "/topics/a");
         assert_eq!(strip_prefixes("/prod/mqtt/topics/a", Some("prod"), Some("mqtt")), "/topics/a");
+    }
+
+    #[test]
+    fn equal_answers_encode_to_equal_bytes_with_headers_in_name_order() {
+        let answer = || {
+            let mut response = Response::new(Bytes::from_static(b"{}"));
+            for name in ["x-e", "www-authenticate", "content-type", "x-a", "retry-after", "x-m"] {
+                response.headers_mut().insert(name, http::HeaderValue::from_static("v"));
+            }
+            serde_json::to_string(&encode(Origin::HttpApi, response)).unwrap()
+        };
+        let first = answer();
+        assert_eq!(first, answer());
+        let names: Vec<&str> =
+            first.match_indices("\":\"v\"").map(|(at, _)| first[..at].rsplit('"').next().unwrap()).collect();
+        assert_eq!(names, ["content-type", "retry-after", "www-authenticate", "x-a", "x-e", "x-m"]);
     }
 
     #[test]

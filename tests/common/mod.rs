@@ -1,6 +1,7 @@
 //! What the integration tests share: a small HTTP/1.1 reader and writer for the
 //! suite's own loopback servers (the fault server, the Runtime API emulator), a
-//! client for moto's recorder, and the service built as production builds it.
+//! client for moto's recorder, the service built as production builds it, and
+//! the log directory where every run of the binary leaves what it printed.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -12,6 +13,39 @@ use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
 use mqtt_http_publish::service::Service;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
+
+/// Where the suite keeps what the binary printed, so that `scripts/check-logs`
+/// can look for secrets in all of it once the suite has run: `MHP_TEST_LOG_DIR`
+/// (scripts/test sets it), else a directory under the system's temp dir.
+pub fn log_dir() -> std::path::PathBuf {
+    let dir = std::env::var_os("MHP_TEST_LOG_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("mqtt-http-publish-test-logs"));
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("create the log directory {}: {e}", dir.display()));
+    dir
+}
+
+/// A new file in [`log_dir`] named after `name`, unique to this process and call.
+fn new_log_file(name: &str) -> std::fs::File {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let file = format!("{name}.{}.{}.log", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let path = log_dir().join(file);
+    std::fs::File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+}
+
+/// Standard output and error for a child process of the binary, both kept in one
+/// log file named after `name` (use them instead of `Stdio::null()`).
+pub fn child_logs(name: &str) -> (std::process::Stdio, std::process::Stdio) {
+    let file = new_log_file(name);
+    let copy = file.try_clone().expect("a log file handle can be cloned");
+    (copy.into(), file.into())
+}
+
+/// Keeps output a test read itself (through pipes, to assert on it) in the log directory too.
+pub fn keep_log(name: &str, output: &[u8]) {
+    use std::io::Write;
+    new_log_file(name).write_all(output).expect("write a log file");
+}
 
 /// One HTTP request or response as read off the wire.
 #[derive(Debug, Clone, Default)]
