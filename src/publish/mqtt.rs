@@ -120,6 +120,24 @@ impl MqttPublisher {
     }
 }
 
+impl MqttPublisher {
+    /// Waits until the first connection is up, or `patience` has passed; says which.
+    /// `serve` waits before it listens, so the first request after the "serving"
+    /// line does not meet a 503 only because the connection is a moment old.
+    pub async fn wait_connected(&self, patience: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            if self.correlation.lock().unwrap_or_else(|e| e.into_inner()).connected {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 impl Publisher for MqttPublisher {
     fn limits(&self) -> BackendLimits {
         self.limits

@@ -98,6 +98,9 @@ fn connection_client_id() -> String {
     format!("mqtt-http-publish-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
+/// How long `serve` waits for its broker connection before it listens anyway.
+const BROKER_PATIENCE: Duration = Duration::from_secs(5);
+
 /// Runs the server until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(options: ServeOptions) -> Result<(), String> {
     let policy = match &options.config {
@@ -147,7 +150,11 @@ pub async fn run(options: ServeOptions) -> Result<(), String> {
         _ => return Err("--tls-cert and --tls-key go together".into()),
     };
 
-    let service = Arc::new(Service::new(MqttPublisher::connect(broker), policy));
+    let publisher = MqttPublisher::connect(broker);
+    if !publisher.wait_connected(BROKER_PATIENCE).await {
+        warn!("not connected to the MQTT broker yet: answering 503 until the connection is up");
+    }
+    let service = Arc::new(Service::new(publisher, policy));
     let listener =
         TcpListener::bind(options.listen).await.map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
     info!(
