@@ -160,15 +160,20 @@ impl Authenticator {
             let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
             Arc::clone(in_flight.entry(fingerprint).or_default())
         };
-        let _turn = gate.lock().await;
-        // Whoever held the gate before us may have verified these very credentials.
-        let ok = self.cache.contains(&credentials.username, &fingerprint)
-            || self.slow_verify(stored, &credentials.password).await;
+        let ok = {
+            let _turn = gate.lock().await;
+            // Whoever held the gate before us may have verified these very credentials.
+            self.cache.contains(&credentials.username, &fingerprint)
+                || self.slow_verify(stored, &credentials.password).await
+        };
         if ok {
             self.cache.insert(&credentials.username, fingerprint);
         }
+        // Every clone of a gate is taken and dropped under this lock, so when the
+        // map's is the last one left, nobody waits on the gate and it can go.
         let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        if Arc::strong_count(&gate) <= 2 {
+        drop(gate);
+        if in_flight.get(&fingerprint).is_some_and(|g| Arc::strong_count(g) == 1) {
             in_flight.remove(&fingerprint);
         }
         ok
