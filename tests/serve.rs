@@ -218,6 +218,26 @@ async fn qos_0_and_qos_1_are_delivered_over_http_1_0() {
 }
 
 #[tokio::test]
+async fn the_first_request_after_the_port_opens_is_published_not_503() {
+    // GIVEN serve with the embedded broker, started just now
+    let http = free_port();
+    let listen = format!("127.0.0.1:{http}");
+    let (stdout, stderr) = common::child_logs("serve-first-request");
+    let child = Command::new(BIN)
+        .args(["serve", "--listen", &listen, "--broker-listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let _serve = Proc(child);
+    // WHEN the first request comes the moment the listener is up
+    wait_for_port(http, "serve").await;
+    let response = post(&format!("http://{listen}"), "/topics/first", &[USER0], b"hi").await;
+    // THEN it is published: serve listens once its broker connection is up
+    assert_eq!(response.status(), 200, "{response:?}");
+}
+
+#[tokio::test]
 async fn the_demo_config_refuses_dollar_topics_and_strangers() {
     let serve = serve(None, &[]).await;
     assert_eq!(post(&serve.url, "/topics/%24SYS/x", &[USER0], b"").await.status(), 401);
