@@ -42,19 +42,7 @@ async fn the_lambda_handler_answers_unknown_user_and_wrong_password_with_the_sam
     assert!(value["body"].as_str().unwrap().contains("authentication_failed"), "{value}");
 }
 
-/// A child process killed when dropped.
-struct Proc(std::process::Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, Proc};
 
 /// One HTTP/1.1 exchange on a fresh connection; the answer's raw bytes.
 async fn raw_exchange(http: u16, authorization: &str) -> Vec<u8> {

@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{request, Wire};
@@ -16,19 +16,7 @@ use tokio::sync::mpsc;
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-http-publish");
 const USER0: (&str, &str) = ("authorization", "Basic dXNlcjA6c2VjcmV0MA==");
 
-/// A child process killed when dropped.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::{free_port, Proc};
 
 async fn wait_for_port(port: u16, what: &str) {
     for _ in 0..200 {
