@@ -42,7 +42,7 @@ fn fleet(devices: usize) -> Vec<Rule> {
 }
 
 fn main() {
-    let limits = TopicLimits { max_bytes: 256, max_slashes: Some(7) };
+    let limits = TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true };
     for devices in [10_000usize, 100_000] {
         let rules = fleet(devices);
         let count = rules.len();

@@ -11,7 +11,7 @@ use mqtt_http_publish::contract::query::{parse_options, PARAMETERS, USER_PROPERT
 use mqtt_http_publish::contract::{ApiError, TopicLimits};
 use yaml_rust2::{Yaml, YamlLoader};
 
-const LIMITS: TopicLimits = TopicLimits { max_bytes: 65_535, max_slashes: None };
+const LIMITS: TopicLimits = TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false };
 
 fn document() -> Yaml {
     let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();

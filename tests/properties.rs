@@ -22,7 +22,7 @@ use proptest::prelude::*;
 use proptest::sample::select;
 use serde_json::json;
 
-const ANY_LENGTH: TopicLimits = TopicLimits { max_bytes: 65_535, max_slashes: None };
+const ANY_LENGTH: TopicLimits = TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false };
 
 // ---------------------------------------------------------------------------
 // The reference matcher

@@ -30,7 +30,7 @@ fuzz_target!(|data: &[u8]| {
     Policy::from_file(reread).expect("the rewritten config validates too");
 
     let acl = &policy.rules.acl;
-    let limits = TopicLimits { max_bytes: 65_535, max_slashes: None };
+    let limits = TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false };
     for name in TOPICS {
         let topic = Topic::parse(name.as_bytes().to_vec(), limits).expect("the sample topics are valid");
         for (qos, retain, username) in [(0, false, Some("user0")), (1, true, None)] {

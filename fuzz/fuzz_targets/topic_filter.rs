@@ -25,7 +25,7 @@ fuzz_target!(|data: &[u8]| {
     let Ok(filter) = parsed else {
         return;
     };
-    let limits = TopicLimits { max_bytes: 65_535, max_slashes: None };
+    let limits = TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false };
     let Ok(topic) = Topic::parse(topic_text.as_bytes().to_vec(), limits) else {
         return;
     };

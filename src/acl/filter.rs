@@ -172,7 +172,7 @@ mod tests {
     const VALUES: Placeholders<'static> = Placeholders { username: Some("user0"), client_id: "dev-1" };
 
     fn m(filter: &str, topic: &str) -> bool {
-        let limits = TopicLimits { max_bytes: 65_535, max_slashes: None };
+        let limits = TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false };
         TopicFilter::parse(filter).unwrap().matches(&Topic::parse(topic.into(), limits).unwrap(), &VALUES)
     }
 
@@ -197,7 +197,9 @@ mod tests {
         assert!(m("users/${username}", "users/user0") && !m("users/${username}", "users/user1"));
         assert!(m("x/pre-${username}-${client_id}", "x/pre-user0-dev-1"));
         let none = Placeholders { username: None, client_id: "dev-1" };
-        let topic = Topic::parse("users/user0".into(), TopicLimits { max_bytes: 99, max_slashes: None }).unwrap();
+        let topic =
+            Topic::parse("users/user0".into(), TopicLimits { max_bytes: 99, max_slashes: None, basic_ingest: false })
+                .unwrap();
         assert!(!TopicFilter::parse("users/${username}").unwrap().matches(&topic, &none));
     }
 

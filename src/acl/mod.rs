@@ -232,7 +232,7 @@ mod tests {
     }
 
     fn topic(t: &str) -> Topic {
-        Topic::parse(t.into(), TopicLimits { max_bytes: 65_535, max_slashes: None }).unwrap()
+        Topic::parse(t.into(), TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false }).unwrap()
     }
 
     fn access(topic: &Topic) -> Access<'_> {

@@ -121,7 +121,7 @@ mod tests {
     use super::*;
 
     const LIMITS: BackendLimits = BackendLimits {
-        topic: TopicLimits { max_bytes: 256, max_slashes: Some(7) },
+        topic: TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true },
         max_payload_bytes: 131_072,
         max_qos: 1,
     };

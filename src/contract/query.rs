@@ -274,7 +274,7 @@ fn parse_user_prop_name(original: &str, rest: &str) -> Result<(u32, Half), ApiEr
 mod tests {
     use super::*;
 
-    const LIMITS: TopicLimits = TopicLimits { max_bytes: 256, max_slashes: Some(7) };
+    const LIMITS: TopicLimits = TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true };
 
     fn parse(query: &str) -> Result<PublishOptions, ApiError> {
         parse_options(&decode_query(query).unwrap(), 1, LIMITS)

@@ -9,6 +9,15 @@ pub struct TopicLimits {
     pub max_bytes: usize,
     /// Most `/` separators in one name (AWS IoT: 7); `None` means no limit.
     pub max_slashes: Option<usize>,
+    /// AWS IoT Basic Ingest: the `$aws/rules/{rule}/` prefix of a topic counts
+    /// against neither limit, as AWS IoT Core's quotas say (the ACL still decides).
+    pub basic_ingest: bool,
+}
+
+/// The part of a Basic Ingest topic after `$aws/rules/{rule}/`, if `name` is one.
+fn after_basic_ingest_prefix(name: &str) -> Option<&str> {
+    let (rule, rest) = name.strip_prefix("$aws/rules/")?.split_once('/')?;
+    (!rule.is_empty()).then_some(rest)
 }
 
 /// Why a topic name was refused; each reason becomes the 400's message.
@@ -65,11 +74,12 @@ impl Topic {
         if let Some(c) = name.chars().find(|c| matches!(c, '+' | '#' | '\0')) {
             return Err(if c == '\0' { TopicError::Null } else { TopicError::Wildcard(c) });
         }
-        if name.len() > limits.max_bytes {
-            return Err(TopicError::TooLong { len: name.len(), max: limits.max_bytes });
+        let counted = if limits.basic_ingest { after_basic_ingest_prefix(name).unwrap_or(name) } else { name };
+        if counted.len() > limits.max_bytes {
+            return Err(TopicError::TooLong { len: counted.len(), max: limits.max_bytes });
         }
         if let Some(max) = limits.max_slashes {
-            let count = name.bytes().filter(|&b| b == b'/').count();
+            let count = counted.bytes().filter(|&b| b == b'/').count();
             if count > max {
                 return Err(TopicError::TooDeep { count, max });
             }
@@ -98,7 +108,7 @@ impl fmt::Display for Topic {
 mod tests {
     use super::*;
 
-    const AWS: TopicLimits = TopicLimits { max_bytes: 256, max_slashes: Some(7) };
+    const AWS: TopicLimits = TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true };
 
     fn parse(s: &str) -> Result<Topic, TopicError> {
         Topic::parse(s.as_bytes().to_vec(), AWS)
@@ -128,7 +138,24 @@ mod tests {
         assert_eq!(parse(&"x".repeat(257)), Err(TopicError::TooLong { len: 257, max: 256 }));
         assert!(parse("1/2/3/4/5/6/7/8").is_ok());
         assert_eq!(parse("1/2/3/4/5/6/7/8/9"), Err(TopicError::TooDeep { count: 8, max: 7 }));
-        let mqtt = TopicLimits { max_bytes: 65_535, max_slashes: None };
+        let mqtt = TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false };
         assert!(Topic::parse("1/2/3/4/5/6/7/8/9".into(), mqtt).is_ok());
+    }
+
+    #[test]
+    fn basic_ingest_prefixes_count_against_neither_limit() {
+        // Seven slashes after `$aws/rules/{rule}/`: ten in all.
+        assert!(parse("$aws/rules/store/1/2/3/4/5/6/7/8").is_ok());
+        assert_eq!(parse("$aws/rules/store/1/2/3/4/5/6/7/8/9"), Err(TopicError::TooDeep { count: 8, max: 7 }));
+        let long_rule = format!("$aws/rules/{}/{}", "r".repeat(128), "x".repeat(256));
+        assert!(parse(&long_rule).is_ok(), "neither is the prefix's length counted");
+        assert_eq!(parse(&format!("{long_rule}x")), Err(TopicError::TooLong { len: 257, max: 256 }));
+        // Not Basic Ingest: no rule name, another case, or another prefix: every slash counts.
+        assert!(parse("$aws/rules//1/2/3/4/5/6/7").is_err());
+        assert!(parse("$AWS/rules/store/1/2/3/4/5/6/7").is_err());
+        assert!(parse("$aws/things/store/1/2/3/4/5/6").is_err());
+        // The MQTT limits know no Basic Ingest.
+        let mqtt = TopicLimits { max_bytes: 30, max_slashes: Some(7), basic_ingest: false };
+        assert!(Topic::parse("$aws/rules/store/1/2/3/4/5/6/7/8".into(), mqtt).is_err());
     }
 }

@@ -29,7 +29,7 @@ use crate::contract::{BackendLimits, TopicLimits};
 
 /// What any MQTT 5 broker accepts (MQTT 5 §1.5.4, §2.2.2: 65 535-byte names, 256 MB packets).
 pub const MQTT_LIMITS: BackendLimits = BackendLimits {
-    topic: TopicLimits { max_bytes: 65_535, max_slashes: None },
+    topic: TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false },
     max_payload_bytes: 256 * 1024 * 1024,
     max_qos: 1,
 };
