@@ -123,6 +123,17 @@ async fn http_api_raw_path_is_not_decoded_a_second_time() {
 }
 
 #[tokio::test]
+async fn http_api_payload_1_0_path_is_decoded_once_not_read_as_a_rest_api_path() {
+    let (response, sent) = run("http-api-v1-no-double-decoding.json").await;
+    assert!(response.get("statusDescription").is_none(), "answered in API Gateway's shape, not an ALB's");
+    let call = published(&response, sent);
+    assert_eq!(call.topic(), "home/%41", "the client sent %2541; API Gateway decoded it once, and so only once");
+    assert_eq!(call.body, b"once");
+    let props = header(&call, "x-amz-mqtt5-user-properties").map(common::base64_decode).unwrap();
+    assert_eq!(String::from_utf8(props).unwrap(), r#"[{"note":"a&b c"}]"#, "its query values arrive decoded");
+}
+
+#[tokio::test]
 async fn http_api_named_stage_is_removed_from_the_path() {
     let (response, sent) = run("http-api-named-stage.json").await;
     assert_eq!(published(&response, sent).topic(), "home");

@@ -11,6 +11,7 @@
 //! | source | path | query | client certificate |
 //! |---|---|---|---|
 //! | HTTP API (2.0) | `rawPath`, already decoded | `rawQueryString`, encoded | `requestContext.authentication.clientCert` |
+//! | HTTP API (1.0, `"version": "1.0"`) | `path`, already decoded | `multiValueQueryStringParameters`, decoded | `requestContext.identity.clientCert` (or `authentication.clientCert`) |
 //! | function URL (2.0, `*.lambda-url.*`) | `rawPath`, encoded | `rawQueryString`, encoded | — |
 //! | REST API (1.0) | `path`, encoded, no stage | `multiValueQueryStringParameters`, decoded | `requestContext.identity.clientCert` |
 //! | ALB | `path`, encoded | `(multiValue)QueryStringParameters`, encoded | — |
@@ -31,6 +32,9 @@ use crate::contract::{ApiError, ClientCertificate, HttpRequest, RequestPath};
 pub enum Origin {
     /// API Gateway HTTP API, payload format 2.0.
     HttpApi,
+    /// API Gateway HTTP API, payload format 1.0 (chosen per integration): the
+    /// REST API's field names, but its `path` is already decoded, as `rawPath` is.
+    HttpApiV1,
     /// A Lambda function URL (payload format 2.0, path not decoded).
     FunctionUrl,
     /// API Gateway REST API, payload format 1.0.
@@ -124,6 +128,9 @@ pub fn decode_event(
     let context = event.request_context.unwrap_or_default();
     let origin = if context.elb.is_some() {
         Origin::Alb { multi_value: event.multi_value_headers.is_some() }
+    } else if event.version.as_deref() == Some("1.0") {
+        // A REST API event has no `version`; an HTTP API's 1.0 payload says "1.0".
+        Origin::HttpApiV1
     } else if event.version.as_deref() == Some("2.0") || context.http.is_some() {
         if context.domain_name.as_deref().is_some_and(|d| d.contains(".lambda-url.")) {
             Origin::FunctionUrl
@@ -153,11 +160,16 @@ pub fn decode_event(
         .unwrap_or_default();
         let stage = context.stage.as_deref().filter(|s| *s != "$default");
         let path = strip_prefixes(&raw_path, stage, base_path).to_owned();
-        let path = if origin == Origin::HttpApi { RequestPath::Decoded(path) } else { RequestPath::Encoded(path) };
+        let path = match origin {
+            Origin::HttpApi | Origin::HttpApiV1 => RequestPath::Decoded(path),
+            _ => RequestPath::Encoded(path),
+        };
 
         let query = match origin {
             Origin::HttpApi | Origin::FunctionUrl => decode_query(event.raw_query_string.as_deref().unwrap_or(""))?,
-            Origin::RestApi => flatten(event.multi_value_query_string_parameters, event.query_string_parameters),
+            Origin::RestApi | Origin::HttpApiV1 => {
+                flatten(event.multi_value_query_string_parameters, event.query_string_parameters)
+            }
             Origin::Alb { .. } => flatten(event.multi_value_query_string_parameters, event.query_string_parameters)
                 .into_iter()
                 .map(|(k, v)| Ok((decode_component(&k)?, decode_component(&v)?)))
@@ -177,7 +189,7 @@ pub fn decode_event(
 
         let source_ip = match origin {
             Origin::HttpApi | Origin::FunctionUrl => context.http.as_ref().and_then(|h| h.source_ip.as_deref()),
-            Origin::RestApi => context.identity.as_ref().and_then(|i| i.source_ip.as_deref()),
+            Origin::RestApi | Origin::HttpApiV1 => context.identity.as_ref().and_then(|i| i.source_ip.as_deref()),
             // The ALB appends the address it saw to X-Forwarded-For: the last entry is the one to trust.
             Origin::Alb { .. } => headers
                 .get("x-forwarded-for")
@@ -190,6 +202,9 @@ pub fn decode_event(
         let cert = match origin {
             Origin::HttpApi => context.authentication.and_then(|a| a.client_cert),
             Origin::RestApi => context.identity.and_then(|i| i.client_cert),
+            Origin::HttpApiV1 => {
+                context.identity.and_then(|i| i.client_cert).or(context.authentication.and_then(|a| a.client_cert))
+            }
             _ => None,
         };
         let client_certificate =
