@@ -26,6 +26,13 @@ fn payload_limit(rules: &RuleSet, backend: usize) -> usize {
     rules.limits.max_payload_bytes.min(backend)
 }
 
+/// How far a request got: for its log line, and for the warning when its time runs out.
+#[derive(Debug, Default)]
+struct Progress {
+    topic: Option<String>,
+    step: &'static str,
+}
+
 /// The publish service, shared by every request of a process.
 pub struct Service<P> {
     publisher: P,
@@ -46,6 +53,11 @@ impl<P: Publisher> Service<P> {
         Service { publisher, config, authenticator: Authenticator::default(), quotas: Quotas::default() }
     }
 
+    /// The publisher (to look up its endpoint before the first request).
+    pub fn publisher(&self) -> &P {
+        &self.publisher
+    }
+
     /// Where the config comes from (to reload a file, or prefetch the table).
     pub fn config(&self) -> &ConfigSource {
         &self.config
@@ -60,10 +72,35 @@ impl<P: Publisher> Service<P> {
 
     /// Answers one request. Logs one line: status, topic, message id, latency.
     pub async fn handle(&self, request: HttpRequest) -> Response<Bytes> {
+        self.handle_by(request, None).await
+    }
+
+    /// Answers one request by `answer_by` at the latest: whatever the request
+    /// is waiting on then (the table, a hash, the broker) is abandoned and the
+    /// answer is 503 with `Retry-After`. A publish abandoned in flight may still
+    /// have been delivered; a 503 never claims it was not. Each call keeps its
+    /// own bound too, so every call is bounded by its own limit or the time left,
+    /// whichever is shorter.
+    pub async fn handle_by(&self, request: HttpRequest, answer_by: Option<tokio::time::Instant>) -> Response<Bytes> {
         let started = Instant::now();
         let message_id = MessageId::next();
-        let mut topic = None;
-        let result = self.publish(&request, message_id, &mut topic).await;
+        let mut progress = Progress::default();
+        let work = self.publish(&request, message_id, &mut progress);
+        let result = match answer_by {
+            None => work.await,
+            Some(answer_by) => match tokio::time::timeout_at(answer_by, work).await {
+                Ok(result) => result,
+                Err(_) => {
+                    warn!(
+                        message_id = %message_id,
+                        step = progress.step,
+                        "the invocation's time is running out; answering 503 before the runtime ends it"
+                    );
+                    Err(ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER })
+                }
+            },
+        };
+        let topic = progress.topic;
         let error = result.as_ref().err().map(ApiError::code);
         let response = match result {
             Ok(()) => Response::builder()
@@ -89,18 +126,20 @@ impl<P: Publisher> Service<P> {
         &self,
         request: &HttpRequest,
         message_id: MessageId,
-        topic_for_log: &mut Option<String>,
+        progress: &mut Progress,
     ) -> Result<(), ApiError> {
         let store_down = |error: crate::config::table::StoreError| {
             warn!(message_id = %message_id, %error, "the config store is unavailable");
             ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }
         };
+        progress.step = "reading the rules";
         let rules = self.config.rules().await.map_err(store_down)?;
         let limits = self.publisher.limits();
         let max_payload = payload_limit(&rules, limits.max_payload_bytes);
         let parsed = parse_request(request, limits, max_payload)?;
-        *topic_for_log = Some(parsed.topic.to_string());
+        progress.topic = Some(parsed.topic.to_string());
 
+        progress.step = "authenticating";
         let identity = self
             .authenticator
             .authenticate(request, &parsed.options, message_id, |name| async move {
@@ -129,6 +168,7 @@ impl<P: Publisher> Service<P> {
             .admit(&rules.limits, quota_user)
             .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
 
+        progress.step = "publishing";
         let message = Message {
             topic: parsed.topic,
             qos: parsed.options.qos,

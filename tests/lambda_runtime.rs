@@ -6,12 +6,12 @@ mod common;
 
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{moto_url, read_message, recorded, start_recording, unique_app_name, write_response};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, BufReader};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Mutex;
 
 /// What the emulator saw: each invocation's answer, by request id, and errors.
@@ -20,9 +20,18 @@ struct Emulator {
     pending: Vec<(String, Vec<u8>)>,
     responses: Vec<(String, Value)>,
     errors: Vec<(String, Value)>,
+    /// When each invocation was handed out and when its answer came, by request id.
+    handed_at: Vec<(String, Instant)>,
+    answered_at: Vec<(String, Instant)>,
 }
 
+/// Hands out `events`, each with Lambda's 30 s of time.
 async fn start_emulator(events: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Emulator>>) {
+    start_emulator_with_time(events, Duration::from_secs(30)).await
+}
+
+/// Hands out `events`, each with a deadline `time` after it is handed out.
+async fn start_emulator_with_time(events: Vec<(String, Vec<u8>)>, time: Duration) -> (String, Arc<Mutex<Emulator>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap().to_string();
     let state = Arc::new(Mutex::new(Emulator { pending: events.into_iter().rev().collect(), ..Emulator::default() }));
@@ -43,7 +52,8 @@ async fn start_emulator(events: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Em
                             tokio::time::sleep(Duration::from_secs(3600)).await;
                             return;
                         };
-                        let deadline = (std::time::SystemTime::now() + Duration::from_secs(30))
+                        state.lock().await.handed_at.push((id.clone(), Instant::now()));
+                        let deadline = (std::time::SystemTime::now() + time)
                             .duration_since(std::time::UNIX_EPOCH)
                             .unwrap()
                             .as_millis()
@@ -66,6 +76,7 @@ async fn start_emulator(events: Vec<(String, Vec<u8>)>) -> (String, Arc<Mutex<Em
                         let id = path.split('/').nth(4).unwrap_or_default().to_owned();
                         let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
                         let mut s = state.lock().await;
+                        s.answered_at.push((id.clone(), Instant::now()));
                         if path.ends_with("/response") {
                             s.responses.push((id, body));
                         } else {
@@ -219,4 +230,107 @@ async fn the_binary_reads_users_and_rules_from_config_table() {
         .map(|r| r.topic())
         .collect();
     assert_eq!(published, ["home"]);
+}
+
+/// A loopback proxy that holds each request for `delay`, then passes it on to
+/// `upstream` and its answer back: a table that is slow but within its bound.
+async fn slow_proxy(upstream: &str, delay: Duration) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let upstream = upstream.clone();
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = BufReader::new(read);
+                while let Ok(Some(request)) = read_message(&mut reader).await {
+                    tokio::time::sleep(delay).await;
+                    let mut head = format!("{}\r\n", request.start_line);
+                    for (name, value) in &request.headers {
+                        if name != "connection" {
+                            head.push_str(&format!("{name}: {value}\r\n"));
+                        }
+                    }
+                    head.push_str("connection: close\r\n\r\n");
+                    let mut up = TcpStream::connect(&upstream).await.unwrap();
+                    up.write_all(head.as_bytes()).await.unwrap();
+                    up.write_all(&request.body).await.unwrap();
+                    let Ok(Some(answer)) = read_message(&mut BufReader::new(up)).await else { return };
+                    let headers: Vec<(&str, &str)> = answer
+                        .headers
+                        .iter()
+                        .filter(|(n, _)| !matches!(n.as_str(), "content-length" | "connection" | "transfer-encoding"))
+                        .map(|(n, v)| (n.as_str(), v.as_str()))
+                        .collect();
+                    if write_response(&mut write, answer.status(), &headers, &answer.body).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    url
+}
+
+/// A loopback server that reads requests and never answers.
+async fn silent_server() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            held.push(stream);
+        }
+    });
+    url
+}
+
+#[tokio::test]
+async fn a_slow_table_and_a_hanging_iot_in_one_invocation_get_the_functions_own_503_before_the_deadline() {
+    // GIVEN the table behind a proxy that holds each call 1.2 s (the rules Query, then the
+    // user's GetItem: each within its own 4 s bound), an IoT endpoint that never answers
+    // (its own bound is 9 s), and an invocation with 4 s to live: 11 s of waiting in all
+    let moto = moto_url();
+    let table = format!("{}-deadline", unique_app_name("deadline"));
+    common::create_config_table(&moto, &table).await;
+    let items = mqtt_http_publish::config::table::config_items(
+        &mqtt_http_publish::config::parse_toml(include_str!("../config/example.toml")).unwrap(),
+    );
+    let store = mqtt_http_publish::config::table::TableStore::new(&common::sdk_config_for(&moto).await, &table);
+    store.write(items.into_values().collect(), Vec::new()).await.unwrap();
+    let slow_table = slow_proxy(&moto, Duration::from_millis(1_200)).await;
+    let hanging_iot = silent_server().await;
+    let time = Duration::from_secs(4);
+    let (runtime_api, state) =
+        start_emulator_with_time(vec![("d-1".to_owned(), event("example-1-basic-auth.json"))], time).await;
+
+    // WHEN the function serves it
+    let mut child = spawn_function(
+        &runtime_api,
+        &[("CONFIG_TABLE", &table), ("AWS_ENDPOINT_URL_DYNAMODB", &slow_table), ("IOT_DATA_ENDPOINT", &hanging_iot)],
+    );
+    let waited = tokio::time::Instant::now() + Duration::from_secs(20);
+    while state.lock().await.answered_at.is_empty() {
+        assert!(tokio::time::Instant::now() < waited, "the function never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+    let logs = logs_of(&mut child).await;
+
+    // THEN it answered 503 with Retry-After itself, before the deadline, and said why
+    let s = state.lock().await;
+    assert!(s.errors.is_empty(), "an answer, not an invocation error: {:?}", s.errors);
+    let answer = &s.responses[0].1;
+    assert_eq!(answer["statusCode"], 503, "{answer}");
+    assert_eq!(answer["headers"]["retry-after"], "5");
+    let took = s.answered_at[0].1 - s.handed_at[0].1;
+    assert!(took < time, "answered {took:?} after the event was handed out; the deadline was {time:?}");
+    assert!(
+        took >= time - Duration::from_millis(1_000),
+        "it waited for the table and IoT as long as it could: {took:?}"
+    );
+    assert!(logs.contains("time is running out") && logs.contains("publishing"), "the log says why:\n{logs}");
 }
