@@ -119,6 +119,9 @@ pub enum ConfigCommand {
         /// Print the changes without writing them.
         #[arg(long)]
         dry_run: bool,
+        /// Let a table receive the demo user (user0, whose password secret0 is public): for a throwaway test stack only.
+        #[arg(long)]
+        allow_demo_user: bool,
     },
     /// Print the table's (or file's) config as TOML.
     Pull {
@@ -200,9 +203,9 @@ fn lines(changes: &[Change], dry_run: bool) -> String {
 /// `config push|pull|import-mosquitto` and `user set|remove`: the commands that change a config.
 pub async fn manage(command: Command, stdin: impl BufRead) -> Result<String, String> {
     match command {
-        Command::Config(ConfigCommand::Push { source, target, dry_run }) => {
+        Command::Config(ConfigCommand::Push { source, target, dry_run, allow_demo_user }) => {
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(lines(&home.push(&source, dry_run).await?, dry_run))
+            Ok(lines(&home.push(&source, dry_run, allow_demo_user).await?, dry_run))
         }
         Command::Config(ConfigCommand::Pull { target }) => {
             home(target.table, target.file).await.expect("clap requires a target").pull().await

@@ -116,7 +116,8 @@ async fn the_handler_authenticates_and_authorizes_from_a_pushed_table() {
     let moto = moto_url();
     let table = unique_table("push");
     create_config_table(&moto, &table).await;
-    let (ok, out, err) = cli(&["config", "push", "config/example.toml", "--table", &table], "", &moto);
+    let (ok, out, err) =
+        cli(&["config", "push", "config/example.toml", "--table", &table, "--allow-demo-user"], "", &moto);
     assert!(ok, "{err}");
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
@@ -273,16 +274,59 @@ async fn with_nothing_cached_and_the_store_down_every_request_is_503() {
 }
 
 #[tokio::test]
+async fn the_demo_user_never_reaches_a_table_unless_allowed() {
+    // GIVEN an empty table and the example config, whose user0 has the public password secret0
+    let moto = moto_url();
+    let table = unique_table("demo");
+    create_config_table(&moto, &table).await;
+    let example = parse_toml(EXAMPLE).unwrap();
+    assert_eq!(example.users[0].password_hash, mqtt_http_publish::config::DEMO_PASSWORD_HASH);
+
+    // WHEN it is pushed, dry run or not, THEN it is refused, naming the user and the way out
+    for dry_run in [false, true] {
+        let mut args = vec!["config", "push", "config/example.toml", "--table", &table];
+        if dry_run {
+            args.push("--dry-run");
+        }
+        let (ok, out, err) = cli(&args, "", &moto);
+        assert!(!ok, "refused: {out}");
+        assert!(err.contains("user0") && err.contains("--allow-demo-user"), "{err}");
+    }
+    let (_, pulled, _) = cli(&["config", "pull", "--table", &table], "", &moto);
+    assert_eq!(parse_toml(&pulled).unwrap(), ConfigFile::default(), "nothing was written");
+
+    // AND a file is no live API: pushing it there needs no flag
+    let file = std::env::temp_dir().join(format!("{table}-file.toml"));
+    std::fs::write(&file, "").unwrap();
+    let (ok, _, err) = cli(&["config", "push", "config/example.toml", "--file", file.to_str().unwrap()], "", &moto);
+    assert!(ok, "{err}");
+    std::fs::remove_file(&file).unwrap();
+
+    // AND the same users with a password of their own go through
+    let own = EXAMPLE.replace(
+        mqtt_http_publish::config::DEMO_PASSWORD_HASH,
+        &mqtt_http_publish::auth::hash_argon2id(b"a password of its own"),
+    );
+    let file = std::env::temp_dir().join(format!("{table}-own.toml"));
+    std::fs::write(&file, own).unwrap();
+    let (ok, out, err) = cli(&["config", "push", file.to_str().unwrap(), "--table", &table], "", &moto);
+    assert!(ok, "{err}");
+    assert!(out.contains("add user user0"), "{out}");
+    std::fs::remove_file(&file).unwrap();
+}
+
+#[tokio::test]
 async fn push_then_pull_round_trips_and_a_second_push_changes_nothing() {
     let moto = moto_url();
     let table = unique_table("roundtrip");
     create_config_table(&moto, &table).await;
-    let (ok, out, _) = cli(&["config", "push", "config/example.toml", "--table", &table, "--dry-run"], "", &moto);
+    let (ok, out, _) =
+        cli(&["config", "push", "config/example.toml", "--table", &table, "--dry-run", "--allow-demo-user"], "", &moto);
     assert!(ok && out.lines().all(|l| l.starts_with("would add")), "{out}");
     let (_, pulled, _) = cli(&["config", "pull", "--table", &table], "", &moto);
     assert_eq!(parse_toml(&pulled).unwrap(), ConfigFile::default(), "a dry run writes nothing");
 
-    cli(&["config", "push", "config/example.toml", "--table", &table], "", &moto);
+    cli(&["config", "push", "config/example.toml", "--table", &table, "--allow-demo-user"], "", &moto);
     let (ok, pulled, err) = cli(&["config", "pull", "--table", &table], "", &moto);
     assert!(ok, "{err}");
     let mut expected = parse_toml(EXAMPLE).unwrap();
@@ -291,12 +335,13 @@ async fn push_then_pull_round_trips_and_a_second_push_changes_nothing() {
 
     let file = std::env::temp_dir().join(format!("{table}.toml"));
     std::fs::write(&file, &pulled).unwrap();
-    let (ok, out, _) = cli(&["config", "push", file.to_str().unwrap(), "--table", &table], "", &moto);
+    let push = ["config", "push", file.to_str().unwrap(), "--table", &table, "--allow-demo-user"];
+    let (ok, out, _) = cli(&push, "", &moto);
     assert!(ok);
     assert_eq!(out.trim(), "no changes");
 
     std::fs::write(&file, pulled.replace("\"home/admin/#\"", "\"home/secret/#\"")).unwrap();
-    let (_, out, _) = cli(&["config", "push", file.to_str().unwrap(), "--table", &table], "", &moto);
+    let (_, out, _) = cli(&push, "", &moto);
     assert_eq!(out.trim(), "change rule 10");
     std::fs::remove_file(file).unwrap();
 }

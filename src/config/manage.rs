@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item as TomlItem, Table};
 
 use super::table::{config_from_items, config_items, user_item, user_key, Item, TableStore};
-use super::{parse_toml, read_file, validate_user, ConfigFile, Policy, UserEntry};
+use super::{parse_toml, read_file, validate_user, ConfigFile, Policy, UserEntry, DEMO_PASSWORD_HASH};
 use crate::auth::hash_argon2id;
 
 /// Where a command reads and writes the config.
@@ -92,9 +92,24 @@ impl Home {
     }
 
     /// Makes this home equal to the file `source`; returns what changed (or would, with `dry_run`).
-    pub async fn push(&self, source: &Path, dry_run: bool) -> Result<Vec<Change>, String> {
+    /// A table is refused a user with the public demo password unless `allow_demo_user`.
+    pub async fn push(&self, source: &Path, dry_run: bool, allow_demo_user: bool) -> Result<Vec<Change>, String> {
         Policy::load(source).map_err(|e| format!("{}: {e}", source.display()))?;
         let desired = read_file(source).map_err(|e| e.to_string())?;
+        if let (Home::Table(_), false) = (self, allow_demo_user) {
+            if let Some(demo) = desired.users.iter().find(|u| u.password_hash == DEMO_PASSWORD_HASH) {
+                return Err(format!(
+                    "{}: user {:?} has the demo password hash (its password, secret0, is public); \
+                     a table serves a live API, so nothing was written. Remove that user or give it a \
+                     password of its own (mqtt-http-publish user set {} --file {}), or pass \
+                     --allow-demo-user for a throwaway test stack",
+                    source.display(),
+                    demo.username,
+                    demo.username,
+                    source.display()
+                ));
+            }
+        }
         let current = match self {
             Home::Table(store) => store.items().await.map_err(|e| e.to_string())?,
             Home::File(path) => config_items(&read_target(path)?),
@@ -265,15 +280,16 @@ mod tests {
         let (source, target) = (temp("source.toml"), temp("target.toml"));
         std::fs::write(&source, include_str!("../../config/example.toml")).unwrap();
         let home = Home::File(target.clone());
-        let changes: Vec<String> = home.push(&source, true).await.unwrap().iter().map(|c| c.to_string()).collect();
+        let changes: Vec<String> =
+            home.push(&source, true, false).await.unwrap().iter().map(|c| c.to_string()).collect();
         assert_eq!(
             changes,
             ["add rule 10", "add rule 20", "add rule 30", "add user user0"],
             "absent limits are the defaults"
         );
         assert!(!target.exists(), "a dry run writes nothing");
-        home.push(&source, false).await.unwrap();
-        assert!(home.push(&source, false).await.unwrap().is_empty(), "a second push changes nothing");
+        home.push(&source, false, false).await.unwrap();
+        assert!(home.push(&source, false, false).await.unwrap().is_empty(), "a second push changes nothing");
         std::fs::remove_file(source).unwrap();
         std::fs::remove_file(target).unwrap();
     }

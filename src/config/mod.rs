@@ -20,6 +20,13 @@ use crate::auth::{StoredHash, Users};
 /// The default payload limit: AWS IoT Core's 128 KiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 131_072;
 
+/// The password hash of the demo user (`user0` / `secret0`) in
+/// `config/example.toml` and `serve`'s demo config. Its password is printed in
+/// the README and the product page, so `config push` keeps it off a table
+/// unless told otherwise.
+pub const DEMO_PASSWORD_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$eRi/JmbC+0iM7lbk0iybwA$cok3Q+hd+USrvOXevP6umE7RRRhr6FtVu5mWX6zfDNk";
+
 /// The config as written in TOML.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]

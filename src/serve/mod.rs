@@ -218,5 +218,6 @@ mod tests {
     fn the_demo_config_allows_user0_everywhere_but_dollar_topics() {
         let policy = Policy::from_toml(DEMO_CONFIG).unwrap();
         assert!(policy.users["user0"].verify(b"secret0"));
+        assert!(DEMO_CONFIG.contains(crate::config::DEMO_PASSWORD_HASH), "config push must know it as the demo's");
     }
 }
