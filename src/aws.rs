@@ -24,3 +24,104 @@ pub async fn sdk_config() -> SdkConfig {
         .load()
         .await
 }
+
+/// Why the account's IoT data endpoint could not be found.
+#[derive(Debug, thiserror::Error)]
+#[error("AWS IoT's DescribeEndpoint failed: {0}")]
+pub struct DescribeEndpointError(String);
+
+/// The account's own AWS IoT data endpoint (`xxxxxxxx-ats.iot.REGION.amazonaws.com`),
+/// asked of AWS IoT's `DescribeEndpoint` (endpoint type `iot:Data-ATS`) with the
+/// SDK config's credentials and region, within `timeout`.
+///
+/// The generic `data-ats.iot.REGION.amazonaws.com` the SDK falls back on is not
+/// an account's endpoint, and AWS documents `describe-endpoint` as the way to
+/// learn it (AWS IoT Core developer guide, "AWS IoT device data and service
+/// endpoints"). One signed GET does it; the `aws-sdk-iot` crate would add the
+/// whole IoT control plane (hundreds of operations) to the build for this one call.
+/// `control_plane` overrides `https://iot.REGION.amazonaws.com` (tests point it at moto).
+pub async fn describe_iot_data_endpoint(
+    sdk: &SdkConfig,
+    control_plane: Option<&str>,
+    timeout: Duration,
+) -> Result<String, DescribeEndpointError> {
+    tokio::time::timeout(timeout, describe(sdk, control_plane))
+        .await
+        .unwrap_or_else(|_| Err(DescribeEndpointError(format!("no answer within {timeout:?}"))))
+}
+
+async fn describe(sdk: &SdkConfig, control_plane: Option<&str>) -> Result<String, DescribeEndpointError> {
+    use aws_credential_types::provider::ProvideCredentials;
+    use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+    use http_body_util::BodyExt;
+
+    let fail = |what: &str, e: &dyn std::fmt::Display| DescribeEndpointError(format!("{what}: {e}"));
+    let region = sdk.region().ok_or_else(|| DescribeEndpointError("no AWS Region is configured".into()))?;
+    let base = match control_plane {
+        Some(url) => url.trim_end_matches('/').to_owned(),
+        None if region.as_ref().starts_with("cn-") => format!("https://iot.{region}.amazonaws.com.cn"),
+        None => format!("https://iot.{region}.amazonaws.com"),
+    };
+    let url = format!("{base}/endpoint?endpointType=iot%3AData-ATS");
+    let credentials = sdk
+        .credentials_provider()
+        .ok_or_else(|| DescribeEndpointError("no AWS credentials are configured".into()))?
+        .provide_credentials()
+        .await
+        .map_err(|e| fail("no AWS credentials", &e))?;
+    let identity = credentials.into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region.as_ref())
+        .name("iot")
+        .time(std::time::SystemTime::now())
+        .settings(SigningSettings::default())
+        .build()
+        .map_err(|e| fail("signing", &e))?
+        .into();
+    let signable = SignableRequest::new("GET", url.as_str(), std::iter::empty(), SignableBody::Bytes(&[]))
+        .map_err(|e| fail("signing", &e))?;
+    let (instructions, _) = sign(signable, &params).map_err(|e| fail("signing", &e))?.into_parts();
+    let user_agent = match sdk.app_name() {
+        Some(app) => format!("mqtt-http-publish/{} app/{app}", env!("CARGO_PKG_VERSION")),
+        None => format!("mqtt-http-publish/{}", env!("CARGO_PKG_VERSION")),
+    };
+    let mut request = http::Request::get(&url)
+        .header(http::header::USER_AGENT, user_agent)
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| fail("the request", &e))?;
+    instructions.apply_to_request_http1x(&mut request);
+
+    let response = https_client().request(request).await.map_err(|e| fail("the call", &e))?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| fail("the answer", &e))?.to_bytes();
+    if !status.is_success() {
+        let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
+        return Err(DescribeEndpointError(format!("HTTP {status}: {text}")));
+    }
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Answer {
+        endpoint_address: String,
+    }
+    let answer: Answer = serde_json::from_slice(&body).map_err(|e| fail("the answer", &e))?;
+    Ok(answer.endpoint_address)
+}
+
+/// An HTTP/1.1 client over rustls on ring with the system's roots, as the SDK's own.
+fn https_client() -> hyper_util::client::legacy::Client<
+    hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+    http_body_util::Empty<bytes::Bytes>,
+> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
+    let tls =
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("ring supports the default protocol versions")
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    let connector =
+        hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(tls).https_or_http().enable_http1().build();
+    hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector)
+}

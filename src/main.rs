@@ -60,13 +60,17 @@ fn run_lambda() -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let result = runtime.block_on(async {
         let service = Arc::new(build_service().await?);
-        // Start reading the table's rules now, without holding up init: the
-        // first request finds them loaded or joins the fetch in flight.
+        // Start reading the table's rules and finding the IoT endpoint now, without
+        // holding up init: the first request finds them done or joins them in flight.
         let prefetch = Arc::clone(&service);
         tokio::spawn(async move {
-            if let ConfigSource::Table(table) = prefetch.config() {
-                table.prefetch().await;
-            }
+            let rules = async {
+                if let ConfigSource::Table(table) = prefetch.config() {
+                    table.prefetch().await;
+                }
+            };
+            // A failed lookup is logged; the first publish tries again.
+            let (_, _lookup) = tokio::join!(rules, prefetch.publisher().client());
         });
         mqtt_http_publish::lambda::run(service).await.map_err(|e| format!("the Lambda runtime stopped: {e}"))
     });
@@ -89,8 +93,8 @@ fn invoke(event: &std::path::Path) -> ExitCode {
 }
 
 /// The service as the function runs it: the config of `CONFIG_TABLE` or
-/// `CONFIG_FILE`, the IoT publisher of `IOT_DATA_ENDPOINT` (else the SDK's
-/// endpoint resolution). No network call happens here.
+/// `CONFIG_FILE`, the IoT publisher of `IOT_DATA_ENDPOINT` (else the account's
+/// endpoint, looked up on first use). No network call happens here.
 async fn build_service() -> Result<Service<IotPublisher>, String> {
     let sdk = mqtt_http_publish::aws::sdk_config().await;
     let source = match (std::env::var("CONFIG_TABLE").ok().filter(|t| !t.is_empty()), std::env::var_os("CONFIG_FILE")) {

@@ -129,6 +129,15 @@ async fn a_bare_500_is_500_without_internals() {
 }
 
 #[tokio::test]
+async fn internal_failure_exception_is_a_backend_fault_503_with_retry_after() {
+    // IoT's own 500, which the SDK has already retried: worth a retry later, not our bug.
+    let r = answer_for(500, Some("InternalFailureException"), r#"{"message":"internal failure"}"#).await;
+    assert_eq!(r["statusCode"], 503);
+    assert_eq!(r["headers"]["retry-after"], "5");
+    assert_eq!(error_code(&r), "service_unavailable");
+}
+
+#[tokio::test]
 async fn our_own_missing_permission_is_500_not_the_callers_fault() {
     let r = answer_for(403, Some("UnauthorizedException"), r#"{"message":"not authorized"}"#).await;
     assert_eq!(r["statusCode"], 500);
@@ -204,8 +213,7 @@ impl Fate {
         match self {
             Fate::Accept | Fate::ThrottleThenAccept => 200,
             Fate::Throttle => 429,
-            Fate::Fail => 500,
-            Fate::Hang | Fate::AcceptThenHang => 503,
+            Fate::Fail | Fate::Hang | Fate::AcceptThenHang => 503,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! AWS IoT Core's data-plane `Publish`, through `aws-sdk-iotdataplane`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
@@ -11,23 +12,40 @@ use aws_sdk_iotdataplane::primitives::Blob;
 use aws_sdk_iotdataplane::types::PayloadFormatIndicator;
 use aws_sdk_iotdataplane::Client;
 use base64::Engine;
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
 
 use super::{Message, PublishError, Publisher};
 use crate::contract::{BackendLimits, TopicLimits};
 
 /// AWS IoT Core's message limits (AWS IoT Core endpoints and quotas).
 pub const IOT_LIMITS: BackendLimits = BackendLimits {
-    topic: TopicLimits { max_bytes: 256, max_slashes: Some(7) },
+    topic: TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true },
     max_payload_bytes: 128 * 1024,
     max_qos: 1,
 };
 
+/// Where the IoT client sends its publishes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IotEndpoint {
+    /// A host (`xxx-ats.iot.eu-west-1.amazonaws.com`) or a URL (`IOT_DATA_ENDPOINT`).
+    Given(String),
+    /// The SDK's own resolution (`AWS_ENDPOINT_URL_IOT_DATA_PLANE`, `AWS_ENDPOINT_URL`).
+    Sdk,
+    /// The account's endpoint, asked of AWS IoT's `DescribeEndpoint` once per
+    /// process ([`crate::aws::describe_iot_data_endpoint`]); `control_plane`
+    /// overrides where that call goes (`AWS_ENDPOINT_URL_IOT`).
+    Discover {
+        /// The IoT control plane's URL, if not the Region's.
+        control_plane: Option<String>,
+    },
+}
+
 /// How the IoT client is reached and bounded.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct IotSettings {
-    /// `IOT_DATA_ENDPOINT`: a host (`xxx-ats.iot.eu-west-1.amazonaws.com`) or a URL.
-    /// `None` leaves it to the SDK, which honours `AWS_ENDPOINT_URL_IOT_DATA_PLANE`.
-    pub endpoint: Option<String>,
+    /// Where publishes go.
+    pub endpoint: IotEndpoint,
     /// Time to open a connection.
     pub connect_timeout: Duration,
     /// Time for one attempt, response included.
@@ -41,7 +59,7 @@ pub struct IotSettings {
 impl Default for IotSettings {
     fn default() -> Self {
         IotSettings {
-            endpoint: None,
+            endpoint: IotEndpoint::Sdk,
             connect_timeout: Duration::from_secs(2),
             attempt_timeout: Duration::from_secs(4),
             total_timeout: Duration::from_secs(9),
@@ -50,13 +68,23 @@ impl Default for IotSettings {
     }
 }
 
+/// The bound of one `DescribeEndpoint` call.
+const DESCRIBE_ENDPOINT_TIMEOUT: Duration = Duration::from_secs(4);
+
 impl IotSettings {
-    /// Defaults, with `IOT_DATA_ENDPOINT` and `PUBLISH_TIMEOUT_MS` (the total) from the environment.
+    /// Defaults, with the endpoint and `PUBLISH_TIMEOUT_MS` (the total) from the environment:
+    /// `IOT_DATA_ENDPOINT` if set; else the SDK's when `AWS_ENDPOINT_URL_IOT_DATA_PLANE`
+    /// or `AWS_ENDPOINT_URL` names one; else the account's, found by `DescribeEndpoint`.
     pub fn from_env() -> IotSettings {
-        let mut settings = IotSettings {
-            endpoint: std::env::var("IOT_DATA_ENDPOINT").ok().filter(|e| !e.is_empty()),
-            ..IotSettings::default()
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let endpoint = match var("IOT_DATA_ENDPOINT") {
+            Some(endpoint) => IotEndpoint::Given(endpoint),
+            None if var("AWS_ENDPOINT_URL_IOT_DATA_PLANE").is_some() || var("AWS_ENDPOINT_URL").is_some() => {
+                IotEndpoint::Sdk
+            }
+            None => IotEndpoint::Discover { control_plane: var("AWS_ENDPOINT_URL_IOT") },
         };
+        let mut settings = IotSettings { endpoint, ..IotSettings::default() };
         if let Some(ms) = std::env::var("PUBLISH_TIMEOUT_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
             settings.total_timeout = Duration::from_millis(ms.max(1));
             settings.attempt_timeout = settings.attempt_timeout.min(settings.total_timeout);
@@ -65,14 +93,25 @@ impl IotSettings {
     }
 }
 
-/// Publishes through AWS IoT Core. Built once per process; cheap to share.
+/// Publishes through AWS IoT Core. Built once per process; cheap to share (clones
+/// share one client, and one endpoint lookup).
 #[derive(Debug, Clone)]
 pub struct IotPublisher {
-    client: Client,
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    /// The client's config, without an endpoint while it is still to be found.
+    config: aws_sdk_iotdataplane::Config,
+    /// The client, once its endpoint is known.
+    client: OnceCell<Client>,
+    /// What finds the endpoint: the SDK config and the control plane's URL.
+    discovery: Option<(SdkConfig, Option<String>)>,
 }
 
 impl IotPublisher {
-    /// A publisher on `sdk_config`, bounded and pointed as `settings` say.
+    /// A publisher on `sdk_config`, bounded and pointed as `settings` say. Makes no network call.
     pub fn new(sdk_config: &SdkConfig, settings: &IotSettings) -> IotPublisher {
         let mut config = aws_sdk_iotdataplane::config::Builder::from(sdk_config)
             .timeout_config(
@@ -88,11 +127,47 @@ impl IotPublisher {
                     .with_initial_backoff(Duration::from_millis(50))
                     .with_max_backoff(Duration::from_secs(1)),
             );
-        if let Some(endpoint) = &settings.endpoint {
-            let url = if endpoint.contains("://") { endpoint.clone() } else { format!("https://{endpoint}") };
-            config = config.endpoint_url(url);
+        let mut discovery = None;
+        match &settings.endpoint {
+            IotEndpoint::Given(endpoint) => config = config.endpoint_url(endpoint_url(endpoint)),
+            IotEndpoint::Sdk => {}
+            IotEndpoint::Discover { control_plane } => discovery = Some((sdk_config.clone(), control_plane.clone())),
         }
-        IotPublisher { client: Client::from_conf(config.build()) }
+        let config = config.build();
+        let client = match discovery {
+            None => OnceCell::new_with(Some(Client::from_conf(config.clone()))),
+            Some(_) => OnceCell::new(),
+        };
+        IotPublisher { inner: Arc::new(Inner { config, client, discovery }) }
+    }
+
+    /// The client, finding the account's endpoint first if that is still to do.
+    /// Concurrent callers share one lookup; a failed one is tried again by the next caller.
+    pub async fn client(&self) -> Result<&Client, PublishError> {
+        let inner = &self.inner;
+        inner
+            .client
+            .get_or_try_init(|| async {
+                let (sdk, control_plane) = inner.discovery.as_ref().expect("a client without one is set at start");
+                let host = crate::aws::describe_iot_data_endpoint(sdk, control_plane.as_deref(), DESCRIBE_ENDPOINT_TIMEOUT)
+                    .await
+                    .map_err(|e| {
+                        warn!(error = %e, "cannot find the account's AWS IoT data endpoint; set IOT_DATA_ENDPOINT to skip the lookup");
+                        PublishError::Unavailable(e.to_string())
+                    })?;
+                info!(endpoint = %host, "found the account's AWS IoT data endpoint");
+                Ok(Client::from_conf(inner.config.to_builder().endpoint_url(endpoint_url(&host)).build()))
+            })
+            .await
+    }
+}
+
+/// A host becomes an `https://` URL; a URL stays as given.
+fn endpoint_url(endpoint: &str) -> String {
+    if endpoint.contains("://") {
+        endpoint.to_owned()
+    } else {
+        format!("https://{endpoint}")
     }
 }
 
@@ -105,7 +180,8 @@ impl Publisher for IotPublisher {
         let p = message.properties;
         let user_properties = (!p.user_properties.is_empty()).then(|| user_properties_json(&p.user_properties));
         let result = self
-            .client
+            .client()
+            .await?
             .publish()
             .topic(message.topic.as_str())
             .qos(i32::from(message.qos))
@@ -147,9 +223,12 @@ fn classify(err: SdkError<SdkPublishError>) -> PublishError {
         SdkError::ServiceError(service) => match service.err() {
             SdkPublishError::InvalidRequestException(_) => PublishError::Rejected(detail),
             SdkPublishError::ThrottlingException(_) => PublishError::Throttled(detail),
-            SdkPublishError::UnauthorizedException(_)
-            | SdkPublishError::MethodNotAllowedException(_)
-            | SdkPublishError::InternalFailureException(_) => PublishError::Failed(detail),
+            // IoT's own 500, already retried by the SDK (a transient server error):
+            // a backend fault worth a retry later, not ours.
+            SdkPublishError::InternalFailureException(_) => PublishError::Unavailable(detail),
+            SdkPublishError::UnauthorizedException(_) | SdkPublishError::MethodNotAllowedException(_) => {
+                PublishError::Failed(detail)
+            }
             other => match (other.meta().code(), service.raw().status().as_u16()) {
                 (Some("RequestEntityTooLargeException"), _) | (_, 413) => PublishError::TooLarge,
                 (Some("ServiceUnavailableException"), _) | (_, 503 | 504) => PublishError::Unavailable(detail),

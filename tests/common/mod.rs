@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use mqtt_http_publish::aws::sdk_config;
 use mqtt_http_publish::config::Policy;
-use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
+use mqtt_http_publish::publish::iot::{IotEndpoint, IotPublisher, IotSettings};
 use mqtt_http_publish::service::Service;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -156,7 +156,7 @@ pub fn unique_app_name(test: &str) -> String {
 
 /// The production publisher, pointed at `endpoint`, tagged with `app` in its User-Agent.
 pub async fn iot_publisher(endpoint: &str, app: &str, settings: IotSettings) -> IotPublisher {
-    let settings = IotSettings { endpoint: Some(endpoint.to_owned()), ..settings };
+    let settings = IotSettings { endpoint: IotEndpoint::Given(endpoint.to_owned()), ..settings };
     let sdk = sdk_config().await.into_builder().app_name(aws_config::AppName::new(app.to_owned()).unwrap()).build();
     IotPublisher::new(&sdk, &settings)
 }
