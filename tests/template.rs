@@ -42,7 +42,10 @@ fn no_action_is_a_wildcard() {
     assert!(found.iter().all(|a| !a.contains('*')), "{found:?}");
     let mut sorted = found.clone();
     sorted.sort();
-    assert_eq!(sorted, ["dynamodb:GetItem", "dynamodb:Query", "iot:Publish", "iot:RetainPublish"]);
+    assert_eq!(
+        sorted,
+        ["dynamodb:GetItem", "dynamodb:Query", "iot:DescribeEndpoint", "iot:Publish", "iot:RetainPublish"]
+    );
 }
 
 #[test]
@@ -58,6 +61,34 @@ fn iot_publishing_is_scoped_to_the_topic_prefix_and_dynamodb_to_the_table() {
     let dynamodb = statements.iter().find(|s| s["Action"][0].as_str() == Some("dynamodb:GetItem")).unwrap();
     assert_eq!(dynamodb["Resource"]["Fn::GetAtt"][0].as_str(), Some("ConfigTable"));
     assert_eq!(t["Parameters"]["TopicPrefix"]["Default"].as_str(), Some(""));
+}
+
+#[test]
+fn the_endpoint_lookup_is_allowed_only_when_no_endpoint_is_given() {
+    let t = template();
+    let statements = resource(&t, "PublishFunction")["Properties"]["Policies"][0]["Statement"].as_vec().unwrap();
+    let conditional: Vec<_> = statements.iter().filter(|s| !s["Fn::If"].is_badvalue()).collect();
+    assert_eq!(conditional.len(), 1, "one conditional statement: {conditional:?}");
+    let branches = &conditional[0]["Fn::If"];
+    assert_eq!(branches[0].as_str(), Some("HasIotDataEndpoint"));
+    assert_eq!(
+        branches[1]["Ref"].as_str(),
+        Some("AWS::NoValue"),
+        "with an endpoint given, no lookup and no permission"
+    );
+    let lookup = &branches[2];
+    assert_eq!(lookup["Sid"].as_str(), Some("FindTheAccountsIotDataEndpoint"));
+    assert_eq!(lookup["Effect"].as_str(), Some("Allow"));
+    let actions: Vec<_> = lookup["Action"].as_vec().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(actions, ["iot:DescribeEndpoint"], "the only action on every resource");
+    // DescribeEndpoint takes no resource-level permissions: "*" is its only resource.
+    assert_eq!(lookup["Resource"].as_str(), Some("*"));
+    for s in statements.iter().filter(|s| s["Fn::If"].is_badvalue()) {
+        assert_ne!(s["Resource"].as_str(), Some("*"), "only the endpoint lookup names every resource: {s:?}");
+    }
+    let equals = &t["Conditions"]["HasIotDataEndpoint"]["Fn::Not"][0]["Fn::Equals"];
+    assert_eq!((equals[0]["Ref"].as_str(), equals[1].as_str()), (Some("IotDataEndpoint"), Some("")));
+    assert_eq!(t["Parameters"]["IotDataEndpoint"]["Default"].as_str(), Some(""), "a default deploy looks it up");
 }
 
 #[test]
