@@ -117,6 +117,22 @@ fn the_function_is_built_and_run_as_promised() {
 }
 
 #[test]
+fn the_function_answers_before_api_gateway_gives_up() {
+    let t = template();
+    let p = &resource(&t, "PublishFunction")["Properties"];
+    let timeout_ms = p["Timeout"].as_i64().unwrap() * 1000;
+    let publish_ms: i64 = p["Environment"]["Variables"]["PUBLISH_TIMEOUT_MS"].as_str().unwrap().parse().unwrap();
+    assert_eq!(publish_ms, 9000, "2 attempts of 4 s, 9 s in all");
+    // The longest chain of bounded calls: the rules Query (4 s), the user's GetItem (4 s), the publish.
+    let worst_chain_ms = 4000 + 4000 + publish_ms;
+    assert!(
+        timeout_ms - worst_chain_ms >= 2000,
+        "{timeout_ms} ms leaves room after the worst chain ({worst_chain_ms} ms) for an argon2id check and the 500 ms margin"
+    );
+    assert!(timeout_ms <= 28_000, "the function's own 503 comes before a REST API's 29 s and an HTTP API's 30 s");
+}
+
+#[test]
 fn every_method_and_path_reaches_the_function_through_the_default_route() {
     let t = template();
     let event = &resource(&t, "PublishFunction")["Properties"]["Events"]["AllRequests"];
