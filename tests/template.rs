@@ -1,5 +1,9 @@
 //! template.yaml keeps its promises: least privilege, the `$default` route,
-//! throttling from the parameters, and mutual TLS under its condition.
+//! throttling from the parameters, a time budget inside API Gateway's, and
+//! mutual TLS under its condition, all three of its parameters or none.
+//! samconfig.toml chooses the architecture once, for build and deploy.
+
+use std::collections::HashMap;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
@@ -181,6 +185,81 @@ fn mutual_tls_pieces_exist_under_their_condition_and_close_the_default_endpoint(
         (disable[0].as_str(), disable[1].as_bool(), disable[2].as_bool()),
         (Some("UseMutualTls"), Some(true), Some(false))
     );
+}
+
+/// Evaluates a `Rules` assertion for the given parameter values. Only the functions
+/// the template uses are known; any other fails the test.
+fn holds(node: &Yaml, params: &HashMap<&str, &str>) -> bool {
+    let function = node.as_hash().unwrap_or_else(|| panic!("not a function: {node:?}"));
+    assert_eq!(function.len(), 1, "{node:?}");
+    let (name, args) = function.iter().next().unwrap();
+    match name.as_str().unwrap() {
+        "Fn::Or" => args.as_vec().unwrap().iter().any(|a| holds(a, params)),
+        "Fn::And" => args.as_vec().unwrap().iter().all(|a| holds(a, params)),
+        "Fn::Not" => !holds(&args[0], params),
+        "Fn::Equals" => value(&args[0], params) == value(&args[1], params),
+        other => panic!("{other} in a rule"),
+    }
+}
+
+fn value(node: &Yaml, params: &HashMap<&str, &str>) -> String {
+    match node["Ref"].as_str() {
+        Some(name) => params.get(name).unwrap_or_else(|| panic!("{name} is not a parameter here")).to_string(),
+        None => node.as_str().unwrap_or_else(|| panic!("not a string: {node:?}")).to_owned(),
+    }
+}
+
+#[test]
+fn mutual_tls_parameters_are_all_given_or_none_else_the_deploy_fails() {
+    let t = template();
+    let mut assertions = Vec::new();
+    for (name, rule) in t["Rules"].as_hash().expect("a Rules section") {
+        assert!(rule["RuleCondition"].is_badvalue(), "{name:?} applies to every deploy");
+        for assertion in rule["Assertions"].as_vec().unwrap() {
+            assert!(assertion["AssertDescription"].as_str().is_some(), "{name:?} says what is wrong");
+            assertions.push(&assertion["Assert"]);
+        }
+    }
+    let three = ["CustomDomainName", "CertificateArn", "TruststoreUri"];
+    let options = ["TruststoreVersion", "OwnershipVerificationCertificateArn"];
+    for mask in 0..8 {
+        let mut params: HashMap<&str, &str> = three.iter().chain(&options).map(|p| (*p, "")).collect();
+        for (i, name) in three.iter().enumerate() {
+            if mask & (1 << i) != 0 {
+                params.insert(*name, "given");
+            }
+        }
+        let accepted = assertions.iter().all(|a| holds(a, &params));
+        assert_eq!(accepted, mask == 0 || mask == 7, "{params:?}");
+        // The two options mean nothing without mutual TLS, so they are refused without it.
+        for option in options {
+            let mut with_option = params.clone();
+            with_option.insert(option, "given");
+            assert_eq!(assertions.iter().all(|a| holds(a, &with_option)), mask == 7, "{with_option:?}");
+        }
+    }
+}
+
+#[test]
+fn the_mutual_tls_options_reach_the_domain_under_their_conditions() {
+    let t = template();
+    let p = &resource(&t, "MutualTlsDomain")["Properties"];
+    let wired = [
+        (
+            &p["DomainNameConfigurations"][0]["OwnershipVerificationCertificateArn"]["Fn::If"],
+            "HasOwnershipVerificationCertificate",
+            "OwnershipVerificationCertificateArn",
+        ),
+        (&p["MutualTlsAuthentication"]["TruststoreVersion"]["Fn::If"], "HasTruststoreVersion", "TruststoreVersion"),
+    ];
+    for (branches, condition, parameter) in wired {
+        assert_eq!(branches[0].as_str(), Some(condition), "{parameter}");
+        assert_eq!(branches[1]["Ref"].as_str(), Some(parameter));
+        assert_eq!(branches[2]["Ref"].as_str(), Some("AWS::NoValue"), "{parameter} left out when empty");
+        let equals = &t["Conditions"][condition]["Fn::Not"][0]["Fn::Equals"];
+        assert_eq!((equals[0]["Ref"].as_str(), equals[1].as_str()), (Some(parameter), Some("")));
+        assert_eq!(t["Parameters"][parameter]["Default"].as_str(), Some(""), "{parameter} is optional");
+    }
 }
 
 #[test]
