@@ -7,9 +7,12 @@ use std::collections::HashMap;
 
 use yaml_rust2::{Yaml, YamlLoader};
 
+fn template_text() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml")).unwrap()
+}
+
 fn template() -> Yaml {
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml")).unwrap();
-    YamlLoader::load_from_str(&text).unwrap().remove(0)
+    YamlLoader::load_from_str(&template_text()).unwrap().remove(0)
 }
 
 fn resource<'a>(t: &'a Yaml, name: &str) -> &'a Yaml {
@@ -268,4 +271,53 @@ fn the_outputs_give_the_url_the_table_and_a_curl_line() {
     for output in ["ApiUrl", "ConfigTableName", "CurlExample"] {
         assert!(!t["Outputs"][output]["Value"].is_badvalue(), "{output}");
     }
+}
+
+#[test]
+fn the_outputs_give_the_domains_regional_target_for_its_dns_record() {
+    let t = template();
+    for attribute in ["RegionalDomainName", "RegionalHostedZoneId"] {
+        let output = &t["Outputs"][attribute];
+        assert_eq!(output["Condition"].as_str(), Some("UseMutualTls"), "{attribute}");
+        let get = &output["Value"]["Fn::GetAtt"];
+        assert_eq!((get[0].as_str(), get[1].as_str()), (Some("MutualTlsDomain"), Some(attribute)));
+    }
+}
+
+#[test]
+fn the_curl_example_carries_no_demo_password() {
+    let t = template();
+    let curl = &t["Outputs"]["CurlExample"]["Value"]["Fn::If"];
+    let basic = curl[2]["Fn::Sub"].as_str().unwrap();
+    assert!(basic.contains("-u USER:PASSWORD"), "{basic}");
+    for demo in ["dXNlcjA6c2VjcmV0MA==", "secret0"] {
+        assert!(!format!("{curl:?}").contains(demo), "the CurlExample output shows {demo}");
+        assert!(!template_text().contains(demo), "template.yaml mentions {demo}");
+    }
+}
+
+#[test]
+fn samconfig_chooses_the_architecture_once_for_build_and_deploy() {
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/samconfig.toml")).unwrap();
+    let config: toml::Table = text.parse().unwrap();
+    let default = &config["default"];
+    let global = &default["global"]["parameters"];
+    assert_eq!(global["stack_name"].as_str(), Some("mqtt-http-publish"));
+    let overrides = global["parameter_overrides"].as_str().unwrap();
+    let architecture = overrides
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("Architecture="))
+        .expect("the global section, which build and deploy both read, names the architecture");
+    let t = template();
+    let allowed = t["Parameters"]["Architecture"]["AllowedValues"].as_vec().unwrap();
+    assert!(allowed.iter().any(|v| v.as_str() == Some(architecture)), "{architecture}");
+    for command in ["build", "deploy"] {
+        let own = default.get(command).and_then(|c| c.get("parameters")).and_then(|p| p.get("parameter_overrides"));
+        assert!(own.is_none(), "{command} would choose its own architecture");
+    }
+    let deploy = &default["deploy"]["parameters"];
+    assert_eq!(deploy["capabilities"].as_str(), Some("CAPABILITY_IAM"));
+    assert_eq!(deploy["confirm_changeset"].as_bool(), Some(true));
+    assert_eq!(deploy["resolve_s3"].as_bool(), Some(true));
+    assert!(deploy.get("region").is_none() && global.get("region").is_none(), "the region is the user's");
 }
