@@ -3,6 +3,9 @@
 //!
 //!     MOTO_SERVER=~/.cache/mqtt-http-publish/venv-moto-5.2.5/bin/moto_server cargo bench --bench cold_start
 //!
+//! `MHP_BINARY=path` measures another build of the function instead, e.g. the
+//! Lambda-only `bootstrap` that `sam build` leaves in `.aws-sam/build/PublishFunction/`.
+//!
 //! Init: spawn → the function's first `GET /2018-06-01/runtime/invocation/next`,
 //! median of 20 (CONFIG_FILE, and CONFIG_TABLE, which reads nothing before the
 //! first event). Warm: 200 invocations of the product page's first example,
@@ -53,8 +56,9 @@ fn respond(stream: &mut TcpStream, headers: &str, body: &[u8]) {
 }
 
 fn spawn(api: &str, env: &[(&str, &str)]) -> Kill {
+    let binary = std::env::var("MHP_BINARY").unwrap_or_else(|_| BIN.to_owned());
     Kill(
-        Command::new(BIN)
+        Command::new(binary)
             .env("AWS_LAMBDA_RUNTIME_API", api)
             .env("AWS_LAMBDA_FUNCTION_NAME", "bench")
             .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
@@ -63,6 +67,9 @@ fn spawn(api: &str, env: &[(&str, &str)]) -> Kill {
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
             .env("AWS_EC2_METADATA_DISABLED", "true")
+            // Without IOT_DATA_ENDPOINT the function looks its endpoint up during init
+            // (in the background): that lookup stays on loopback too.
+            .env("AWS_ENDPOINT_URL_IOT", "http://127.0.0.1:9")
             .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -34,6 +34,7 @@ pub enum Command {
     #[command(subcommand)]
     User(UserCommand),
     /// Serve the publish API over HTTP(S), in front of an MQTT 5 broker or an embedded one.
+    #[cfg(feature = "serve")]
     Serve(ServeArgs),
     /// Run as the AWS Lambda function (the default when AWS_LAMBDA_RUNTIME_API is set).
     Lambda,
@@ -46,6 +47,7 @@ pub enum Command {
 }
 
 /// `serve`'s options.
+#[cfg(feature = "serve")]
 #[derive(Debug, Args)]
 pub struct ServeArgs {
     /// Address of the HTTP(S) listener.
@@ -83,6 +85,7 @@ pub struct ServeArgs {
     pub header_read_timeout: u64,
 }
 
+#[cfg(feature = "serve")]
 impl From<ServeArgs> for crate::serve::ServeOptions {
     fn from(a: ServeArgs) -> Self {
         crate::serve::ServeOptions {

@@ -19,8 +19,9 @@
 //! - [`aws`]: the AWS SDK config the IoT publisher and the config table share.
 //! - [`quota`]: the `[limits]` token buckets (429).
 //! - [`service`]: the one code path that strings them together.
-//! - [`serve`]: the entry point as an HTTP(S) server of its own, in front of an
-//!   MQTT 5 broker ([`publish::mqtt`]) or one it embeds.
+//! - `serve` (cargo feature `serve`, on by default): the entry point as an
+//!   HTTP(S) server of its own, in front of an MQTT 5 broker (`publish::mqtt`)
+//!   or one it embeds. The Lambda function is built without it.
 //! - [`lambda`]: the AWS Lambda entry point: event decoding and encoding, and the runtime loop.
 //! - [`cli`]: the command line (`passwd`, `config check`).
 //! - [`logs`]: where log lines go (JSON on Lambda, a writer thread for `serve`).
@@ -35,5 +36,6 @@ pub mod lambda;
 pub mod logs;
 pub mod publish;
 pub mod quota;
+#[cfg(feature = "serve")]
 pub mod serve;
 pub mod service;

@@ -31,6 +31,7 @@ fn main() -> ExitCode {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
             print_or_fail(runtime.block_on(cli::manage(command, std::io::stdin().lock())))
         }
+        #[cfg(feature = "serve")]
         Command::Serve(args) => {
             let _logs = logs::init(Output::Background);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");

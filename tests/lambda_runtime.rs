@@ -107,6 +107,8 @@ fn spawn_function(runtime_api: &str, env: &[(&str, &str)]) -> tokio::process::Ch
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
         .env("AWS_LAMBDA_FUNCTION_VERSION", "$LATEST")
         .env_remove("IOT_DATA_ENDPOINT")
+        // Should a test name no IoT endpoint, the lookup of the account's stays on loopback.
+        .env("AWS_ENDPOINT_URL_IOT", "http://127.0.0.1:9")
         .env_remove("CONFIG_FILE")
         .env_remove("CONFIG_TABLE")
         .envs(env.iter().copied())

@@ -3,6 +3,7 @@
 //! [`PublishError`] to one.
 
 pub mod iot;
+#[cfg(feature = "serve")]
 pub mod mqtt;
 
 use std::future::Future;
