@@ -322,3 +322,19 @@ fn samconfig_chooses_the_architecture_once_for_build_and_deploy() {
     assert_eq!(deploy["resolve_s3"].as_bool(), Some(true));
     assert!(deploy.get("region").is_none() && global.get("region").is_none(), "the region is the user's");
 }
+
+#[test]
+fn the_function_is_built_without_the_serve_feature_and_cargo_run_with_it() {
+    // sam build's rust-cargolambda passes no cargo features: cargo-lambda reads them from Cargo.toml.
+    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml")).unwrap();
+    let manifest: toml::Table = text.parse().unwrap();
+    let lambda_build = &manifest["package"]["metadata"]["lambda"]["build"];
+    assert_eq!(lambda_build["no_default_features"].as_bool(), Some(true), "{lambda_build:?}");
+    assert!(lambda_build.get("features").is_none(), "no feature is turned back on: {lambda_build:?}");
+    let default = manifest["features"]["default"].as_array().unwrap();
+    assert!(default.iter().any(|f| f.as_str() == Some("serve")), "`cargo run -- serve` works out of the box");
+    for dependency in ["rumqttc", "rumqttd", "tokio-rustls", "x509-parser", "rustls-pemfile"] {
+        let optional = manifest["dependencies"][dependency].get("optional").and_then(|o| o.as_bool());
+        assert_eq!(optional, Some(true), "{dependency} is serve's alone");
+    }
+}

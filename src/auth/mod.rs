@@ -49,7 +49,7 @@ pub struct Authenticator {
     hashing: tokio::sync::Semaphore,
     /// Verifications in progress by fingerprint: concurrent requests with the
     /// same credentials wait for the one hash instead of each paying for it.
-    in_flight: Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>,
+    in_flight: Gates,
     /// Slow hashes computed so far (what the cache and the gates save is visible here).
     slow_hashes: AtomicUsize,
 }
@@ -156,25 +156,15 @@ impl Authenticator {
         if self.cache.contains(&credentials.username, &fingerprint) {
             return true;
         }
-        let gate = {
-            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-            Arc::clone(in_flight.entry(fingerprint).or_default())
-        };
+        let ticket = GateTicket::take(&self.in_flight, fingerprint);
         let ok = {
-            let _turn = gate.lock().await;
+            let _turn = ticket.gate().lock().await;
             // Whoever held the gate before us may have verified these very credentials.
             self.cache.contains(&credentials.username, &fingerprint)
                 || self.slow_verify(stored, &credentials.password).await
         };
         if ok {
             self.cache.insert(&credentials.username, fingerprint);
-        }
-        // Every clone of a gate is taken and dropped under this lock, so when the
-        // map's is the last one left, nobody waits on the gate and it can go.
-        let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
-        drop(gate);
-        if in_flight.get(&fingerprint).is_some_and(|g| Arc::strong_count(g) == 1) {
-            in_flight.remove(&fingerprint);
         }
         ok
     }
@@ -185,6 +175,40 @@ impl Authenticator {
         self.slow_hashes.fetch_add(1, Ordering::Relaxed);
         let (hash, password) = (hash.clone(), password.to_owned());
         tokio::task::spawn_blocking(move || hash.verify(password.as_bytes())).await.unwrap_or(false)
+    }
+}
+
+type Gates = Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>;
+
+/// A clone of one fingerprint's gate, given back when dropped: also when the
+/// request is abandoned mid-hash (its deadline passed, its client went away).
+/// Every clone is taken and given back under the map's lock, so when the map's
+/// own is the last one left, nobody waits on the gate and it can go.
+struct GateTicket<'a> {
+    gates: &'a Gates,
+    fingerprint: [u8; 32],
+    gate: Option<Arc<tokio::sync::Mutex<()>>>,
+}
+
+impl<'a> GateTicket<'a> {
+    fn take(gates: &'a Gates, fingerprint: [u8; 32]) -> GateTicket<'a> {
+        let mut map = gates.lock().unwrap_or_else(|e| e.into_inner());
+        let gate = Arc::clone(map.entry(fingerprint).or_default());
+        GateTicket { gates, fingerprint, gate: Some(gate) }
+    }
+
+    fn gate(&self) -> &tokio::sync::Mutex<()> {
+        self.gate.as_ref().expect("held until dropped")
+    }
+}
+
+impl Drop for GateTicket<'_> {
+    fn drop(&mut self) {
+        let mut map = self.gates.lock().unwrap_or_else(|e| e.into_inner());
+        drop(self.gate.take());
+        if map.get(&self.fingerprint).is_some_and(|g| Arc::strong_count(g) == 1) {
+            map.remove(&self.fingerprint);
+        }
     }
 }
 
@@ -233,6 +257,7 @@ mod tests {
     use crate::contract::{ClientCertificate, RequestPath};
     use bytes::Bytes;
     use http::{HeaderMap, HeaderValue, Method};
+    use std::time::Duration;
 
     fn request(authorization: Option<&str>, cn: Option<Option<&str>>) -> HttpRequest {
         let mut headers = HeaderMap::new();
@@ -360,6 +385,19 @@ mod tests {
             assert!(t.await.unwrap());
         }
         assert_eq!(auth.slow_hashes.load(Ordering::Relaxed), 1);
+        assert!(auth.in_flight.lock().unwrap().is_empty(), "no gate is left behind");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verifications_abandoned_mid_hash_leave_no_gate_behind() {
+        // A deadline or a departed client drops the request's future while it waits on a hash.
+        let auth = Authenticator::default();
+        let stored = StoredHash::parse(&bcrypt::hash("pw", 10).unwrap()).unwrap();
+        for i in 0..4 {
+            let creds = BasicCredentials { username: format!("u{i}"), password: "pw".into() };
+            let abandoned = tokio::time::timeout(Duration::from_millis(1), auth.check_password(&creds, Some(&stored)));
+            assert!(abandoned.await.is_err(), "a cost-10 bcrypt takes longer than 1 ms");
+        }
         assert!(auth.in_flight.lock().unwrap().is_empty(), "no gate is left behind");
     }
 
