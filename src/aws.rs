@@ -45,18 +45,50 @@ pub async fn describe_iot_data_endpoint(
     control_plane: Option<&str>,
     timeout: Duration,
 ) -> Result<String, DescribeEndpointError> {
-    tokio::time::timeout(timeout, describe(sdk, control_plane))
+    let attempts = async {
+        match describe(sdk, control_plane).await {
+            // DescribeEndpoint has a request rate quota of its own, which a burst of cold
+            // containers can meet: one more try, after a jittered pause, for a throttled,
+            // failed or unreachable call.
+            Err(Attempt { retry: true, error }) => {
+                tracing::debug!(%error, "DescribeEndpoint failed; trying once more");
+                tokio::time::sleep(jittered_pause()).await;
+                describe(sdk, control_plane).await.map_err(|a| a.error)
+            }
+            other => other.map_err(|a| a.error),
+        }
+    };
+    tokio::time::timeout(timeout, attempts)
         .await
         .unwrap_or_else(|_| Err(DescribeEndpointError(format!("no answer within {timeout:?}"))))
 }
 
-async fn describe(sdk: &SdkConfig, control_plane: Option<&str>) -> Result<String, DescribeEndpointError> {
+/// 100 to 400 ms, so that containers throttled together do not try again together.
+fn jittered_pause() -> Duration {
+    let mut byte = [0u8; 1];
+    getrandom::getrandom(&mut byte).unwrap_or_default();
+    Duration::from_millis(100 + u64::from(byte[0]) * 300 / 255)
+}
+
+/// One failed call, and whether another try may go better.
+struct Attempt {
+    retry: bool,
+    error: DescribeEndpointError,
+}
+
+impl Attempt {
+    fn last(error: DescribeEndpointError) -> Attempt {
+        Attempt { retry: false, error }
+    }
+}
+
+async fn describe(sdk: &SdkConfig, control_plane: Option<&str>) -> Result<String, Attempt> {
     use aws_credential_types::provider::ProvideCredentials;
     use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
     use http_body_util::BodyExt;
 
-    let fail = |what: &str, e: &dyn std::fmt::Display| DescribeEndpointError(format!("{what}: {e}"));
-    let region = sdk.region().ok_or_else(|| DescribeEndpointError("no AWS Region is configured".into()))?;
+    let fail = |what: &str, e: &dyn std::fmt::Display| Attempt::last(DescribeEndpointError(format!("{what}: {e}")));
+    let region = sdk.region().ok_or_else(|| fail("no AWS Region", &"none is configured"))?;
     let base = match control_plane {
         Some(url) => url.trim_end_matches('/').to_owned(),
         None if region.as_ref().starts_with("cn-") => format!("https://iot.{region}.amazonaws.com.cn"),
@@ -65,11 +97,13 @@ async fn describe(sdk: &SdkConfig, control_plane: Option<&str>) -> Result<String
     let url = format!("{base}/endpoint?endpointType=iot%3AData-ATS");
     let credentials = sdk
         .credentials_provider()
-        .ok_or_else(|| DescribeEndpointError("no AWS credentials are configured".into()))?
+        .ok_or_else(|| fail("no AWS credentials", &"none are configured"))?
         .provide_credentials()
         .await
         .map_err(|e| fail("no AWS credentials", &e))?;
     let identity = credentials.into();
+    // The signing name AWS's own SDKs use for the IoT control plane (botocore's and
+    // aws-sdk-iot's service model: signingName "iot").
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
         .region(region.as_ref())
@@ -92,12 +126,21 @@ async fn describe(sdk: &SdkConfig, control_plane: Option<&str>) -> Result<String
         .map_err(|e| fail("the request", &e))?;
     instructions.apply_to_request_http1x(&mut request);
 
-    let response = https_client().request(request).await.map_err(|e| fail("the call", &e))?;
+    // Reading the system's certificates is file work: off the runtime's thread, which on
+    // Lambda is the only one, so the lookup started during init does not hold up init.
+    let client = tokio::task::spawn_blocking(https_client).await.map_err(|e| fail("the HTTPS client", &e))?;
+    let response = client.request(request).await.map_err(|e| Attempt { retry: true, ..fail("the call", &e) })?;
     let status = response.status();
-    let body = response.into_body().collect().await.map_err(|e| fail("the answer", &e))?.to_bytes();
+    // The answer is a few dozen bytes; read no more than 64 KiB of anything else.
+    let body = http_body_util::Limited::new(response.into_body(), 64 * 1024)
+        .collect()
+        .await
+        .map_err(|e| Attempt { retry: true, ..fail("the answer", &e) })?
+        .to_bytes();
     if !status.is_success() {
         let text = String::from_utf8_lossy(&body[..body.len().min(300)]).into_owned();
-        return Err(DescribeEndpointError(format!("HTTP {status}: {text}")));
+        let error = DescribeEndpointError(format!("HTTP {status}: {text}"));
+        return Err(Attempt { retry: status.as_u16() == 429 || status.is_server_error(), error });
     }
     #[derive(serde::Deserialize)]
     #[serde(rename_all = "camelCase")]

@@ -1,7 +1,7 @@
 //! The account's AWS IoT data endpoint, found with `DescribeEndpoint` when none
 //! is configured: against moto's IoT control plane (the real call, signed), and
-//! against a loopback control plane of the suite's own that fails once, to show
-//! that a failed lookup is a 503 and that the next request looks again.
+//! against a loopback control plane of the suite's own that throttles, fails or
+//! refuses, to show what is tried again when, and that a failed lookup is a 503.
 
 mod common;
 
@@ -45,9 +45,14 @@ async fn the_accounts_data_endpoint_is_asked_of_describe_endpoint_signed_for_iot
     );
 }
 
-/// A control plane of the suite's own: the first lookup gets IoT's 500, the
-/// next ones `answer` as the endpoint's address.
-async fn flaky_control_plane(answer: String) -> (String, Arc<AtomicUsize>) {
+/// A control plane of the suite's own: the first `failures` lookups get `status`
+/// with `error_type` in AWS's wire format, the next ones `answer` as the endpoint's address.
+async fn flaky_control_plane(
+    failures: usize,
+    status: u16,
+    error_type: &'static str,
+    answer: String,
+) -> (String, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let count = Arc::new(AtomicUsize::new(0));
@@ -61,13 +66,11 @@ async fn flaky_control_plane(answer: String) -> (String, Arc<AtomicUsize>) {
                 let mut reader = BufReader::new(read);
                 while let Ok(Some(request)) = read_message(&mut reader).await {
                     assert_eq!(request.start_line, "GET /endpoint?endpointType=iot%3AData-ATS HTTP/1.1");
-                    let (status, headers, body) = if seen.fetch_add(1, Ordering::SeqCst) == 0 {
-                        let failure = r#"{"message":"Internal failure"}"#.to_owned();
-                        (500, vec![("x-amzn-ErrorType", "InternalFailureException")], failure)
+                    let (status, mut headers, body) = if seen.fetch_add(1, Ordering::SeqCst) < failures {
+                        (status, vec![("x-amzn-ErrorType", error_type)], r#"{"message":"no"}"#.to_owned())
                     } else {
                         (200, vec![], serde_json::json!({ "endpointAddress": answer }).to_string())
                     };
-                    let mut headers = headers;
                     headers.push(("content-type", "application/json"));
                     if write_response(&mut write, status, &headers, body.as_bytes()).await.is_err() {
                         return;
@@ -84,56 +87,81 @@ async fn publish(service: &mqtt_http_publish::service::Service<IotPublisher>) ->
     serde_json::to_value(lambda::handle(service, event, None).await.unwrap()).unwrap()
 }
 
-#[tokio::test]
-async fn a_publisher_without_an_endpoint_looks_it_up_once_and_a_failed_lookup_is_503_and_tried_again() {
-    // GIVEN no endpoint configured, and a control plane that fails once, then names moto
-    // (with its scheme: moto speaks plain HTTP, where AWS's endpoints are hosts on HTTPS)
+/// Three requests through a publisher whose endpoint `control_plane` names; their statuses,
+/// the lookups the control plane saw, and the topics moto received.
+async fn three_requests(control_plane: String, lookups: &AtomicUsize) -> (Vec<u64>, Vec<usize>, Vec<String>) {
     let moto = moto_url();
     start_recording(&moto).await;
-    let (control_plane, lookups) = flaky_control_plane(moto.clone()).await;
     let app = unique_app_name("discovered-endpoint");
     let settings = IotSettings {
         endpoint: IotEndpoint::Discover { control_plane: Some(control_plane) },
         ..IotSettings::default()
     };
     let service = example_service(IotPublisher::new(&sdk_for(&app).await, &settings));
+    let (mut statuses, mut seen) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        let answer = publish(&service).await;
+        if answer["statusCode"] == 503 {
+            assert_eq!(answer["headers"]["retry-after"], "5", "{answer}");
+        }
+        statuses.push(answer["statusCode"].as_u64().unwrap());
+        seen.push(lookups.load(Ordering::SeqCst));
+    }
+    (statuses, seen, recorded(&moto, &app).await.iter().map(|r| r.topic()).collect())
+}
 
-    // WHEN the first request meets the failed lookup
-    let first = publish(&service).await;
-    // THEN it is a 503 to retry, and nothing was published
-    assert_eq!(first["statusCode"], 503, "{first}");
-    assert_eq!(first["headers"]["retry-after"], "5");
-    assert!(recorded(&moto, &app).await.is_empty());
-
-    // WHEN two more requests come
-    let second = publish(&service).await;
-    let third = publish(&service).await;
-    // THEN the second looked again and both published to the endpoint found, with one lookup between them
-    assert_eq!((second["statusCode"].as_u64(), third["statusCode"].as_u64()), (Some(200), Some(200)));
-    assert_eq!(lookups.load(Ordering::SeqCst), 2, "the failed lookup and the one that found it; none after");
-    let topics: Vec<String> = recorded(&moto, &app).await.iter().map(|r| r.topic()).collect();
+#[tokio::test]
+async fn a_failed_lookup_is_tried_once_more_then_503_and_the_next_request_looks_again() {
+    // GIVEN no endpoint configured, and a control plane that fails twice (IoT's 500), then
+    // names moto (with its scheme: moto speaks plain HTTP, where AWS's endpoints are hosts on HTTPS)
+    let (control_plane, lookups) = flaky_control_plane(2, 500, "InternalFailureException", moto_url()).await;
+    let (statuses, seen, topics) = three_requests(control_plane, &lookups).await;
+    // THEN the first request tried twice and got 503, publishing nothing; the second looked
+    // again and published; the third used the endpoint found
+    assert_eq!(statuses, [503, 200, 200]);
+    assert_eq!(seen, [2, 3, 3]);
     assert_eq!(topics, ["home", "home"]);
+}
+
+#[tokio::test]
+async fn a_throttled_lookup_is_tried_again_within_the_same_request() {
+    let (control_plane, lookups) = flaky_control_plane(1, 429, "ThrottlingException", moto_url()).await;
+    let (statuses, seen, topics) = three_requests(control_plane, &lookups).await;
+    assert_eq!(statuses, [200, 200, 200]);
+    assert_eq!(seen, [2, 2, 2], "one throttled lookup, one that found it, none after");
+    assert_eq!(topics, ["home", "home", "home"]);
+}
+
+#[tokio::test]
+async fn a_refused_lookup_is_not_tried_again_within_the_request() {
+    // Our own missing permission will not change in 300 ms: 503 at once, the next request looks again.
+    let (control_plane, lookups) = flaky_control_plane(1, 403, "AccessDeniedException", moto_url()).await;
+    let (statuses, seen, _) = three_requests(control_plane, &lookups).await;
+    assert_eq!(statuses, [503, 200, 200]);
+    assert_eq!(seen, [1, 2, 2]);
 }
 
 #[test]
 fn the_environment_picks_the_endpoint_as_the_readme_says() {
-    // One test owns these variables: the suite's other tests never read them from the environment.
-    let clear = || {
-        for name in ["IOT_DATA_ENDPOINT", "AWS_ENDPOINT_URL_IOT_DATA_PLANE", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_IOT"]
-        {
-            std::env::remove_var(name);
-        }
+    let settings = |vars: &[(&str, &str)]| {
+        let vars: Vec<(String, String)> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        IotSettings::from_vars(|name| vars.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())).endpoint
     };
-    clear();
-    assert_eq!(IotSettings::from_env().endpoint, IotEndpoint::Discover { control_plane: None });
-    std::env::set_var("AWS_ENDPOINT_URL_IOT", "http://127.0.0.1:9");
+    assert_eq!(settings(&[]), IotEndpoint::Discover { control_plane: None });
+    let local = "http://127.0.0.1:9";
     assert_eq!(
-        IotSettings::from_env().endpoint,
-        IotEndpoint::Discover { control_plane: Some("http://127.0.0.1:9".into()) }
+        settings(&[("AWS_ENDPOINT_URL_IOT", local)]),
+        IotEndpoint::Discover { control_plane: Some(local.into()) }
     );
-    std::env::set_var("AWS_ENDPOINT_URL_IOT_DATA_PLANE", "http://127.0.0.1:9");
-    assert_eq!(IotSettings::from_env().endpoint, IotEndpoint::Sdk);
-    std::env::set_var("IOT_DATA_ENDPOINT", "abc-ats.iot.eu-west-1.amazonaws.com");
-    assert_eq!(IotSettings::from_env().endpoint, IotEndpoint::Given("abc-ats.iot.eu-west-1.amazonaws.com".into()));
-    clear();
+    assert_eq!(
+        settings(&[("AWS_ENDPOINT_URL_IOT", local), ("AWS_ENDPOINT_URL_IOT_DATA_PLANE", local)]),
+        IotEndpoint::Sdk
+    );
+    assert_eq!(settings(&[("AWS_ENDPOINT_URL", local)]), IotEndpoint::Sdk);
+    let given = "abc-ats.iot.eu-west-1.amazonaws.com";
+    assert_eq!(
+        settings(&[("AWS_ENDPOINT_URL", local), ("IOT_DATA_ENDPOINT", given)]),
+        IotEndpoint::Given(given.into())
+    );
+    assert_eq!(settings(&[("IOT_DATA_ENDPOINT", "")]), IotEndpoint::Discover { control_plane: None }, "empty is unset");
 }

@@ -76,7 +76,12 @@ impl IotSettings {
     /// `IOT_DATA_ENDPOINT` if set; else the SDK's when `AWS_ENDPOINT_URL_IOT_DATA_PLANE`
     /// or `AWS_ENDPOINT_URL` names one; else the account's, found by `DescribeEndpoint`.
     pub fn from_env() -> IotSettings {
-        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        IotSettings::from_vars(|name| std::env::var(name).ok())
+    }
+
+    /// [`IotSettings::from_env`] with the variables read through `var`.
+    pub fn from_vars(var: impl Fn(&str) -> Option<String>) -> IotSettings {
+        let var = |name: &str| var(name).filter(|v| !v.is_empty());
         let endpoint = match var("IOT_DATA_ENDPOINT") {
             Some(endpoint) => IotEndpoint::Given(endpoint),
             None if var("AWS_ENDPOINT_URL_IOT_DATA_PLANE").is_some() || var("AWS_ENDPOINT_URL").is_some() => {
@@ -85,7 +90,7 @@ impl IotSettings {
             None => IotEndpoint::Discover { control_plane: var("AWS_ENDPOINT_URL_IOT") },
         };
         let mut settings = IotSettings { endpoint, ..IotSettings::default() };
-        if let Some(ms) = std::env::var("PUBLISH_TIMEOUT_MS").ok().and_then(|v| v.parse::<u64>().ok()) {
+        if let Some(ms) = var("PUBLISH_TIMEOUT_MS").and_then(|v| v.parse::<u64>().ok()) {
             settings.total_timeout = Duration::from_millis(ms.max(1));
             settings.attempt_timeout = settings.attempt_timeout.min(settings.total_timeout);
         }
