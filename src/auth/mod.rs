@@ -46,7 +46,7 @@ pub struct Authenticator {
     /// Slow hashes running at once, at most one per core: each argon2id
     /// verification holds 19 MiB, so a burst of logins (or a guessing attack)
     /// queues here instead of growing the process by gigabytes.
-    hashing: tokio::sync::Semaphore,
+    hashing: Arc<tokio::sync::Semaphore>,
     /// Verifications in progress by fingerprint: concurrent requests with the
     /// same credentials wait for the one hash instead of each paying for it.
     in_flight: Gates,
@@ -60,7 +60,7 @@ impl Default for Authenticator {
         Authenticator {
             dummy: StoredHash::parse(password::DUMMY_HASH).expect("the dummy hash is valid"),
             cache: CredentialCache::new(),
-            hashing: tokio::sync::Semaphore::new(cores),
+            hashing: Arc::new(tokio::sync::Semaphore::new(cores)),
             in_flight: Mutex::new(HashMap::new()),
             slow_hashes: AtomicUsize::new(0),
         }
@@ -169,12 +169,19 @@ impl Authenticator {
         ok
     }
 
-    /// One slow hash on the blocking pool, within the concurrency bound.
+    /// One slow hash on the blocking pool, within the concurrency bound. The permit
+    /// goes with the hash: a request abandoned while it runs (a deadline, a client
+    /// gone) leaves it running, and it keeps its place in the bound until it ends.
     async fn slow_verify(&self, hash: &StoredHash, password: &str) -> bool {
-        let _permit = self.hashing.acquire().await.expect("the semaphore is never closed");
+        let permit = Arc::clone(&self.hashing).acquire_owned().await.expect("the semaphore is never closed");
         self.slow_hashes.fetch_add(1, Ordering::Relaxed);
         let (hash, password) = (hash.clone(), password.to_owned());
-        tokio::task::spawn_blocking(move || hash.verify(password.as_bytes())).await.unwrap_or(false)
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            hash.verify(password.as_bytes())
+        })
+        .await
+        .unwrap_or(false)
     }
 }
 
@@ -399,6 +406,14 @@ mod tests {
             assert!(abandoned.await.is_err(), "a cost-10 bcrypt takes longer than 1 ms");
         }
         assert!(auth.in_flight.lock().unwrap().is_empty(), "no gate is left behind");
+        // AND the abandoned hashes keep their places in the bound until they end
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        assert!(auth.hashing.available_permits() < cores, "a hash still running holds its permit");
+        let settled = tokio::time::Instant::now() + Duration::from_secs(10);
+        while auth.hashing.available_permits() < cores {
+            assert!(tokio::time::Instant::now() < settled, "the permits come back when the hashes end");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     #[tokio::test]
