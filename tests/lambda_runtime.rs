@@ -336,3 +336,36 @@ async fn a_slow_table_and_a_hanging_iot_in_one_invocation_get_the_functions_own_
     );
     assert!(logs.contains("time is running out") && logs.contains("publishing"), "the log says why:\n{logs}");
 }
+
+#[tokio::test]
+async fn a_hanging_table_and_a_hanging_iot_lookup_in_one_invocation_get_the_functions_own_503_in_time() {
+    // GIVEN a table and an IoT control plane that never answer (the rules Query's own bound
+    // is 4 s, the endpoint lookup's 4 s too), and an invocation with 3 s to live
+    moto_url();
+    let (table, iot) = (silent_server().await, silent_server().await);
+    let time = Duration::from_secs(3);
+    let (runtime_api, state) =
+        start_emulator_with_time(vec![("h-1".to_owned(), event("example-1-basic-auth.json"))], time).await;
+
+    // WHEN the function serves it, with no IOT_DATA_ENDPOINT (so it looks the endpoint up)
+    let mut child = spawn_function(
+        &runtime_api,
+        &[("CONFIG_TABLE", "hanging"), ("AWS_ENDPOINT_URL_DYNAMODB", &table), ("AWS_ENDPOINT_URL_IOT", &iot)],
+    );
+    let waited = tokio::time::Instant::now() + Duration::from_secs(20);
+    while state.lock().await.answered_at.is_empty() {
+        assert!(tokio::time::Instant::now() < waited, "the function never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+    let logs = logs_of(&mut child).await;
+
+    // THEN its own 503 came before the deadline, naming the step it was waiting on
+    let s = state.lock().await;
+    assert!(s.errors.is_empty(), "an answer, not an invocation error: {:?}", s.errors);
+    let answer = &s.responses[0].1;
+    assert_eq!((answer["statusCode"].as_u64(), answer["headers"]["retry-after"].as_str()), (Some(503), Some("5")));
+    let took = s.answered_at[0].1 - s.handed_at[0].1;
+    assert!(took < time, "answered {took:?} after the event was handed out; the deadline was {time:?}");
+    assert!(logs.contains("time is running out") && logs.contains("reading the rules"), "{logs}");
+}
