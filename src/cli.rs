@@ -122,7 +122,7 @@ pub enum ConfigCommand {
         /// Print the changes without writing them.
         #[arg(long)]
         dry_run: bool,
-        /// Let a table receive the demo user (user0, whose password secret0 is public): for a throwaway test stack only.
+        /// Let a table receive the demo user of config/example.toml (its password is public): for a throwaway test stack only.
         #[arg(long)]
         allow_demo_user: bool,
     },

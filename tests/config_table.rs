@@ -291,6 +291,7 @@ async fn the_demo_user_never_reaches_a_table_unless_allowed() {
         let (ok, out, err) = cli(&args, "", &moto);
         assert!(!ok, "refused: {out}");
         assert!(err.contains("user0") && err.contains("--allow-demo-user"), "{err}");
+        assert!(!err.contains("secret0"), "the refusal names the user, never the password: {err}");
     }
     let (_, pulled, _) = cli(&["config", "pull", "--table", &table], "", &moto);
     assert_eq!(parse_toml(&pulled).unwrap(), ConfigFile::default(), "nothing was written");

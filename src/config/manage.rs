@@ -99,10 +99,10 @@ impl Home {
         if let (Home::Table(_), false) = (self, allow_demo_user) {
             if let Some(demo) = desired.users.iter().find(|u| u.password_hash == DEMO_PASSWORD_HASH) {
                 return Err(format!(
-                    "{}: user {:?} has the demo password hash (its password, secret0, is public); \
-                     a table serves a live API, so nothing was written. Remove that user or give it a \
-                     password of its own (mqtt-http-publish user set {} --file {}), or pass \
-                     --allow-demo-user for a throwaway test stack",
+                    "{}: user {:?} has the demo password hash of config/example.toml, whose password \
+                     the README prints; a table serves a live API, so nothing was written. Remove that \
+                     user or give it a password of its own (mqtt-http-publish user set {} --file {}), \
+                     or pass --allow-demo-user for a throwaway test stack",
                     source.display(),
                     demo.username,
                     demo.username,
