@@ -290,6 +290,24 @@ async fn silent_server() -> String {
     url
 }
 
+/// One invocation of example 1 with `time` to live, served by the function started with
+/// `env`: its answer, how long after the event was handed out it came, and the logs.
+async fn one_invocation(time: Duration, env: &[(&str, &str)]) -> (Value, Duration, String) {
+    let (runtime_api, state) =
+        start_emulator_with_time(vec![("one".to_owned(), event("example-1-basic-auth.json"))], time).await;
+    let mut child = spawn_function(&runtime_api, env);
+    let waited = tokio::time::Instant::now() + Duration::from_secs(20);
+    while state.lock().await.answered_at.is_empty() {
+        assert!(tokio::time::Instant::now() < waited, "the function never answered");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+    let logs = logs_of(&mut child).await;
+    let s = state.lock().await;
+    assert!(s.errors.is_empty(), "an answer, not an invocation error: {:?}", s.errors);
+    (s.responses[0].1.clone(), s.answered_at[0].1 - s.handed_at[0].1, logs)
+}
+
 #[tokio::test]
 async fn a_slow_table_and_a_hanging_iot_in_one_invocation_get_the_functions_own_503_before_the_deadline() {
     // GIVEN the table behind a proxy that holds each call 1.2 s (the rules Query, then the
@@ -306,29 +324,18 @@ async fn a_slow_table_and_a_hanging_iot_in_one_invocation_get_the_functions_own_
     let slow_table = slow_proxy(&moto, Duration::from_millis(1_200)).await;
     let hanging_iot = silent_server().await;
     let time = Duration::from_secs(4);
-    let (runtime_api, state) =
-        start_emulator_with_time(vec![("d-1".to_owned(), event("example-1-basic-auth.json"))], time).await;
 
     // WHEN the function serves it
-    let mut child = spawn_function(
-        &runtime_api,
-        &[("CONFIG_TABLE", &table), ("AWS_ENDPOINT_URL_DYNAMODB", &slow_table), ("IOT_DATA_ENDPOINT", &hanging_iot)],
-    );
-    let waited = tokio::time::Instant::now() + Duration::from_secs(20);
-    while state.lock().await.answered_at.is_empty() {
-        assert!(tokio::time::Instant::now() < waited, "the function never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().await.unwrap();
-    let logs = logs_of(&mut child).await;
+    let env = [
+        ("CONFIG_TABLE", table.as_str()),
+        ("AWS_ENDPOINT_URL_DYNAMODB", &slow_table),
+        ("IOT_DATA_ENDPOINT", &hanging_iot),
+    ];
+    let (answer, took, logs) = one_invocation(time, &env).await;
 
     // THEN it answered 503 with Retry-After itself, before the deadline, and said why
-    let s = state.lock().await;
-    assert!(s.errors.is_empty(), "an answer, not an invocation error: {:?}", s.errors);
-    let answer = &s.responses[0].1;
     assert_eq!(answer["statusCode"], 503, "{answer}");
     assert_eq!(answer["headers"]["retry-after"], "5");
-    let took = s.answered_at[0].1 - s.handed_at[0].1;
     assert!(took < time, "answered {took:?} after the event was handed out; the deadline was {time:?}");
     assert!(
         took >= time - Duration::from_millis(1_000),
@@ -344,28 +351,14 @@ async fn a_hanging_table_and_a_hanging_iot_lookup_in_one_invocation_get_the_func
     moto_url();
     let (table, iot) = (silent_server().await, silent_server().await);
     let time = Duration::from_secs(3);
-    let (runtime_api, state) =
-        start_emulator_with_time(vec![("h-1".to_owned(), event("example-1-basic-auth.json"))], time).await;
 
     // WHEN the function serves it, with no IOT_DATA_ENDPOINT (so it looks the endpoint up)
-    let mut child = spawn_function(
-        &runtime_api,
-        &[("CONFIG_TABLE", "hanging"), ("AWS_ENDPOINT_URL_DYNAMODB", &table), ("AWS_ENDPOINT_URL_IOT", &iot)],
-    );
-    let waited = tokio::time::Instant::now() + Duration::from_secs(20);
-    while state.lock().await.answered_at.is_empty() {
-        assert!(tokio::time::Instant::now() < waited, "the function never answered");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    child.kill().await.unwrap();
-    let logs = logs_of(&mut child).await;
+    let env =
+        [("CONFIG_TABLE", "hanging"), ("AWS_ENDPOINT_URL_DYNAMODB", table.as_str()), ("AWS_ENDPOINT_URL_IOT", &iot)];
+    let (answer, took, logs) = one_invocation(time, &env).await;
 
     // THEN its own 503 came before the deadline, naming the step it was waiting on
-    let s = state.lock().await;
-    assert!(s.errors.is_empty(), "an answer, not an invocation error: {:?}", s.errors);
-    let answer = &s.responses[0].1;
     assert_eq!((answer["statusCode"].as_u64(), answer["headers"]["retry-after"].as_str()), (Some(503), Some("5")));
-    let took = s.answered_at[0].1 - s.handed_at[0].1;
     assert!(took < time, "answered {took:?} after the event was handed out; the deadline was {time:?}");
     assert!(logs.contains("time is running out") && logs.contains("reading the rules"), "{logs}");
 }
