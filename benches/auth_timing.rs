@@ -1,4 +1,4 @@
-//! SPEC §4: an unknown user and a wrong password are answered "identically, in
+//! README, "Same answer for unknown user and wrong password": answered "identically, in
 //! the same time". Both take the slow path, never the credential cache (only a
 //! verified password is cached): a wrong password costs one argon2id of the
 //! user's hash, an unknown user one argon2id of the dummy hash, which has the

@@ -1,6 +1,6 @@
 //! Property tests: the product's matchers and decoders against plain reference
 //! implementations written here from the rules they follow (MQTT 5 §4.7,
-//! SPEC §4's table of what each event source delivers, first-match ACLs).
+//! the README's table of what each event source delivers, first-match ACLs).
 //!
 //! - topic filters: `TopicFilter::matches` and a one-rule ACL (its trie) agree
 //!   with a level-by-level reference matcher;
@@ -186,7 +186,7 @@ fn client_encode(topic: &str, encode_optional: &[bool]) -> String {
 }
 
 /// The event each source hands the function for `POST {encoded_path}`, per
-/// SPEC §4: REST API `path` as sent (its `pathParameters` decoded, unused),
+/// REST API `path` as sent (its `pathParameters` decoded, unused),
 /// HTTP API `rawPath` decoded, ALB `path` as sent, function URL `rawPath` as sent.
 fn events(encoded_path: &str, decoded_path: &str, stage: &str) -> Vec<(&'static str, serde_json::Value)> {
     let staged = |p: &str| if stage == "$default" { p.to_owned() } else { format!("/{stage}{p}") };
@@ -319,7 +319,7 @@ fn reference_glob(pattern: &[char], text: &[char]) -> bool {
 }
 
 /// A block contains an address when their first `prefix` bits agree; an
-/// IPv4-mapped IPv6 address is its IPv4 address (SPEC §5, `source_ips`).
+/// IPv4-mapped IPv6 address is its IPv4 address (README, `source_ips`).
 fn reference_cidr(block: &str, ip: IpAddr) -> bool {
     let (net, prefix) = block.split_once('/').expect("generated blocks carry a prefix");
     let net: IpAddr = net.parse().unwrap();

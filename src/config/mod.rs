@@ -1,4 +1,4 @@
-//! The config of SPEC §5: users, rules and limits. One model, two homes: a
+//! The config (README, "Configuration"): users, rules and limits. One model, two homes: a
 //! TOML file and a DynamoDB table ([`table`]). Either is validated into the
 //! same [`Policy`]; a config that breaks a rule is refused whole, with a
 //! message that names the entry. [`source`] serves it to requests, with the

@@ -1,7 +1,7 @@
 //! Serves the config to requests: from a file held in memory, or from the
 //! DynamoDB table through caches.
 //!
-//! Table caching (SPEC §5, issue "config table"):
+//! Table caching (README, "The config table"):
 //! - a user is fetched with one `GetItem` on first use and kept for the TTL,
 //!   found or not (negative entries spare the table a miss per request);
 //! - the rules and limits are read whole and re-read after the TTL;
