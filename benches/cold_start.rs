@@ -8,7 +8,8 @@
 //!
 //! Init: spawn → the function's first `GET /2018-06-01/runtime/invocation/next`,
 //! median of 20 (CONFIG_FILE, and CONFIG_TABLE, which reads nothing before the
-//! first event). Warm: 200 invocations of the product page's first example,
+//! first event). Warm: 200 invocations of example 1 of Tencent Cloud MQTT's
+//! HTTP publish documentation,
 //! publishing to moto on loopback: `next` handed out → response posted.
 
 use std::io::{BufRead, BufReader, Read, Write};

@@ -22,7 +22,7 @@ pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 131_072;
 
 /// The password hash of the demo user (`user0` / `secret0`) in
 /// `config/example.toml` and `serve`'s demo config. Its password is printed in
-/// the README and the product page, so `config push` keeps it off a table
+/// the README and in Tencent Cloud MQTT's HTTP publish documentation, so `config push` keeps it off a table
 /// unless told otherwise.
 pub const DEMO_PASSWORD_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$eRi/JmbC+0iM7lbk0iybwA$cok3Q+hd+USrvOXevP6umE7RRRhr6FtVu5mWX6zfDNk";
