@@ -12,7 +12,7 @@ use crate::acl::{Access, Effect};
 use crate::auth::Authenticator;
 use crate::config::source::ConfigSource;
 use crate::config::{Policy, RuleSet};
-use crate::contract::{parse_request, ApiError, HttpRequest, MessageId};
+use crate::contract::{parse_request, ApiError, ErrorCode, HttpRequest, MessageId};
 use crate::publish::{Message, PublishError, Publisher};
 use crate::quota::Quotas;
 
@@ -101,7 +101,7 @@ impl<P: Publisher> Service<P> {
             },
         };
         let topic = progress.topic;
-        let error = result.as_ref().err().map(ApiError::code);
+        let error = result.as_ref().err().map(|e| e.code().as_str());
         let response = match result {
             Ok(()) => Response::builder()
                 .status(StatusCode::OK)
@@ -158,7 +158,7 @@ impl<P: Publisher> Service<P> {
         };
         if rules.acl.decide(&access) == Effect::Deny {
             return Err(ApiError::Unauthorized {
-                code: "not_authorized",
+                code: ErrorCode::NotAuthorized,
                 message: "the ACL does not allow this client to publish to this topic",
             });
         }
@@ -178,9 +178,10 @@ impl<P: Publisher> Service<P> {
         };
         self.publisher.publish(message).await.map_err(|error| {
             let status = match &error {
-                PublishError::Rejected(_) => {
-                    ApiError::bad_request("rejected_by_broker", "the message broker rejected the message as invalid")
-                }
+                PublishError::Rejected(_) => ApiError::bad_request(
+                    ErrorCode::RejectedByBroker,
+                    "the message broker rejected the message as invalid",
+                ),
                 PublishError::TooLarge => ApiError::PayloadTooLarge { max: max_payload },
                 PublishError::Throttled(_) => ApiError::TooManyRequests { retry_after: THROTTLED_RETRY_AFTER },
                 PublishError::Unavailable(_) => ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER },

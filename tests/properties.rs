@@ -249,7 +249,7 @@ fn events(encoded_path: &str, decoded_path: &str, stage: &str) -> Vec<(&'static 
 
 /// What the contract makes of a path: the topic, or the 400's code.
 fn outcome(path: &RequestPath) -> Result<String, &'static str> {
-    parse_topic(path, IOT_LIMITS.topic).map(|t| t.as_str().to_owned()).map_err(|e| e.code())
+    parse_topic(path, IOT_LIMITS.topic).map(|t| t.as_str().to_owned()).map_err(|e| e.code().as_str())
 }
 
 /// Topics with the characters that decoding gets wrong: `/`, `%`, `+`, `#`,

@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 
 use crate::contract::basic::{parse_basic, BasicCredentials, BasicError};
 use crate::contract::query::is_valid_client_id;
-use crate::contract::{ApiError, HttpRequest, MessageId, PublishOptions};
+use crate::contract::{ApiError, ErrorCode, HttpRequest, MessageId, PublishOptions};
 
 pub use self::password::{hash_argon2id, HashError, StoredHash};
 
@@ -67,10 +67,6 @@ impl Default for Authenticator {
     }
 }
 
-fn unauthorized(code: &'static str, message: &'static str) -> ApiError {
-    ApiError::Unauthorized { code, message }
-}
-
 impl Authenticator {
     /// Establishes the caller's identity, or answers 401 (400 for a certificate
     /// whose CN cannot be a client_id). `lookup` finds a user's hash; its error
@@ -90,11 +86,12 @@ impl Authenticator {
         let basic = match request.headers.get(AUTHORIZATION) {
             None => None,
             Some(header) => Some(parse_basic(header).map_err(|e| match e {
-                BasicError::UnsupportedScheme => {
-                    unauthorized("unsupported_authorization_scheme", "only Basic authentication is supported")
-                }
-                BasicError::Malformed => unauthorized(
-                    "invalid_authorization_header",
+                BasicError::UnsupportedScheme => ApiError::unauthorized(
+                    ErrorCode::UnsupportedAuthorizationScheme,
+                    "only Basic authentication is supported",
+                ),
+                BasicError::Malformed => ApiError::unauthorized(
+                    ErrorCode::InvalidAuthorizationHeader,
                     "the Authorization header is not Basic base64(username:password)",
                 ),
             })?),
@@ -103,11 +100,14 @@ impl Authenticator {
             None => None,
             Some(cert) => {
                 let cn = cert.common_name.as_deref().ok_or_else(|| {
-                    unauthorized("certificate_without_common_name", "the client certificate has no Common Name")
+                    ApiError::unauthorized(
+                        ErrorCode::CertificateWithoutCommonName,
+                        "the client certificate has no Common Name",
+                    )
                 })?;
                 if !is_valid_client_id(cn) {
                     return Err(ApiError::bad_request(
-                        "invalid_client_id",
+                        ErrorCode::InvalidClientId,
                         "the client certificate's Common Name is not a valid client_id (1 to 128 of A-Z a-z 0-9 _ . : @ -)",
                     ));
                 }
@@ -115,21 +115,24 @@ impl Authenticator {
             }
         };
         if basic.is_none() && certificate_cn.is_none() {
-            return Err(unauthorized(
-                "missing_credentials",
+            return Err(ApiError::unauthorized(
+                ErrorCode::MissingCredentials,
                 "send an Authorization: Basic header or a client certificate",
             ));
         }
         if let Some(credentials) = &basic {
             let stored = lookup(credentials.username.clone()).await?;
             if !self.check_password(credentials, stored.as_ref()).await {
-                return Err(unauthorized("authentication_failed", "the user name or password is wrong"));
+                return Err(ApiError::unauthorized(
+                    ErrorCode::AuthenticationFailed,
+                    "the user name or password is wrong",
+                ));
             }
         }
         let client_id = match (certificate_cn, &options.client_id) {
             (Some(cn), Some(asked)) if &cn != asked => {
-                return Err(unauthorized(
-                    "client_id_mismatch",
+                return Err(ApiError::unauthorized(
+                    ErrorCode::ClientIdMismatch,
                     "client_id must equal the client certificate's Common Name",
                 ))
             }

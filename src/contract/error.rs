@@ -6,6 +6,109 @@ use http::{header, HeaderValue, Response, StatusCode};
 /// The realm every 401 names in `WWW-Authenticate`.
 pub const REALM_HEADER: &str = "Basic realm=\"mqtt\"";
 
+/// Declares [`ErrorCode`] from one table: variant, status, code.
+macro_rules! error_codes {
+    ($($(#[$doc:meta])* $variant:ident = $status:literal $code:literal,)*) => {
+        /// Every `error` code the API can answer with, each with its status.
+        /// `openapi.yaml` documents exactly these (tests/openapi.rs).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum ErrorCode {
+            $($(#[$doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order of the table.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            /// The `error` field of the JSON body.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $code,)*
+                }
+            }
+
+            /// The HTTP status a response with this code has.
+            pub fn status(self) -> StatusCode {
+                let status = match self {
+                    $(ErrorCode::$variant => $status,)*
+                };
+                StatusCode::from_u16(status).expect("the table holds valid statuses")
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// The path is not `/topics/{topic}`.
+    InvalidPath = 400 "invalid_path",
+    /// The topic is empty, too long, too deep, or holds a wildcard or NUL.
+    InvalidTopic = 400 "invalid_topic",
+    /// The query string does not decode.
+    InvalidQuery = 400 "invalid_query",
+    /// `qos` is not one the backend takes.
+    InvalidQos = 400 "invalid_qos",
+    /// `retained` is not `true` or `false`.
+    InvalidRetained = 400 "invalid_retained",
+    /// `client_id` (or a certificate's CN) is not a valid client id.
+    InvalidClientId = 400 "invalid_client_id",
+    /// One parameter given twice, or under two names, with different values.
+    ConflictingParameter = 400 "conflicting_parameter",
+    /// A `UserProp.N.Key`/`Value` pair is incomplete or malformed.
+    InvalidUserProperty = 400 "invalid_user_property",
+    /// `PayloadFormatIndicator` is not 0 or 1.
+    InvalidPayloadFormatIndicator = 400 "invalid_payload_format_indicator",
+    /// `MessageExpiryInterval` is not a number of seconds the broker takes.
+    InvalidMessageExpiryInterval = 400 "invalid_message_expiry_interval",
+    /// `ResponseTopic` is not a valid topic name.
+    InvalidResponseTopic = 400 "invalid_response_topic",
+    /// The payload is not what its format indicator says.
+    InvalidPayload = 400 "invalid_payload",
+    /// The body could not be read or decoded.
+    InvalidBody = 400 "invalid_body",
+    /// The broker refused the message as invalid.
+    RejectedByBroker = 400 "rejected_by_broker",
+    /// The request is not valid HTTP (`serve`).
+    MalformedRequest = 400 "malformed_request",
+    /// Neither a Basic header nor a client certificate.
+    MissingCredentials = 401 "missing_credentials",
+    /// The Authorization header is not `Basic base64(user:password)`.
+    InvalidAuthorizationHeader = 401 "invalid_authorization_header",
+    /// An Authorization scheme other than Basic.
+    UnsupportedAuthorizationScheme = 401 "unsupported_authorization_scheme",
+    /// The user name or password is wrong (never saying which).
+    AuthenticationFailed = 401 "authentication_failed",
+    /// The client certificate has no Common Name.
+    CertificateWithoutCommonName = 401 "certificate_without_common_name",
+    /// `client_id` differs from the client certificate's CN.
+    ClientIdMismatch = 401 "client_id_mismatch",
+    /// The ACL denies this publish.
+    NotAuthorized = 401 "not_authorized",
+    /// Any method but POST.
+    MethodNotAllowed = 405 "method_not_allowed",
+    /// The payload exceeds the limit.
+    PayloadTooLarge = 413 "payload_too_large",
+    /// Over a quota, ours or the backend's.
+    TooManyRequests = 429 "too_many_requests",
+    /// The request line and headers exceed what `serve` reads.
+    HeadersTooLarge = 431 "headers_too_large",
+    /// A fault on our side.
+    InternalError = 500 "internal_error",
+    /// The backend or the config store is unavailable, or time ran out.
+    ServiceUnavailable = 503 "service_unavailable",
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// Why a request did not publish. Client mistakes carry a snake_case code and a
 /// sentence for the caller; server faults carry nothing the caller may see:
 /// their cause is logged where they happen.
@@ -13,15 +116,15 @@ pub const REALM_HEADER: &str = "Basic realm=\"mqtt\"";
 pub enum ApiError {
     /// 400: the request cannot be processed as sent.
     BadRequest {
-        /// Machine-readable reason, e.g. `invalid_qos`.
-        code: &'static str,
+        /// Machine-readable reason, e.g. [`ErrorCode::InvalidQos`]; a 400 code.
+        code: ErrorCode,
         /// What is wrong, naming the parameter and value where it helps.
         message: String,
     },
     /// 401: no valid credentials, or the ACL denies the publish.
     Unauthorized {
-        /// Machine-readable reason, e.g. `authentication_failed`.
-        code: &'static str,
+        /// Machine-readable reason, e.g. [`ErrorCode::AuthenticationFailed`]; a 401 code.
+        code: ErrorCode,
         /// A sentence that never says which of user or password was wrong.
         message: &'static str,
     },
@@ -53,34 +156,32 @@ pub enum ApiError {
 
 impl ApiError {
     /// A 400 with its code and message.
-    pub fn bad_request(code: &'static str, message: impl Into<String>) -> ApiError {
+    pub fn bad_request(code: ErrorCode, message: impl Into<String>) -> ApiError {
+        debug_assert_eq!(code.status(), StatusCode::BAD_REQUEST, "{code} is not a 400 code");
         ApiError::BadRequest { code, message: message.into() }
     }
 
-    /// The HTTP status this error answers with.
+    /// A 401 with its code and message.
+    pub fn unauthorized(code: ErrorCode, message: &'static str) -> ApiError {
+        debug_assert_eq!(code.status(), StatusCode::UNAUTHORIZED, "{code} is not a 401 code");
+        ApiError::Unauthorized { code, message }
+    }
+
+    /// The HTTP status this error answers with: its code's.
     pub fn status(&self) -> StatusCode {
-        match self {
-            ApiError::BadRequest { .. } => StatusCode::BAD_REQUEST,
-            ApiError::Unauthorized { .. } => StatusCode::UNAUTHORIZED,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ApiError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ApiError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-            ApiError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
-        }
+        self.code().status()
     }
 
     /// The `error` field of the JSON body.
-    pub fn code(&self) -> &'static str {
+    pub fn code(&self) -> ErrorCode {
         match self {
-            ApiError::BadRequest { code, .. } | ApiError::Unauthorized { code, .. } => code,
-            ApiError::MethodNotAllowed => "method_not_allowed",
-            ApiError::PayloadTooLarge { .. } => "payload_too_large",
-            ApiError::HeadersTooLarge { .. } => "headers_too_large",
-            ApiError::TooManyRequests { .. } => "too_many_requests",
-            ApiError::Internal => "internal_error",
-            ApiError::Unavailable { .. } => "service_unavailable",
+            ApiError::BadRequest { code, .. } | ApiError::Unauthorized { code, .. } => *code,
+            ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::HeadersTooLarge { .. } => ErrorCode::HeadersTooLarge,
+            ApiError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
+            ApiError::Internal => ErrorCode::InternalError,
+            ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable,
         }
     }
 
@@ -113,7 +214,7 @@ impl ApiError {
             error: &'a str,
             message: &'a str,
         }
-        let body = serde_json::to_vec(&Body { error: self.code(), message: &self.message() })
+        let body = serde_json::to_vec(&Body { error: self.code().as_str(), message: &self.message() })
             .expect("serializing two strings cannot fail");
         let mut response = Response::builder()
             .status(self.status())
@@ -147,7 +248,7 @@ mod tests {
 
     #[test]
     fn every_error_has_a_json_body_naming_the_problem() {
-        let response = ApiError::bad_request("invalid_qos", "qos must be 0 or 1, not \"7\"").into_response();
+        let response = ApiError::bad_request(ErrorCode::InvalidQos, "qos must be 0 or 1, not \"7\"").into_response();
         assert_eq!(response.status(), 400);
         assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
         assert_eq!(
@@ -158,7 +259,7 @@ mod tests {
 
     #[test]
     fn statuses_carry_the_headers_http_requires() {
-        let r = ApiError::Unauthorized { code: "authentication_failed", message: "x" }.into_response();
+        let r = ApiError::unauthorized(ErrorCode::AuthenticationFailed, "x").into_response();
         assert_eq!(r.headers()[header::WWW_AUTHENTICATE], "Basic realm=\"mqtt\"");
         let r = ApiError::MethodNotAllowed.into_response();
         assert_eq!((r.status().as_u16(), &r.headers()[header::ALLOW]), (405, &HeaderValue::from_static("POST")));
@@ -166,6 +267,13 @@ mod tests {
         assert_eq!(r.headers()[header::RETRY_AFTER], "1");
         let r = ApiError::Unavailable { retry_after: 5 }.into_response();
         assert_eq!((r.status().as_u16(), &r.headers()[header::RETRY_AFTER]), (503, &HeaderValue::from(5)));
+    }
+
+    #[test]
+    fn every_code_is_snake_case_and_unique() {
+        let codes: std::collections::BTreeSet<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        assert_eq!(codes.len(), ErrorCode::ALL.len());
+        assert!(codes.iter().all(|c| c.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')), "{codes:?}");
     }
 
     #[test]

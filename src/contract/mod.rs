@@ -15,7 +15,7 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use percent_encoding::percent_decode;
 
-pub use self::error::ApiError;
+pub use self::error::{ApiError, ErrorCode};
 pub use self::message_id::MessageId;
 pub use self::query::{Properties, PublishOptions};
 pub use self::topic::{Topic, TopicLimits};
@@ -97,7 +97,7 @@ pub fn parse_request(
     }
     if options.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&request.body).is_err() {
         return Err(ApiError::bad_request(
-            "invalid_payload",
+            ErrorCode::InvalidPayload,
             "PayloadFormatIndicator=1 declares a UTF-8 payload, but the body is not valid UTF-8",
         ));
     }
@@ -111,9 +111,9 @@ pub fn parse_topic(path: &RequestPath, limits: TopicLimits) -> Result<Topic, Api
         RequestPath::Decoded(text) => text.as_bytes().to_vec(),
     };
     let Some(name) = decoded.strip_prefix(TOPICS_PREFIX) else {
-        return Err(ApiError::bad_request("invalid_path", "the path must be /topics/{url-encoded-topic}"));
+        return Err(ApiError::bad_request(ErrorCode::InvalidPath, "the path must be /topics/{url-encoded-topic}"));
     };
-    Topic::parse(name.to_vec(), limits).map_err(|e| ApiError::bad_request("invalid_topic", e.to_string()))
+    Topic::parse(name.to_vec(), limits).map_err(|e| ApiError::bad_request(ErrorCode::InvalidTopic, e.to_string()))
 }
 
 #[cfg(test)]
@@ -139,7 +139,7 @@ mod tests {
     }
 
     fn topic(path: RequestPath) -> Result<String, &'static str> {
-        parse_topic(&path, LIMITS.topic).map(|t| t.as_str().to_owned()).map_err(|e| e.code())
+        parse_topic(&path, LIMITS.topic).map(|t| t.as_str().to_owned()).map_err(|e| e.code().as_str())
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use bytes::Bytes;
 use percent_encoding::percent_decode;
 
-use super::error::ApiError;
+use super::error::{ApiError, ErrorCode};
 use super::topic::{Topic, TopicLimits};
 
 /// The MQTT 5 publish properties a caller may set.
@@ -58,7 +58,7 @@ pub fn is_valid_client_id(id: &str) -> bool {
 pub fn decode_component(raw: &str) -> Result<String, ApiError> {
     let spaced = raw.replace('+', " ");
     percent_decode(spaced.as_bytes()).decode_utf8().map(|s| s.into_owned()).map_err(|_| {
-        ApiError::bad_request("invalid_query", format!("query component {raw:?} does not decode to UTF-8"))
+        ApiError::bad_request(ErrorCode::InvalidQuery, format!("query component {raw:?} does not decode to UTF-8"))
     })
 }
 
@@ -98,7 +98,7 @@ pub fn parse_options(
             match field {
                 Some(existing) if existing != value => {
                     return Err(ApiError::bad_request(
-                        "conflicting_parameter",
+                        ErrorCode::ConflictingParameter,
                         format!("{name} is given twice with different values"),
                     ))
                 }
@@ -112,7 +112,7 @@ pub fn parse_options(
         match scalars.get(canonical) {
             Some(existing) if existing != value => {
                 return Err(ApiError::bad_request(
-                    "conflicting_parameter",
+                    ErrorCode::ConflictingParameter,
                     format!("{canonical} is given more than once with different values"),
                 ))
             }
@@ -130,7 +130,7 @@ pub fn parse_options(
             "2" if max_qos >= 2 => 2,
             _ => {
                 let allowed = if max_qos >= 2 { "0, 1 or 2" } else { "0 or 1" };
-                return Err(ApiError::bad_request("invalid_qos", format!("qos must be {allowed}, not {v:?}")));
+                return Err(ApiError::bad_request(ErrorCode::InvalidQos, format!("qos must be {allowed}, not {v:?}")));
             }
         },
     };
@@ -139,7 +139,10 @@ pub fn parse_options(
         Some(v) if v.eq_ignore_ascii_case("true") => true,
         Some(v) if v.eq_ignore_ascii_case("false") => false,
         Some(v) => {
-            return Err(ApiError::bad_request("invalid_retained", format!("retained must be true or false, not {v:?}")))
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidRetained,
+                format!("retained must be true or false, not {v:?}"),
+            ))
         }
     };
     let client_id = match scalars.get("client_id") {
@@ -147,7 +150,7 @@ pub fn parse_options(
         Some(&v) if is_valid_client_id(v) => Some(v.to_owned()),
         Some(&v) => {
             return Err(ApiError::bad_request(
-                "invalid_client_id",
+                ErrorCode::InvalidClientId,
                 format!("client_id must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, not {v:?}"),
             ))
         }
@@ -160,7 +163,7 @@ pub fn parse_options(
         Some(&"1") => Some(1),
         Some(v) => {
             return Err(ApiError::bad_request(
-                "invalid_payload_format_indicator",
+                ErrorCode::InvalidPayloadFormatIndicator,
                 format!("PayloadFormatIndicator must be 0 or 1, not {v:?}"),
             ))
         }
@@ -169,7 +172,7 @@ pub fn parse_options(
         None => None,
         Some(v) => Some(v.parse::<u32>().ok().filter(|_| v.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| {
             ApiError::bad_request(
-                "invalid_message_expiry_interval",
+                ErrorCode::InvalidMessageExpiryInterval,
                 format!("MessageExpiryInterval must be an integer from 0 to 4294967295, not {v:?}"),
             )
         })?),
@@ -178,7 +181,10 @@ pub fn parse_options(
         None => None,
         Some(&v) => {
             Topic::check(v, topic_limits).map_err(|e| {
-                ApiError::bad_request("invalid_response_topic", format!("ResponseTopic is not a valid topic name: {e}"))
+                ApiError::bad_request(
+                    ErrorCode::InvalidResponseTopic,
+                    format!("ResponseTopic is not a valid topic name: {e}"),
+                )
             })?;
             Some(v.to_owned())
         }
@@ -191,11 +197,11 @@ pub fn parse_options(
         .map(|(n, slot)| match (slot.key, slot.value) {
             (Some(k), Some(v)) => Ok((k, v)),
             (Some(_), None) => Err(ApiError::bad_request(
-                "invalid_user_property",
+                ErrorCode::InvalidUserProperty,
                 format!("UserProp.{n}.Key has no UserProp.{n}.Value"),
             )),
             _ => Err(ApiError::bad_request(
-                "invalid_user_property",
+                ErrorCode::InvalidUserProperty,
                 format!("UserProp.{n}.Value has no UserProp.{n}.Key"),
             )),
         })
@@ -250,7 +256,7 @@ enum Half {
 fn parse_user_prop_name(original: &str, rest: &str) -> Result<(u32, Half), ApiError> {
     let invalid = || {
         ApiError::bad_request(
-            "invalid_user_property",
+            ErrorCode::InvalidUserProperty,
             format!("{original:?} is not UserProp.N.Key or UserProp.N.Value with N a positive integer"),
         )
     };
@@ -281,7 +287,7 @@ mod tests {
     }
 
     fn code(query: &str) -> &'static str {
-        parse(query).unwrap_err().code()
+        parse(query).unwrap_err().code().as_str()
     }
 
     #[test]

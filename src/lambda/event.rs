@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::query::{decode_component, decode_query};
-use crate::contract::{ApiError, ClientCertificate, HttpRequest, RequestPath};
+use crate::contract::{ApiError, ClientCertificate, ErrorCode, HttpRequest, RequestPath};
 
 /// Which service sent the event; the response must take its shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -179,11 +179,11 @@ pub fn decode_event(
         let headers = header_map(event.multi_value_headers, event.headers);
         let body = match event.body {
             None => Bytes::new(),
-            Some(text) if event.is_base64_encoded => Bytes::from(
-                base64::engine::general_purpose::STANDARD
-                    .decode(text.as_bytes())
-                    .map_err(|_| ApiError::bad_request("invalid_body", "the body is marked base64 but is not"))?,
-            ),
+            Some(text) if event.is_base64_encoded => {
+                Bytes::from(base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(|_| {
+                    ApiError::bad_request(ErrorCode::InvalidBody, "the body is marked base64 but is not")
+                })?)
+            }
             Some(text) => Bytes::from(text),
         };
 

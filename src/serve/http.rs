@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::parse_errors::JsonParseErrors;
 use crate::contract::query::decode_query;
-use crate::contract::{ApiError, ClientCertificate, HttpRequest, RequestPath};
+use crate::contract::{ApiError, ClientCertificate, ErrorCode, HttpRequest, RequestPath};
 use crate::publish::Publisher;
 use crate::service::Service;
 
@@ -147,7 +147,7 @@ async fn read_request(
         if error.is::<http_body_util::LengthLimitError>() {
             ApiError::PayloadTooLarge { max: max_body }
         } else {
-            ApiError::bad_request("invalid_body", "the request body could not be read")
+            ApiError::bad_request(ErrorCode::InvalidBody, "the request body could not be read")
         }
     })?;
     Ok(HttpRequest {

@@ -21,7 +21,7 @@ use std::task::{ready, Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use crate::contract::ApiError;
+use crate::contract::{ApiError, ErrorCode};
 
 /// The status lines hyper writes for a request it cannot parse, and what each becomes.
 const HYPER_STATUS_LINES: [(&[u8], Bare); 2] =
@@ -62,7 +62,7 @@ impl<IO> JsonParseErrors<IO> {
     fn json_answer(&self, bare: Bare) -> Vec<u8> {
         let error = match bare {
             Bare::Malformed => {
-                ApiError::bad_request("malformed_request", "the request is not valid HTTP/1.0 or HTTP/1.1")
+                ApiError::bad_request(ErrorCode::MalformedRequest, "the request is not valid HTTP/1.0 or HTTP/1.1")
             }
             Bare::TooLarge => ApiError::HeadersTooLarge { max: self.max_header_bytes },
         };
