@@ -149,9 +149,9 @@ impl<P: Publisher> Service<P> {
         let access = Access {
             topic: &parsed.topic,
             username: identity.username.as_deref(),
-            client_id: &identity.client_id,
+            client_id: identity.client_id.as_str(),
             source_ip: request.source_ip,
-            qos: parsed.options.qos,
+            qos: parsed.options.qos.level(),
             retain: parsed.options.retain,
             basic: identity.basic,
             certificate: identity.certificate,

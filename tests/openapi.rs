@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 
 use mqtt_http_publish::contract::query::{parse_options, PARAMETERS, USER_PROPERTY_PREFIX};
-use mqtt_http_publish::contract::{ApiError, ErrorCode, TopicLimits};
+use mqtt_http_publish::contract::{ApiError, ErrorCode, Qos, TopicLimits};
 use yaml_rust2::{Yaml, YamlLoader};
 
 const LIMITS: TopicLimits = TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false };
@@ -53,7 +53,9 @@ fn strings(node: &Yaml) -> BTreeSet<String> {
 
 /// Whether the parser accepts `name=value` alone (`Ok`) or names the error code.
 fn parse_one(name: &str, value: &str) -> Result<(), &'static str> {
-    parse_options(&[(name.to_owned(), value.to_owned())], 1, LIMITS).map(|_| ()).map_err(|e| e.code().as_str())
+    parse_options(&[(name.to_owned(), value.to_owned())], Qos::AtLeastOnce, LIMITS)
+        .map(|_| ())
+        .map_err(|e| e.code().as_str())
 }
 
 #[test]
@@ -94,7 +96,7 @@ fn every_query_parameter_the_parser_reads_is_documented_and_no_other() {
     let pattern = user_props["schema"]["propertyNames"]["pattern"].as_str().unwrap();
     assert!(pattern.to_ascii_lowercase().starts_with(&format!("^{}", USER_PROPERTY_PREFIX.replace('.', "\\."))));
     let pair = [("UserProp.3.Key".to_owned(), "k".to_owned()), ("UserProp.3.Value".to_owned(), "v".to_owned())];
-    assert!(parse_options(&pair, 1, LIMITS).is_ok());
+    assert!(parse_options(&pair, Qos::AtLeastOnce, LIMITS).is_ok());
     assert_eq!(parse_one("UserProp.0.Key", "k"), Err("invalid_user_property"), "N starts at 1, as [1-9] says");
 }
 
@@ -109,7 +111,7 @@ fn every_documented_limit_is_the_parser_s() {
         }
         // A name the parser reads refuses two different values; an ignored one would not.
         let twice = [(name.to_owned(), "0".to_owned()), (name.to_owned(), "1".to_owned())];
-        let error = parse_options(&twice, 1, LIMITS).unwrap_err();
+        let error = parse_options(&twice, Qos::AtLeastOnce, LIMITS).unwrap_err();
         assert_eq!(error.code(), "conflicting_parameter", "{name} is documented but not read");
 
         if let Some(members) = schema["enum"].as_vec() {

@@ -13,8 +13,10 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use mqtt_http_publish::contract::basic::parse_basic;
-use mqtt_http_publish::contract::query::{decode_query, is_valid_client_id};
-use mqtt_http_publish::contract::{parse_request, parse_topic, BackendLimits, HttpRequest, RequestPath, Topic};
+use mqtt_http_publish::contract::query::decode_query;
+use mqtt_http_publish::contract::{
+    parse_request, parse_topic, BackendLimits, ClientId, HttpRequest, RequestPath, Topic,
+};
 use mqtt_http_publish::publish::iot::IOT_LIMITS;
 use mqtt_http_publish::publish::mqtt::MQTT_LIMITS;
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -101,7 +103,7 @@ fn check_accepted(
         assert!(std::str::from_utf8(&parsed.payload).is_ok());
     }
     if let Some(id) = &parsed.options.client_id {
-        assert!(is_valid_client_id(id), "{id:?}");
+        assert!(ClientId::parse(id.as_str()).as_ref() == Some(id), "{id:?}");
     }
     let encoded = format!("/topics/{}", utf8_percent_encode(parsed.topic.as_str(), NON_ALPHANUMERIC));
     let again = parse_topic(&RequestPath::Encoded(encoded), limits.topic).expect("an accepted topic parses again");

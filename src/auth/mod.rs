@@ -6,16 +6,16 @@ pub mod password;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use http::header::AUTHORIZATION;
+use moka::future::Cache;
 use sha2::Sha256;
-use subtle::ConstantTimeEq;
 
 use crate::contract::basic::{parse_basic, BasicCredentials, BasicError};
-use crate::contract::query::is_valid_client_id;
-use crate::contract::{ApiError, ErrorCode, HttpRequest, MessageId, PublishOptions};
+use crate::contract::{ApiError, ClientId, ErrorCode, HttpRequest, MessageId, PublishOptions};
 
 pub use self::password::{hash_argon2id, HashError, StoredHash};
 
@@ -29,39 +29,49 @@ pub struct Identity {
     /// `username` query value proves nothing and must not match rules.
     pub username: Option<String>,
     /// The certificate's CN, else the query's `client_id`, else `http-{message id}`.
-    pub client_id: String,
+    pub client_id: ClientId,
     /// A Basic header was verified.
     pub basic: bool,
     /// A client certificate was verified by the TLS terminator.
     pub certificate: bool,
 }
 
-/// Entries kept in the credential cache before it starts over.
-const CACHE_CAPACITY: usize = 10_000;
+/// Verified credentials kept before the least recently used go.
+const CACHE_CAPACITY: u64 = 10_000;
+/// A verified credential unused this long is forgotten (a new hash costs one slow check).
+const CACHE_IDLE: Duration = Duration::from_secs(3600);
+
+/// Why a password check did not pass. Not cached: only verified credentials are.
+#[derive(Debug, thiserror::Error)]
+#[error("the password does not match the stored hash")]
+struct Mismatch;
 
 /// Checks credentials; keeps the verdict of recent slow hashes.
 pub struct Authenticator {
     dummy: StoredHash,
-    cache: CredentialCache,
+    /// The key of the credential fingerprints, drawn at start.
+    fingerprint_key: [u8; 32],
+    /// Fingerprints of credentials that verified (moka: size-bounded, idle entries
+    /// expire, and concurrent checks of the same credentials share one slow hash).
+    verified: Cache<[u8; 32], ()>,
     /// Slow hashes running at once, at most one per core: each argon2id
     /// verification holds 19 MiB, so a burst of logins (or a guessing attack)
     /// queues here instead of growing the process by gigabytes.
     hashing: Arc<tokio::sync::Semaphore>,
-    /// Verifications in progress by fingerprint: concurrent requests with the
-    /// same credentials wait for the one hash instead of each paying for it.
-    in_flight: Gates,
-    /// Slow hashes computed so far (what the cache and the gates save is visible here).
+    /// Slow hashes computed so far (what the cache saves is visible here).
     slow_hashes: AtomicUsize,
 }
 
 impl Default for Authenticator {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let mut fingerprint_key = [0u8; 32];
+        getrandom::getrandom(&mut fingerprint_key).expect("the OS random number generator is available");
         Authenticator {
             dummy: StoredHash::parse(password::DUMMY_HASH).expect("the dummy hash is valid"),
-            cache: CredentialCache::new(),
+            fingerprint_key,
+            verified: Cache::builder().max_capacity(CACHE_CAPACITY).time_to_idle(CACHE_IDLE).build(),
             hashing: Arc::new(tokio::sync::Semaphore::new(cores)),
-            in_flight: Mutex::new(HashMap::new()),
             slow_hashes: AtomicUsize::new(0),
         }
     }
@@ -83,37 +93,8 @@ impl Authenticator {
         F: FnOnce(String) -> Fut,
         Fut: Future<Output = Result<Option<StoredHash>, ApiError>>,
     {
-        let basic = match request.headers.get(AUTHORIZATION) {
-            None => None,
-            Some(header) => Some(parse_basic(header).map_err(|e| match e {
-                BasicError::UnsupportedScheme => ApiError::unauthorized(
-                    ErrorCode::UnsupportedAuthorizationScheme,
-                    "only Basic authentication is supported",
-                ),
-                BasicError::Malformed => ApiError::unauthorized(
-                    ErrorCode::InvalidAuthorizationHeader,
-                    "the Authorization header is not Basic base64(username:password)",
-                ),
-            })?),
-        };
-        let certificate_cn = match &request.client_certificate {
-            None => None,
-            Some(cert) => {
-                let cn = cert.common_name.as_deref().ok_or_else(|| {
-                    ApiError::unauthorized(
-                        ErrorCode::CertificateWithoutCommonName,
-                        "the client certificate has no Common Name",
-                    )
-                })?;
-                if !is_valid_client_id(cn) {
-                    return Err(ApiError::bad_request(
-                        ErrorCode::InvalidClientId,
-                        "the client certificate's Common Name is not a valid client_id (1 to 128 of A-Z a-z 0-9 _ . : @ -)",
-                    ));
-                }
-                Some(cn.to_owned())
-            }
-        };
+        let basic = basic_credentials(request)?;
+        let certificate_cn = certificate_client_id(request)?;
         if basic.is_none() && certificate_cn.is_none() {
             return Err(ApiError::unauthorized(
                 ErrorCode::MissingCredentials,
@@ -129,22 +110,11 @@ impl Authenticator {
                 ));
             }
         }
-        let client_id = match (certificate_cn, &options.client_id) {
-            (Some(cn), Some(asked)) if &cn != asked => {
-                return Err(ApiError::unauthorized(
-                    ErrorCode::ClientIdMismatch,
-                    "client_id must equal the client certificate's Common Name",
-                ))
-            }
-            (Some(cn), _) => cn,
-            (None, Some(asked)) => asked.clone(),
-            (None, None) => format!("http-{message_id}"),
-        };
         Ok(Identity {
+            client_id: client_id(certificate_cn, options.client_id.as_ref(), message_id)?,
             certificate: request.client_certificate.is_some(),
             basic: basic.is_some(),
             username: basic.map(|c| c.username),
-            client_id,
         })
     }
 
@@ -155,21 +125,27 @@ impl Authenticator {
             self.slow_verify(&self.dummy, &credentials.password).await;
             return false;
         };
-        let fingerprint = self.cache.fingerprint(credentials, stored);
-        if self.cache.contains(&credentials.username, &fingerprint) {
-            return true;
-        }
-        let ticket = GateTicket::take(&self.in_flight, fingerprint);
-        let ok = {
-            let _turn = ticket.gate().lock().await;
-            // Whoever held the gate before us may have verified these very credentials.
-            self.cache.contains(&credentials.username, &fingerprint)
-                || self.slow_verify(stored, &credentials.password).await
+        // The key is an HMAC under a secret drawn at start: looking it up reveals
+        // nothing an attacker could time, and the cache holds no password.
+        let fingerprint = self.fingerprint(credentials, stored);
+        let verify = async {
+            match self.slow_verify(stored, &credentials.password).await {
+                true => Ok(()),
+                false => Err(Mismatch),
+            }
         };
-        if ok {
-            self.cache.insert(&credentials.username, fingerprint);
+        self.verified.try_get_with(fingerprint, verify).await.is_ok()
+    }
+
+    /// An HMAC of the user, the stored hash and the password: a new password
+    /// or a new stored hash gives another fingerprint and so misses the cache.
+    fn fingerprint(&self, credentials: &BasicCredentials, stored: &StoredHash) -> [u8; 32] {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.fingerprint_key).expect("HMAC takes any key length");
+        for part in [credentials.username.as_bytes(), stored.as_str().as_bytes(), credentials.password.as_bytes()] {
+            mac.update(&(part.len() as u64).to_be_bytes());
+            mac.update(part);
         }
-        ok
+        mac.finalize().into_bytes().into()
     }
 
     /// One slow hash on the blocking pool, within the concurrency bound. The permit
@@ -188,83 +164,62 @@ impl Authenticator {
     }
 }
 
-type Gates = Mutex<HashMap<[u8; 32], Arc<tokio::sync::Mutex<()>>>>;
-
-/// A clone of one fingerprint's gate, given back when dropped: also when the
-/// request is abandoned mid-hash (its deadline passed, its client went away).
-/// Every clone is taken and given back under the map's lock, so when the map's
-/// own is the last one left, nobody waits on the gate and it can go.
-struct GateTicket<'a> {
-    gates: &'a Gates,
-    fingerprint: [u8; 32],
-    gate: Option<Arc<tokio::sync::Mutex<()>>>,
-}
-
-impl<'a> GateTicket<'a> {
-    fn take(gates: &'a Gates, fingerprint: [u8; 32]) -> GateTicket<'a> {
-        let mut map = gates.lock().unwrap_or_else(|e| e.into_inner());
-        let gate = Arc::clone(map.entry(fingerprint).or_default());
-        GateTicket { gates, fingerprint, gate: Some(gate) }
-    }
-
-    fn gate(&self) -> &tokio::sync::Mutex<()> {
-        self.gate.as_ref().expect("held until dropped")
-    }
-}
-
-impl Drop for GateTicket<'_> {
-    fn drop(&mut self) {
-        let mut map = self.gates.lock().unwrap_or_else(|e| e.into_inner());
-        drop(self.gate.take());
-        if map.get(&self.fingerprint).is_some_and(|g| Arc::strong_count(g) == 1) {
-            map.remove(&self.fingerprint);
+/// The Basic credentials of the Authorization header, if there is one.
+fn basic_credentials(request: &HttpRequest) -> Result<Option<BasicCredentials>, ApiError> {
+    let Some(header) = request.headers.get(AUTHORIZATION) else {
+        return Ok(None);
+    };
+    parse_basic(header).map(Some).map_err(|e| match e {
+        BasicError::UnsupportedScheme => {
+            ApiError::unauthorized(ErrorCode::UnsupportedAuthorizationScheme, "only Basic authentication is supported")
         }
-    }
+        BasicError::Malformed => ApiError::unauthorized(
+            ErrorCode::InvalidAuthorizationHeader,
+            "the Authorization header is not Basic base64(username:password)",
+        ),
+    })
 }
 
-/// Remembers credentials that verified, so a warm process pays the slow hash
-/// once per user and password. Holds no password: each entry is an HMAC, under
-/// a key drawn at start, of the user, the stored hash and the password. A new
-/// password or a new stored hash gives another fingerprint and so misses.
-struct CredentialCache {
-    key: [u8; 32],
-    verified: Mutex<HashMap<String, [u8; 32]>>,
+/// The verified client certificate's Common Name as a client id, if there is a certificate.
+fn certificate_client_id(request: &HttpRequest) -> Result<Option<ClientId>, ApiError> {
+    let Some(certificate) = &request.client_certificate else {
+        return Ok(None);
+    };
+    let cn = certificate.common_name.as_deref().ok_or_else(|| {
+        ApiError::unauthorized(ErrorCode::CertificateWithoutCommonName, "the client certificate has no Common Name")
+    })?;
+    ClientId::parse(cn).map(Some).ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::InvalidClientId,
+            "the client certificate's Common Name is not a valid client_id (1 to 128 of A-Z a-z 0-9 _ . : @ -)",
+        )
+    })
 }
 
-impl CredentialCache {
-    fn new() -> Self {
-        let mut key = [0u8; 32];
-        getrandom::getrandom(&mut key).expect("the OS random number generator is available");
-        CredentialCache { key, verified: Mutex::new(HashMap::new()) }
-    }
-
-    fn fingerprint(&self, credentials: &BasicCredentials, stored: &StoredHash) -> [u8; 32] {
-        let mut mac = Hmac::<Sha256>::new_from_slice(&self.key).expect("HMAC takes any key length");
-        for part in [credentials.username.as_bytes(), stored.as_str().as_bytes(), credentials.password.as_bytes()] {
-            mac.update(&(part.len() as u64).to_be_bytes());
-            mac.update(part);
+/// The certificate's CN, which the query's `client_id` may only repeat; else the
+/// query's; else one made from the message id.
+fn client_id(
+    certificate_cn: Option<ClientId>,
+    asked: Option<&ClientId>,
+    message_id: MessageId,
+) -> Result<ClientId, ApiError> {
+    match (certificate_cn, asked) {
+        (Some(cn), Some(asked)) if &cn != asked => Err(ApiError::unauthorized(
+            ErrorCode::ClientIdMismatch,
+            "client_id must equal the client certificate's Common Name",
+        )),
+        (Some(cn), _) => Ok(cn),
+        (None, Some(asked)) => Ok(asked.clone()),
+        (None, None) => {
+            Ok(ClientId::parse(&format!("http-{message_id}")).expect("http- and 32 hex digits make a valid client id"))
         }
-        mac.finalize().into_bytes().into()
-    }
-
-    fn contains(&self, username: &str, fingerprint: &[u8; 32]) -> bool {
-        let verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        verified.get(username).is_some_and(|known| bool::from(known.ct_eq(fingerprint)))
-    }
-
-    fn insert(&self, username: &str, fingerprint: [u8; 32]) {
-        let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-        if verified.len() >= CACHE_CAPACITY && !verified.contains_key(username) {
-            verified.clear();
-        }
-        verified.insert(username.to_owned(), fingerprint);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{ClientCertificate, RequestPath};
+    use crate::contract::{ClientCertificate, Qos, RequestPath};
     use bytes::Bytes;
     use http::{HeaderMap, HeaderValue, Method};
     use std::time::Duration;
@@ -287,9 +242,9 @@ mod tests {
 
     fn options(client_id: Option<&str>) -> PublishOptions {
         PublishOptions {
-            qos: 1,
+            qos: Qos::AtLeastOnce,
             retain: false,
-            client_id: client_id.map(str::to_owned),
+            client_id: client_id.map(|id| ClientId::parse(id).unwrap()),
             username: Some("sample-user".into()),
             properties: Default::default(),
         }
@@ -322,8 +277,8 @@ mod tests {
     #[tokio::test]
     async fn default_client_id_is_http_and_the_message_id() {
         let id = auth(request(Some(USER0), None), None).await.unwrap();
-        assert!(id.client_id.starts_with("http-") && id.client_id.len() == 5 + 32, "{}", id.client_id);
-        assert!(is_valid_client_id(&id.client_id));
+        let id = id.client_id.as_str();
+        assert!(id.starts_with("http-") && id.len() == 5 + 32, "{id}");
     }
 
     #[tokio::test]
@@ -395,11 +350,10 @@ mod tests {
             assert!(t.await.unwrap());
         }
         assert_eq!(auth.slow_hashes.load(Ordering::Relaxed), 1);
-        assert!(auth.in_flight.lock().unwrap().is_empty(), "no gate is left behind");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn verifications_abandoned_mid_hash_leave_no_gate_behind() {
+    async fn verifications_abandoned_mid_hash_block_no_later_check() {
         // A deadline or a departed client drops the request's future while it waits on a hash.
         let auth = Authenticator::default();
         let stored = StoredHash::parse(&bcrypt::hash("pw", 10).unwrap()).unwrap();
@@ -408,8 +362,7 @@ mod tests {
             let abandoned = tokio::time::timeout(Duration::from_millis(1), auth.check_password(&creds, Some(&stored)));
             assert!(abandoned.await.is_err(), "a cost-10 bcrypt takes longer than 1 ms");
         }
-        assert!(auth.in_flight.lock().unwrap().is_empty(), "no gate is left behind");
-        // AND the abandoned hashes keep their places in the bound until they end
+        // THEN the abandoned hashes keep their places in the bound until they end
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         assert!(auth.hashing.available_permits() < cores, "a hash still running holds its permit");
         let settled = tokio::time::Instant::now() + Duration::from_secs(10);
@@ -417,6 +370,10 @@ mod tests {
             assert!(tokio::time::Instant::now() < settled, "the permits come back when the hashes end");
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
+        // AND the same credentials verify afterwards: nothing abandoned holds their entry
+        let creds = BasicCredentials { username: "u0".into(), password: "pw".into() };
+        let later = tokio::time::timeout(Duration::from_secs(10), auth.check_password(&creds, Some(&stored)));
+        assert!(later.await.expect("not stuck behind an abandoned check"));
     }
 
     #[tokio::test]
@@ -425,12 +382,14 @@ mod tests {
         let creds = BasicCredentials { username: "u".into(), password: "p".into() };
         let first = StoredHash::parse(&bcrypt::hash("p", 4).unwrap()).unwrap();
         assert!(auth.check_password(&creds, Some(&first)).await);
-        let fp = auth.cache.fingerprint(&creds, &first);
-        assert!(auth.cache.contains("u", &fp), "a verified password is cached");
+        assert!(auth.verified.contains_key(&auth.fingerprint(&creds, &first)), "a verified password is cached");
+        assert!(auth.check_password(&creds, Some(&first)).await);
+        assert_eq!(auth.slow_hashes.load(Ordering::Relaxed), 1, "the second check is served by the cache");
         let changed = StoredHash::parse(&bcrypt::hash("q", 4).unwrap()).unwrap();
-        assert!(!auth.cache.contains("u", &auth.cache.fingerprint(&creds, &changed)), "a new hash misses");
+        assert!(!auth.verified.contains_key(&auth.fingerprint(&creds, &changed)), "a new hash misses");
         assert!(!auth.check_password(&creds, Some(&changed)).await, "the old password no longer works");
         let wrong = BasicCredentials { username: "u".into(), password: "x".into() };
-        assert!(!auth.cache.contains("u", &auth.cache.fingerprint(&wrong, &first)));
+        assert!(!auth.check_password(&wrong, Some(&first)).await);
+        assert!(!auth.verified.contains_key(&auth.fingerprint(&wrong, &first)), "a failure is not cached");
     }
 }

@@ -8,6 +8,7 @@ pub mod error;
 pub mod message_id;
 pub mod query;
 pub mod topic;
+pub mod values;
 
 use std::net::IpAddr;
 
@@ -19,6 +20,7 @@ pub use self::error::{ApiError, ErrorCode};
 pub use self::message_id::MessageId;
 pub use self::query::{Properties, PublishOptions};
 pub use self::topic::{Topic, TopicLimits};
+pub use self::values::{ClientId, Qos};
 
 /// The path as the entry point received it: the contract decodes it exactly once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,7 +65,7 @@ pub struct BackendLimits {
     /// Largest payload in bytes.
     pub max_payload_bytes: usize,
     /// Highest QoS the backend delivers.
-    pub max_qos: u8,
+    pub max_qos: Qos,
 }
 
 /// A request that passed every check of the contract that needs no config.
@@ -123,7 +125,7 @@ mod tests {
     const LIMITS: BackendLimits = BackendLimits {
         topic: TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true },
         max_payload_bytes: 131_072,
-        max_qos: 1,
+        max_qos: Qos::AtLeastOnce,
     };
 
     fn request(method: Method, path: RequestPath, body: &'static [u8]) -> HttpRequest {

@@ -11,6 +11,7 @@ use percent_encoding::percent_decode;
 
 use super::error::{ApiError, ErrorCode};
 use super::topic::{Topic, TopicLimits};
+use super::values::{ClientId, Qos};
 
 /// The MQTT 5 publish properties a caller may set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -33,24 +34,15 @@ pub struct Properties {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PublishOptions {
     /// MQTT QoS; 1 unless given.
-    pub qos: u8,
+    pub qos: Qos,
     /// Publish as the topic's retained message.
     pub retain: bool,
     /// The caller's `client_id`, checked for form but not yet for identity.
-    pub client_id: Option<String>,
+    pub client_id: Option<ClientId>,
     /// The caller's `username`; a Basic header's name takes precedence.
     pub username: Option<String>,
     /// MQTT 5 properties, passed through to the backend.
     pub properties: Properties,
-}
-
-/// Longest `client_id` accepted, in characters.
-pub const MAX_CLIENT_ID_LEN: usize = 128;
-
-/// Whether `id` is a client_id we accept: 1–128 of `[A-Za-z0-9_.:@-]`.
-pub fn is_valid_client_id(id: &str) -> bool {
-    (1..=MAX_CLIENT_ID_LEN).contains(&id.len())
-        && id.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b':' | b'@' | b'-'))
 }
 
 /// Decodes one `application/x-www-form-urlencoded` component: `+` is a space and
@@ -83,7 +75,7 @@ struct UserPropSlot {
 /// Parses decoded query pairs. `max_qos` and `topic_limits` are the backend's.
 pub fn parse_options(
     pairs: &[(String, String)],
-    max_qos: u8,
+    max_qos: Qos,
     topic_limits: TopicLimits,
 ) -> Result<PublishOptions, ApiError> {
     let mut scalars: BTreeMap<&'static str, &str> = BTreeMap::new();
@@ -123,16 +115,11 @@ pub fn parse_options(
     }
 
     let qos = match scalars.get("qos") {
-        None => 1,
-        Some(&v) => match v {
-            "0" => 0,
-            "1" => 1,
-            "2" if max_qos >= 2 => 2,
-            _ => {
-                let allowed = if max_qos >= 2 { "0, 1 or 2" } else { "0 or 1" };
-                return Err(ApiError::bad_request(ErrorCode::InvalidQos, format!("qos must be {allowed}, not {v:?}")));
-            }
-        },
+        None => Qos::AtLeastOnce,
+        Some(&v) => Qos::parse(v, max_qos).ok_or_else(|| {
+            let allowed = if max_qos == Qos::ExactlyOnce { "0, 1 or 2" } else { "0 or 1" };
+            ApiError::bad_request(ErrorCode::InvalidQos, format!("qos must be {allowed}, not {v:?}"))
+        })?,
     };
     let retain = match scalars.get("retained") {
         None => false,
@@ -147,13 +134,12 @@ pub fn parse_options(
     };
     let client_id = match scalars.get("client_id") {
         None => None,
-        Some(&v) if is_valid_client_id(v) => Some(v.to_owned()),
-        Some(&v) => {
-            return Err(ApiError::bad_request(
+        Some(&v) => Some(ClientId::parse(v).ok_or_else(|| {
+            ApiError::bad_request(
                 ErrorCode::InvalidClientId,
                 format!("client_id must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, not {v:?}"),
-            ))
-        }
+            )
+        })?),
     };
     let username = scalars.get("username").map(|&v| v.to_owned());
 
@@ -283,7 +269,7 @@ mod tests {
     const LIMITS: TopicLimits = TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true };
 
     fn parse(query: &str) -> Result<PublishOptions, ApiError> {
-        parse_options(&decode_query(query).unwrap(), 1, LIMITS)
+        parse_options(&decode_query(query).unwrap(), Qos::AtLeastOnce, LIMITS)
     }
 
     fn code(query: &str) -> &'static str {
@@ -293,22 +279,22 @@ mod tests {
     #[test]
     fn defaults_are_qos_1_not_retained() {
         let o = parse("").unwrap();
-        assert_eq!((o.qos, o.retain, o.client_id, o.username), (1, false, None, None));
+        assert_eq!((o.qos, o.retain, o.client_id, o.username), (Qos::AtLeastOnce, false, None, None));
         assert_eq!(o.properties, Properties::default());
     }
 
     #[test]
     fn the_product_page_query_parses() {
         let o = parse("qos=1&client_id=curl-x&retained=true&username=sample-user").unwrap();
-        assert_eq!((o.qos, o.retain), (1, true));
-        assert_eq!(o.client_id.as_deref(), Some("curl-x"));
+        assert_eq!((o.qos, o.retain), (Qos::AtLeastOnce, true));
+        assert_eq!(o.client_id.as_ref().map(ClientId::as_str), Some("curl-x"));
         assert_eq!(o.username.as_deref(), Some("sample-user"));
     }
 
     #[test]
     fn names_are_case_insensitive_and_unknown_names_ignored() {
         let o = parse("QoS=0&RETAIN=TRUE&Client_ID=a&foo=bar&contenttype=text%2Fplain").unwrap();
-        assert_eq!((o.qos, o.retain, o.client_id.as_deref()), (0, true, Some("a")));
+        assert_eq!((o.qos, o.retain, o.client_id.as_ref().map(ClientId::as_str)), (Qos::AtMostOnce, true, Some("a")));
         assert_eq!(o.properties.content_type.as_deref(), Some("text/plain"));
     }
 
@@ -317,7 +303,10 @@ mod tests {
         for q in ["qos=2", "qos=3", "qos=", "qos=01", "qos=-1", "qos=one"] {
             assert_eq!(code(q), "invalid_qos", "{q}");
         }
-        assert_eq!(parse_options(&decode_query("qos=2").unwrap(), 2, LIMITS).unwrap().qos, 2);
+        assert_eq!(
+            parse_options(&decode_query("qos=2").unwrap(), Qos::ExactlyOnce, LIMITS).unwrap().qos,
+            Qos::ExactlyOnce
+        );
         for q in ["retained=yes", "retained=1", "retained=", "retain=maybe"] {
             assert_eq!(code(q), "invalid_retained", "{q}");
         }
@@ -325,7 +314,7 @@ mod tests {
 
     #[test]
     fn repeated_parameters_must_agree() {
-        assert_eq!(parse("qos=1&qos=1").unwrap().qos, 1);
+        assert_eq!(parse("qos=1&qos=1").unwrap().qos, Qos::AtLeastOnce);
         assert_eq!(code("qos=1&QOS=0"), "conflicting_parameter");
         assert_eq!(code("retained=true&retain=false"), "conflicting_parameter");
         assert!(parse("retained=true&retain=true").unwrap().retain);

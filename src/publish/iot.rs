@@ -16,13 +16,13 @@ use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 use super::{Message, PublishError, Publisher};
-use crate::contract::{BackendLimits, TopicLimits};
+use crate::contract::{BackendLimits, Qos, TopicLimits};
 
 /// AWS IoT Core's message limits (AWS IoT Core endpoints and quotas).
 pub const IOT_LIMITS: BackendLimits = BackendLimits {
     topic: TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true },
     max_payload_bytes: 128 * 1024,
-    max_qos: 1,
+    max_qos: Qos::AtLeastOnce,
 };
 
 /// Where the IoT client sends its publishes.
@@ -189,7 +189,7 @@ impl Publisher for IotPublisher {
             .await?
             .publish()
             .topic(message.topic.as_str())
-            .qos(i32::from(message.qos))
+            .qos(i32::from(message.qos.level()))
             .retain(message.retain)
             .payload(Blob::new(message.payload))
             .set_user_properties(user_properties)

@@ -10,15 +10,15 @@ use std::future::Future;
 
 use bytes::Bytes;
 
-use crate::contract::{BackendLimits, Properties, Topic};
+use crate::contract::{BackendLimits, Properties, Qos, Topic};
 
 /// One message to publish, as the caller asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {
     /// Where.
     pub topic: Topic,
-    /// 0 or 1 (2 where the backend allows it).
-    pub qos: u8,
+    /// At most the backend's `max_qos`.
+    pub qos: Qos,
     /// Replace the topic's retained message.
     pub retain: bool,
     /// The payload, byte for byte.

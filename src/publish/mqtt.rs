@@ -25,13 +25,13 @@ use tokio::sync::oneshot;
 use tracing::{info, warn};
 
 use super::{Message, PublishError, Publisher};
-use crate::contract::{BackendLimits, TopicLimits};
+use crate::contract::{BackendLimits, Qos, TopicLimits};
 
 /// What any MQTT 5 broker accepts (MQTT 5 §1.5.4, §2.2.2: 65 535-byte names, 256 MB packets).
 pub const MQTT_LIMITS: BackendLimits = BackendLimits {
     topic: TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false },
     max_payload_bytes: 256 * 1024 * 1024,
-    max_qos: 1,
+    max_qos: Qos::AtLeastOnce,
 };
 
 /// How long a request waits for its PUBACK before answering 503.
@@ -155,7 +155,12 @@ impl Publisher for MqttPublisher {
             subscription_identifiers: Vec::new(),
             content_type: p.content_type,
         };
-        let qos = if message.qos == 0 { QoS::AtMostOnce } else { QoS::AtLeastOnce };
+        let qos = match message.qos {
+            Qos::AtMostOnce => QoS::AtMostOnce,
+            Qos::AtLeastOnce => QoS::AtLeastOnce,
+            // Beyond this publisher's max_qos, which the contract enforces; refused, never downgraded.
+            Qos::ExactlyOnce => return Err(PublishError::Rejected("QoS 2 is not supported by this publisher".into())),
+        };
         let (tx, rx) = oneshot::channel();
         {
             let mut correlation = self.correlation.lock().unwrap_or_else(|e| e.into_inner());
