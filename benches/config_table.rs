@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
 use mqtt_http_publish::config::manage::new_user;
-use mqtt_http_publish::config::source::{CacheSettings, ConfigSource, TableSource};
+use mqtt_http_publish::config::source::{CacheSettings, CachedTable, ConfigStore};
 use mqtt_http_publish::config::table::{config_items, TableStore};
 use mqtt_http_publish::config::{ConfigFile, EffectEntry, RuleEntry, RuleSet};
 
@@ -113,7 +113,7 @@ async fn run(endpoint: &str) {
         median(builds).as_secs_f64() * 1e3
     );
 
-    let source = ConfigSource::Table(TableSource::new(store, CacheSettings::default()));
+    let source = CachedTable::new(store, CacheSettings::default());
     let mut uncached = Vec::new();
     for n in 0..300 {
         let started = Instant::now();

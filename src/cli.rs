@@ -4,6 +4,7 @@
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 
 use crate::auth::hash_argon2id;
@@ -204,24 +205,29 @@ fn lines(changes: &[Change], dry_run: bool) -> String {
 }
 
 /// `config push|pull|import-mosquitto` and `user set|remove`: the commands that change a config.
-pub async fn manage(command: Command, stdin: impl BufRead) -> Result<String, String> {
+pub async fn manage(command: Command, stdin: impl BufRead) -> anyhow::Result<String> {
     match command {
         Command::Config(ConfigCommand::Push { source, target, dry_run, allow_demo_user }) => {
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(lines(&home.push(&source, dry_run, allow_demo_user).await?, dry_run))
+            Ok(lines(&home.push(&source, dry_run, allow_demo_user).await.map_err(anyhow::Error::msg)?, dry_run))
         }
-        Command::Config(ConfigCommand::Pull { target }) => {
-            home(target.table, target.file).await.expect("clap requires a target").pull().await
-        }
+        Command::Config(ConfigCommand::Pull { target }) => home(target.table, target.file)
+            .await
+            .expect("clap requires a target")
+            .pull()
+            .await
+            .map_err(anyhow::Error::msg),
         Command::Config(ConfigCommand::ImportMosquitto { password_file, target }) => {
             let text = std::fs::read_to_string(&password_file)
-                .map_err(|e| format!("cannot read {}: {e}", password_file.display()))?;
-            let users = import_mosquitto(&text).map_err(|e| format!("{}: {e}", password_file.display()))?;
+                .with_context(|| format!("cannot read {}", password_file.display()))?;
+            let users = import_mosquitto(&text)
+                .map_err(anyhow::Error::msg)
+                .with_context(|| password_file.display().to_string())?;
             match home(target.table, target.file).await {
-                Some(home) => Ok(lines(&home.set_users(&users).await?, false)),
+                Some(home) => Ok(lines(&home.set_users(&users).await.map_err(anyhow::Error::msg)?, false)),
                 None => {
                     let file = crate::config::ConfigFile { users, ..Default::default() };
-                    let text = toml::to_string(&file).map_err(|e| e.to_string())?;
+                    let text = toml::to_string(&file)?;
                     // Only the [[users]] tables: the limits are the caller's to keep.
                     Ok(text.split("[limits]").next().unwrap_or_default().trim_end().to_owned())
                 }
@@ -230,35 +236,35 @@ pub async fn manage(command: Command, stdin: impl BufRead) -> Result<String, Str
         Command::User(UserCommand::Set { name, target }) => {
             let password = read_password(stdin)?;
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(lines(&home.set_users(&[new_user(&name, &password)]).await?, false))
+            Ok(lines(&home.set_users(&[new_user(&name, &password)]).await.map_err(anyhow::Error::msg)?, false))
         }
         Command::User(UserCommand::Remove { name, target }) => {
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(home.remove_user(&name).await?.to_string())
+            Ok(home.remove_user(&name).await.map_err(anyhow::Error::msg)?.to_string())
         }
-        other => Err(format!("not a config command: {other:?}")),
+        other => anyhow::bail!("not a config command: {other:?}"),
     }
 }
 
 /// `passwd`: the first line of `input`, without its line ending, hashed.
-pub fn passwd(input: impl BufRead) -> Result<String, String> {
+pub fn passwd(input: impl BufRead) -> anyhow::Result<String> {
     Ok(hash_argon2id(read_password(input)?.as_bytes()))
 }
 
 /// The first line of `input` without its line ending; never empty.
-fn read_password(input: impl BufRead) -> Result<String, String> {
+fn read_password(input: impl BufRead) -> anyhow::Result<String> {
     let mut line = String::new();
-    input.take(64 * 1024).read_line(&mut line).map_err(|e| format!("cannot read standard input: {e}"))?;
+    input.take(64 * 1024).read_line(&mut line).context("cannot read standard input")?;
     let password = line.strip_suffix('\n').map(|l| l.strip_suffix('\r').unwrap_or(l)).unwrap_or(&line);
     if password.is_empty() {
-        return Err("no password on standard input (try: echo -n 'secret0' | mqtt-http-publish passwd)".into());
+        anyhow::bail!("no password on standard input (try: echo -n 'secret0' | mqtt-http-publish passwd)");
     }
     Ok(password.to_owned())
 }
 
 /// `config check`: a one-paragraph summary, or the reason the file is refused.
-pub fn config_check(file: &Path) -> Result<String, String> {
-    let policy = Policy::load(file).map_err(|e| format!("{}: {e}", file.display()))?;
+pub fn config_check(file: &Path) -> anyhow::Result<String> {
+    let policy = Policy::load(file).with_context(|| file.display().to_string())?;
     let limits = policy.rules.limits;
     let quota = |rate: Option<f64>, burst: Option<u32>| match rate {
         Some(r) => format!("{r}/s (burst {})", burst.map_or("default".into(), |b| b.to_string())),

@@ -5,11 +5,11 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context;
 use clap::Parser;
 use mqtt_http_publish::cli::{self, Cli, Command, ConfigCommand};
-use mqtt_http_publish::config::source::{CacheSettings, ConfigSource, TableSource};
+use mqtt_http_publish::config::source::{CacheSettings, CachedTable, ConfigStore, FileStore};
 use mqtt_http_publish::config::table::TableStore;
-use mqtt_http_publish::config::Policy;
 use mqtt_http_publish::logs::{self, Output};
 use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
 use mqtt_http_publish::service::Service;
@@ -35,21 +35,22 @@ fn main() -> ExitCode {
         Command::Serve(args) => {
             let _logs = logs::init(Output::Background);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-            exit_logged(runtime.block_on(mqtt_http_publish::serve::run(args.into())))
+            exit_logged(runtime.block_on(mqtt_http_publish::serve::run(args.into())).map_err(anyhow::Error::from))
         }
         Command::Lambda => run_lambda(),
         Command::Invoke { event } => invoke(&event),
     }
 }
 
-fn print_or_fail(result: Result<String, String>) -> ExitCode {
+fn print_or_fail(result: anyhow::Result<String>) -> ExitCode {
     match result {
         Ok(text) => {
             println!("{text}");
             ExitCode::SUCCESS
         }
-        Err(message) => {
-            eprintln!("error: {message}");
+        Err(error) => {
+            // `{:#}`: each context, then its cause, on one line.
+            eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -65,15 +66,13 @@ fn run_lambda() -> ExitCode {
         // holding up init: the first request finds them done or joins them in flight.
         let prefetch = Arc::clone(&service);
         tokio::spawn(async move {
-            let rules = async {
-                if let ConfigSource::Table(table) = prefetch.config() {
-                    table.prefetch().await;
-                }
-            };
             // A failed lookup is logged; the first publish tries again.
-            let (_, _lookup) = tokio::join!(rules, prefetch.publisher().client());
+            let (_, _lookup) = tokio::join!(prefetch.config().prefetch(), prefetch.publisher().client());
         });
-        mqtt_http_publish::lambda::run(service).await.map_err(|e| format!("the Lambda runtime stopped: {e}"))
+        mqtt_http_publish::lambda::run(service)
+            .await
+            .map_err(|e| anyhow::anyhow!(e))
+            .context("the Lambda runtime stopped")
     });
     exit_logged(result)
 }
@@ -83,10 +82,10 @@ fn invoke(event: &std::path::Path) -> ExitCode {
     let _logs = logs::init(Output::Text);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
     let result = runtime.block_on(async {
-        let text = std::fs::read(event).map_err(|e| format!("cannot read {}: {e}", event.display()))?;
-        let event = serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", event.display()))?;
+        let text = std::fs::read(event).with_context(|| format!("cannot read {}", event.display()))?;
+        let event = serde_json::from_slice(&text).with_context(|| event.display().to_string())?;
         let service = build_service().await?;
-        let response = mqtt_http_publish::lambda::handle(&service, event, None).await.map_err(|e| e.to_string())?;
+        let response = mqtt_http_publish::lambda::handle(&service, event, None).await?;
         println!("{}", serde_json::to_string_pretty(&response).expect("a response serializes"));
         Ok(())
     });
@@ -96,28 +95,25 @@ fn invoke(event: &std::path::Path) -> ExitCode {
 /// The service as the function runs it: the config of `CONFIG_TABLE` or
 /// `CONFIG_FILE`, the IoT publisher of `IOT_DATA_ENDPOINT` (else the account's
 /// endpoint, looked up on first use). No network call happens here.
-async fn build_service() -> Result<Service<IotPublisher>, String> {
+async fn build_service() -> anyhow::Result<Service<IotPublisher>> {
     let sdk = mqtt_http_publish::aws::sdk_config().await;
-    let source = match (std::env::var("CONFIG_TABLE").ok().filter(|t| !t.is_empty()), std::env::var_os("CONFIG_FILE")) {
-        (Some(table), _) => {
-            ConfigSource::Table(TableSource::new(TableStore::new(&sdk, &table), CacheSettings::from_env()))
-        }
-        (None, Some(file)) => {
-            ConfigSource::file(Policy::load(file.as_ref()).map_err(|e| format!("the config is refused: {e}"))?)
-        }
-        (None, None) => {
-            return Err("neither CONFIG_TABLE nor CONFIG_FILE is set: name the config of users and rules".into())
-        }
-    };
+    let store: Arc<dyn ConfigStore> =
+        match (std::env::var("CONFIG_TABLE").ok().filter(|t| !t.is_empty()), std::env::var_os("CONFIG_FILE")) {
+            (Some(table), _) => Arc::new(CachedTable::new(TableStore::new(&sdk, &table), CacheSettings::from_env())),
+            (None, Some(file)) => Arc::new(FileStore::load(file.into()).context("the config is refused")?),
+            (None, None) => {
+                anyhow::bail!("neither CONFIG_TABLE nor CONFIG_FILE is set: name the config of users and rules")
+            }
+        };
     let publisher = IotPublisher::new(&sdk, &IotSettings::from_env());
-    Ok(Service::with_source(publisher, source))
+    Ok(Service::with_store(publisher, store))
 }
 
-fn exit_logged(result: Result<(), String>) -> ExitCode {
+fn exit_logged(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            tracing::error!("{error}");
+            tracing::error!("{error:#}");
             ExitCode::FAILURE
         }
     }

@@ -2,6 +2,7 @@
 //! publish, answer. The Lambda function and `serve` differ only in how they
 //! turn their input into an [`HttpRequest`] and the answer back.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -10,8 +11,8 @@ use tracing::{info, warn};
 
 use crate::acl::{Access, Effect};
 use crate::auth::Authenticator;
-use crate::config::source::ConfigSource;
-use crate::config::{Policy, RuleSet};
+use crate::config::source::{ConfigStore, FileStore};
+use crate::config::{Policy, RuleSet, StoreError};
 use crate::contract::{parse_request, ApiError, ErrorCode, HttpRequest, MessageId};
 use crate::publish::{Message, PublishError, Publisher};
 use crate::quota::Quotas;
@@ -37,7 +38,7 @@ struct Progress {
 pub struct Service<P> {
     publisher: P,
     /// Users, rules and limits: a file in memory or the table behind its caches.
-    config: ConfigSource,
+    config: Arc<dyn ConfigStore>,
     authenticator: Authenticator,
     quotas: Quotas,
 }
@@ -45,11 +46,11 @@ pub struct Service<P> {
 impl<P: Publisher> Service<P> {
     /// A service publishing through `publisher` under a file's `policy`.
     pub fn new(publisher: P, policy: Policy) -> Service<P> {
-        Service::with_source(publisher, ConfigSource::file(policy))
+        Service::with_store(publisher, Arc::new(FileStore::new(policy)))
     }
 
     /// A service publishing through `publisher` with its config from `config`.
-    pub fn with_source(publisher: P, config: ConfigSource) -> Service<P> {
+    pub fn with_store(publisher: P, config: Arc<dyn ConfigStore>) -> Service<P> {
         Service { publisher, config, authenticator: Authenticator::default(), quotas: Quotas::default() }
     }
 
@@ -58,9 +59,9 @@ impl<P: Publisher> Service<P> {
         &self.publisher
     }
 
-    /// Where the config comes from (to reload a file, or prefetch the table).
-    pub fn config(&self) -> &ConfigSource {
-        &self.config
+    /// Where the config comes from (to prefetch it).
+    pub fn config(&self) -> &dyn ConfigStore {
+        &*self.config
     }
 
     /// The payload limit in force: the config's and the backend's, whichever is
@@ -128,7 +129,7 @@ impl<P: Publisher> Service<P> {
         message_id: MessageId,
         progress: &mut Progress,
     ) -> Result<(), ApiError> {
-        let store_down = |error: crate::config::table::StoreError| {
+        let store_down = |error: StoreError| {
             warn!(message_id = %message_id, %error, "the config store is unavailable");
             ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }
         };

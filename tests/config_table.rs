@@ -15,7 +15,7 @@ use common::{
     unique_app_name, OwnMoto,
 };
 use mqtt_http_publish::config::manage::{new_user, Home};
-use mqtt_http_publish::config::source::{CacheSettings, ConfigSource, TableSource, RETRY_AFTER_FAILURE};
+use mqtt_http_publish::config::source::{CacheSettings, CachedTable, RETRY_AFTER_FAILURE};
 use mqtt_http_publish::config::table::{config_items, TableStore};
 use mqtt_http_publish::config::{parse_toml, ConfigFile, EffectEntry, RuleEntry};
 use mqtt_http_publish::lambda;
@@ -68,7 +68,7 @@ async fn tagged_table_service(
 ) -> Service<IotPublisher> {
     let publisher = iot_publisher(&moto_url(), app, IotSettings::default()).await;
     let store = TableStore::new(&sdk_config_for(dynamodb).await, table);
-    Service::with_source(publisher, ConfigSource::Table(TableSource::new(store, settings)))
+    Service::with_store(publisher, Arc::new(CachedTable::new(store, settings)))
 }
 
 async fn push(dynamodb: &str, table: &str, config: &ConfigFile) {
@@ -133,7 +133,7 @@ async fn the_handler_authenticates_and_authorizes_from_a_pushed_table() {
 }
 
 #[tokio::test]
-async fn a_changed_password_and_a_removed_rule_take_effect_after_the_ttl_and_not_before() {
+async fn a_changed_password_and_a_removed_rule_take_effect_once_refreshed_after_the_ttl_and_not_before() {
     let moto = moto_url();
     let table = unique_table("ttl");
     create_config_table(&moto, &table).await;
@@ -150,13 +150,41 @@ async fn a_changed_password_and_a_removed_rule_take_effect_after_the_ttl_and_not
     assert_eq!(status(&service, event("user0", "secret-new", "home")).await, 401, "before the TTL: not yet");
 
     tokio::time::sleep(ttl).await;
-    assert_eq!(status(&service, event("user0", "secret0", "home")).await, 401, "after the TTL: the old one is gone");
-    assert_eq!(status(&service, event("user0", "secret-new", "home")).await, 200, "after the TTL: the new one works");
+    // The first request after the TTL is answered from the held copy, at once, and refreshes it.
+    assert_eq!(status(&service, event("user0", "secret0", "home")).await, 200, "after the TTL: served while refreshed");
+    assert!(
+        eventually(|| async { status(&service, event("user0", "secret-new", "home")).await == 200 }).await,
+        "after the refresh: the new password works"
+    );
+    assert_eq!(
+        status(&service, event("user0", "secret0", "home")).await,
+        401,
+        "after the refresh: the old one is gone"
+    );
 
     store.write(Vec::new(), vec![("acl".into(), "rule#20".into())]).await.unwrap();
     assert_eq!(status(&service, event("user0", "secret-new", "home")).await, 200, "rule 20 still cached");
     tokio::time::sleep(ttl).await;
-    assert_eq!(status(&service, event("user0", "secret-new", "home")).await, 401, "rule 20 removed: no match");
+    assert!(
+        eventually(|| async { status(&service, event("user0", "secret-new", "home")).await == 401 }).await,
+        "rule 20 removed: no match once the rules are refreshed"
+    );
+}
+
+/// Whether `check` comes true within two seconds, asked every 50 ms.
+async fn eventually<F, Fut>(check: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let until = std::time::Instant::now() + Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 #[tokio::test]

@@ -1,4 +1,4 @@
-//! The config (README, "Configuration"): users, rules and limits. One model, two homes: a
+//! The config (docs/configuration.md): users, rules and limits. One model, two homes: a
 //! TOML file and a DynamoDB table ([`table`]). Either is validated into the
 //! same [`Policy`]; a config that breaks a rule is refused whole, with a
 //! message that names the entry. [`source`] serves it to requests, with the
@@ -7,6 +7,8 @@
 pub mod manage;
 pub mod source;
 pub mod table;
+
+pub use self::table::StoreError;
 
 use std::collections::HashSet;
 use std::path::Path;

@@ -1,74 +1,119 @@
-//! Serves the config to requests: from a file held in memory, or from the
-//! DynamoDB table through caches.
+//! Serves the config to requests through the [`ConfigStore`] trait, as the
+//! publisher is served through its own: [`FileStore`] holds a file in memory
+//! and reloads it; [`CachedTable`] reads the DynamoDB table through caches.
 //!
-//! Table caching (README, "The config table"):
-//! - a user is fetched with one `GetItem` on first use and kept for the TTL,
-//!   found or not (negative entries spare the table a miss per request);
-//! - the rules and limits are read whole and re-read after the TTL;
-//! - requests that need the same entry while it is being fetched wait for
-//!   that one fetch instead of starting their own;
+//! Table caching (docs/configuration.md, "The config table"):
+//! - a user is fetched with one `GetItem` on first use and kept, found or not
+//!   (negative entries spare the table a miss per request);
+//! - the rules and limits are read whole;
+//! - an entry older than the TTL is still served, at once, while one task
+//!   fetches it again in the background: no request waits on the table for an
+//!   entry it already holds, and no lock is held across a network call;
+//! - requests that need an entry nobody holds share one fetch;
 //! - when the table fails, the last good copy keeps serving for up to
 //!   `stale_max` (logged); with no copy, the request gets 503, never 401;
 //! - after a failure the table is not asked again for [`RETRY_AFTER_FAILURE`],
 //!   so an outage costs requests nothing but the stale copy.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::future::Future;
+use std::hash::Hash;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use moka::future::Cache;
 use tracing::{error, warn};
 
 use super::table::{StoreError, TableStore};
-use super::{validate_user, Policy, RuleSet};
+use super::{validate_user, ConfigError, Policy, RuleSet};
 use crate::auth::StoredHash;
 
 /// How long after a failed fetch the table is left alone.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
-/// Users kept in memory before the cache starts over.
-const USER_CACHE_CAPACITY: usize = 100_000;
+/// Users kept in memory before the least recently used go.
+const USER_CACHE_CAPACITY: u64 = 100_000;
 
-/// Where the config comes from.
-pub enum ConfigSource {
-    /// A validated file, replaced whole on reload.
-    File(RwLock<Arc<Policy>>),
-    /// The DynamoDB table, through caches.
-    Table(TableSource),
-}
+/// What a store's calls return: a boxed future, so that [`crate::service::Service`]
+/// holds any store as `dyn ConfigStore`.
+pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
-impl ConfigSource {
-    /// A file's config.
-    pub fn file(policy: Policy) -> ConfigSource {
-        ConfigSource::File(RwLock::new(Arc::new(policy)))
-    }
-
+/// Where requests read the users, rules and limits.
+pub trait ConfigStore: Send + Sync {
     /// The rules and limits in force.
-    pub async fn rules(&self) -> Result<Arc<RuleSet>, StoreError> {
-        match self {
-            ConfigSource::File(policy) => Ok(Arc::clone(&read(policy).rules)),
-            ConfigSource::Table(table) => table.rules().await,
-        }
-    }
+    fn rules(&self) -> StoreFuture<'_, Arc<RuleSet>>;
 
     /// One user's password hash; `Ok(None)` when there is no such user.
-    pub async fn user(&self, username: &str) -> Result<Option<StoredHash>, StoreError> {
-        match self {
-            ConfigSource::File(policy) => Ok(read(policy).users.get(username).cloned()),
-            ConfigSource::Table(table) => table.user(username).await,
-        }
-    }
+    fn user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<StoredHash>>;
 
-    /// Replaces a file's config (reload); requests in flight finish under the old one.
-    pub fn replace(&self, new: Policy) {
-        if let ConfigSource::File(policy) = self {
-            *policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(new);
-        }
+    /// Loads what the first request will need, so it finds it loaded or in
+    /// flight. A failure is logged; the first request tries again.
+    fn prefetch(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {})
     }
 }
 
-fn read(policy: &RwLock<Arc<Policy>>) -> Arc<Policy> {
-    Arc::clone(&policy.read().unwrap_or_else(|e| e.into_inner()))
+/// A validated config file, held in memory and replaced whole on reload.
+pub struct FileStore {
+    /// The file to read again on reload; `None` for a config with no file (the demo).
+    path: Option<PathBuf>,
+    policy: RwLock<Arc<Policy>>,
+}
+
+impl FileStore {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: PathBuf) -> Result<FileStore, ConfigError> {
+        let policy = Policy::load(&path)?;
+        Ok(FileStore { path: Some(path), policy: RwLock::new(Arc::new(policy)) })
+    }
+
+    /// A config that has no file.
+    pub fn new(policy: Policy) -> FileStore {
+        FileStore { path: None, policy: RwLock::new(Arc::new(policy)) }
+    }
+
+    /// The file reloads read, if there is one.
+    pub fn path(&self) -> Option<&std::path::Path> {
+        self.path.as_deref()
+    }
+
+    /// Reads the file again and, if it is valid, serves it from now on; requests in
+    /// flight finish under the old one. A refused file leaves the old one in force.
+    pub fn reload(&self) -> Result<(), ReloadError> {
+        let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
+        let policy = Policy::load(path)?;
+        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        Ok(())
+    }
+
+    fn policy(&self) -> Arc<Policy> {
+        Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()))
+    }
+}
+
+/// Why [`FileStore::reload`] kept the config it had.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The config came from no file (the demo config).
+    #[error("the config has no file to reload")]
+    NoFile,
+    /// The file is refused; the message names the entry.
+    #[error(transparent)]
+    Refused(#[from] ConfigError),
+}
+
+impl ConfigStore for FileStore {
+    fn rules(&self) -> StoreFuture<'_, Arc<RuleSet>> {
+        let rules = Arc::clone(&self.policy().rules);
+        Box::pin(async move { Ok(rules) })
+    }
+
+    fn user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<StoredHash>> {
+        let user = self.policy().users.get(username).cloned();
+        Box::pin(async move { Ok(user) })
+    }
 }
 
 /// Timing of the table's caches.
@@ -97,117 +142,162 @@ impl CacheSettings {
             stale_max: seconds("CONFIG_STALE_MAX_SECONDS").unwrap_or(defaults.stale_max),
         }
     }
+
+    /// How long an entry may be served at all: fresh for the TTL, then stale while
+    /// refreshed or while the table fails, up to `stale_max` after it was fetched.
+    fn servable(&self) -> Duration {
+        self.ttl.max(self.stale_max)
+    }
 }
 
 /// The table behind its caches.
-pub struct TableSource {
+pub struct CachedTable {
     store: TableStore,
-    settings: CacheSettings,
-    rules: Slot<Arc<RuleSet>>,
-    users: Mutex<HashMap<String, Arc<Slot<Option<StoredHash>>>>>,
+    rules: Refreshing<(), Arc<RuleSet>>,
+    users: Refreshing<String, Option<StoredHash>>,
 }
 
-impl TableSource {
-    /// Caches over `store`. Nothing is fetched until first use (or [`TableSource::prefetch`]).
-    pub fn new(store: TableStore, settings: CacheSettings) -> TableSource {
-        TableSource { store, settings, rules: Slot::default(), users: Mutex::new(HashMap::new()) }
-    }
-
-    /// Starts reading the rules, so the first request finds them loaded or in flight.
-    pub async fn prefetch(&self) {
-        if let Err(error) = self.rules().await {
-            warn!(%error, "prefetching the rules failed; the first request will try again");
+impl CachedTable {
+    /// Caches over `store`. Nothing is fetched until first use (or [`ConfigStore::prefetch`]).
+    pub fn new(store: TableStore, settings: CacheSettings) -> CachedTable {
+        CachedTable {
+            store,
+            rules: Refreshing::new("rules", settings, 1),
+            users: Refreshing::new("user", settings, USER_CACHE_CAPACITY),
         }
     }
+}
 
-    async fn rules(&self) -> Result<Arc<RuleSet>, StoreError> {
-        self.rules
-            .get(self.settings, "rules", || async {
-                let (rules, limits) = self.store.rules().await?;
-                RuleSet::new(rules, limits).map(Arc::new).map_err(|e| {
-                    error!(error = %e, "the table's rules are refused; keeping the last good copy");
-                    StoreError(format!("invalid rules in the table: {e}"))
-                })
-            })
-            .await
+impl ConfigStore for CachedTable {
+    fn rules(&self) -> StoreFuture<'_, Arc<RuleSet>> {
+        let store = self.store.clone();
+        Box::pin(self.rules.get((), move || fetch_rules(store)))
     }
 
-    async fn user(&self, username: &str) -> Result<Option<StoredHash>, StoreError> {
-        let slot = {
-            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-            if users.len() >= USER_CACHE_CAPACITY && !users.contains_key(username) {
-                users.clear();
+    fn user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<StoredHash>> {
+        let (store, name) = (self.store.clone(), username.to_owned());
+        Box::pin(self.users.get(username.to_owned(), move || fetch_user(store, name)))
+    }
+
+    fn prefetch(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+        Box::pin(async {
+            if let Err(error) = self.rules().await {
+                warn!(%error, "prefetching the rules failed; the first request will try again");
             }
-            Arc::clone(users.entry(username.to_owned()).or_default())
-        };
-        slot.get(self.settings, "user", || async {
-            Ok(self.store.user(username).await?.and_then(|entry| match validate_user(&entry) {
-                Ok(hash) => Some(hash),
-                Err(e) => {
-                    error!(error = %e, "a user item in the table is refused; the user cannot authenticate");
-                    None
-                }
-            }))
         })
-        .await
     }
 }
 
-/// One cached value, fetched by one caller at a time.
-struct Slot<T> {
-    state: tokio::sync::Mutex<SlotState<T>>,
+async fn fetch_rules(store: TableStore) -> Result<Arc<RuleSet>, StoreError> {
+    let (rules, limits) = store.rules().await?;
+    RuleSet::new(rules, limits).map(Arc::new).map_err(|e| {
+        error!(error = %e, "the table's rules are refused; keeping the last good copy");
+        StoreError(format!("invalid rules in the table: {e}"))
+    })
 }
 
-struct SlotState<T> {
-    /// The last good value and when it was fetched.
-    value: Option<(T, Instant)>,
-    /// When the last fetch failed, if the last fetch failed.
-    failed_at: Option<Instant>,
+async fn fetch_user(store: TableStore, username: String) -> Result<Option<StoredHash>, StoreError> {
+    Ok(store.user(&username).await?.and_then(|entry| match validate_user(&entry) {
+        Ok(hash) => Some(hash),
+        Err(e) => {
+            error!(error = %e, "a user item in the table is refused; the user cannot authenticate");
+            None
+        }
+    }))
 }
 
-impl<T> Default for Slot<T> {
-    fn default() -> Self {
-        Slot { state: tokio::sync::Mutex::new(SlotState { value: None, failed_at: None }) }
+/// A value and when it was fetched.
+#[derive(Clone)]
+struct Fetched<V> {
+    value: V,
+    at: Instant,
+}
+
+/// A cache whose entries are refreshed in the background once older than the TTL.
+struct Refreshing<K, V> {
+    /// For log lines: what the entries are.
+    what: &'static str,
+    settings: CacheSettings,
+    /// moka evicts an entry once it is too old to serve even while the table fails.
+    entries: Cache<K, Fetched<V>>,
+    /// Keys being refreshed in the background: one task each.
+    refreshing: Arc<Mutex<HashSet<K>>>,
+    /// When a fetch last failed.
+    failed_at: Arc<Mutex<Option<Instant>>>,
+}
+
+impl<K, V> Refreshing<K, V>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+    V: Clone + Send + Sync + 'static,
+{
+    fn new(what: &'static str, settings: CacheSettings, capacity: u64) -> Self {
+        Refreshing {
+            what,
+            settings,
+            entries: Cache::builder().max_capacity(capacity).time_to_live(settings.servable()).build(),
+            refreshing: Arc::default(),
+            failed_at: Arc::default(),
+        }
     }
-}
 
-impl<T: Clone> Slot<T> {
-    /// The value if fresh; else one fetch (others wait for it); else the stale value if young enough.
-    async fn get<F, Fut>(&self, settings: CacheSettings, what: &str, fetch: F) -> Result<T, StoreError>
+    /// The entry for `key`: at once if held (refreshed in the background when past
+    /// the TTL), else fetched (one fetch for every request that asks meanwhile).
+    async fn get<F, Fut>(&self, key: K, fetch: F) -> Result<V, StoreError>
     where
-        F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<T, StoreError>>,
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, StoreError>> + Send + 'static,
     {
-        let mut state = self.state.lock().await;
-        if let Some((value, fetched)) = &state.value {
-            if fetched.elapsed() < settings.ttl {
-                return Ok(value.clone());
+        if let Some(held) = self.entries.get(&key).await {
+            if held.at.elapsed() >= self.settings.ttl {
+                self.refresh_in_background(key, fetch);
             }
+            return Ok(held.value);
         }
-        let stale = |state: &SlotState<T>| {
-            state.value.as_ref().filter(|(_, fetched)| fetched.elapsed() < settings.stale_max).map(|(v, _)| v.clone())
-        };
-        if state.failed_at.is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE) {
-            return stale(&state).ok_or_else(|| StoreError(format!("the config table failed recently ({what})")));
+        if self.failed_recently() {
+            return Err(StoreError(format!("the config table failed recently ({})", self.what)));
         }
-        match fetch().await {
-            Ok(value) => {
-                state.value = Some((value.clone(), Instant::now()));
-                state.failed_at = None;
-                Ok(value)
-            }
-            Err(error) => {
-                state.failed_at = Some(Instant::now());
-                match stale(&state) {
-                    Some(value) => {
-                        warn!(%error, what, "the config table failed; serving the last good copy");
-                        Ok(value)
-                    }
-                    None => Err(error),
+        let fetched =
+            self.entries.try_get_with(key, async { Ok(Fetched { value: fetch().await?, at: Instant::now() }) });
+        fetched.await.map(|f| f.value).map_err(|error: Arc<StoreError>| {
+            self.mark_failed();
+            StoreError::clone(&error)
+        })
+    }
+
+    fn refresh_in_background<F, Fut>(&self, key: K, fetch: F)
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = Result<V, StoreError>> + Send + 'static,
+    {
+        if self.failed_recently() || !lock(&self.refreshing).insert(key.clone()) {
+            return;
+        }
+        let (entries, refreshing, failed_at, what) =
+            (self.entries.clone(), Arc::clone(&self.refreshing), Arc::clone(&self.failed_at), self.what);
+        tokio::spawn(async move {
+            match fetch().await {
+                Ok(value) => entries.insert(key.clone(), Fetched { value, at: Instant::now() }).await,
+                Err(error) => {
+                    *lock(&failed_at) = Some(Instant::now());
+                    warn!(%error, what, "the config table failed; serving the last good copy");
                 }
             }
-        }
+            lock(&refreshing).remove(&key);
+        });
     }
+
+    fn failed_recently(&self) -> bool {
+        lock(&self.failed_at).is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE)
+    }
+
+    fn mark_failed(&self) {
+        *lock(&self.failed_at) = Some(Instant::now());
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -217,21 +307,35 @@ mod tests {
 
     const QUICK: CacheSettings = CacheSettings { ttl: Duration::from_millis(50), stale_max: Duration::from_secs(60) };
 
+    fn counting(fetches: &Arc<AtomicUsize>, value: u32, delay: Duration) -> impl FnOnce() -> StoreFutureStatic<u32> {
+        let fetches = Arc::clone(fetches);
+        move || {
+            Box::pin(async move {
+                fetches.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(delay).await;
+                Ok(value)
+            })
+        }
+    }
+
+    type StoreFutureStatic<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+    fn failing() -> impl FnOnce() -> StoreFutureStatic<u32> {
+        || Box::pin(async { Err(StoreError("down".into())) })
+    }
+
+    async fn settle() {
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+
     #[tokio::test]
     async fn concurrent_requests_share_one_fetch() {
-        let slot = Arc::new(Slot::<u32>::default());
+        let cache = Arc::new(Refreshing::<(), u32>::new("t", QUICK, 1));
         let fetches = Arc::new(AtomicUsize::new(0));
         let tasks: Vec<_> = (0..20)
             .map(|_| {
-                let (slot, fetches) = (Arc::clone(&slot), Arc::clone(&fetches));
-                tokio::spawn(async move {
-                    slot.get(QUICK, "t", || async {
-                        fetches.fetch_add(1, Ordering::SeqCst);
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        Ok(7)
-                    })
-                    .await
-                })
+                let (cache, fetch) = (Arc::clone(&cache), counting(&fetches, 7, Duration::from_millis(20)));
+                tokio::spawn(async move { cache.get((), fetch).await })
             })
             .collect();
         for task in tasks {
@@ -241,24 +345,65 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_failure_serves_the_last_good_copy_and_nothing_without_one() {
-        let slot = Slot::<u32>::default();
-        let fail = || async { Err::<u32, _>(StoreError("down".into())) };
-        assert!(slot.get(QUICK, "t", fail).await.is_err(), "no copy: an error");
-        tokio::time::sleep(RETRY_AFTER_FAILURE).await;
-        assert_eq!(slot.get(QUICK, "t", || async { Ok(1) }).await, Ok(1));
+    async fn an_entry_past_the_ttl_is_served_at_once_while_one_task_refreshes_it() {
+        let cache = Refreshing::<(), u32>::new("t", QUICK, 1);
+        let fetches = Arc::new(AtomicUsize::new(0));
+        assert_eq!(cache.get((), counting(&fetches, 1, Duration::ZERO)).await, Ok(1));
+        assert_eq!(cache.get((), || async { panic!("fresh: no fetch") }).await, Ok(1));
         tokio::time::sleep(QUICK.ttl).await;
-        assert_eq!(slot.get(QUICK, "t", fail).await, Ok(1), "stale copy while the store is down");
-        let expired = CacheSettings { stale_max: Duration::ZERO, ..QUICK };
-        assert!(slot.get(expired, "t", || async { panic!("no fetch right after a failure") }).await.is_err());
+        // WHEN the table takes a whole second to answer
+        let started = Instant::now();
+        for _ in 0..5 {
+            assert_eq!(cache.get((), counting(&fetches, 2, Duration::from_secs(1))).await, Ok(1), "the held copy");
+        }
+        // THEN nobody waited for it, and one refresh went out
+        assert!(started.elapsed() < Duration::from_millis(200), "{:?}", started.elapsed());
+        settle().await;
+        assert_eq!(fetches.load(Ordering::SeqCst), 2, "one fetch at first, one refresh");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(cache.get((), || async { panic!("refreshed: no fetch") }).await, Ok(2));
     }
 
     #[tokio::test]
-    async fn a_fresh_value_is_served_without_fetching_and_refetched_after_the_ttl() {
-        let slot = Slot::<u32>::default();
-        assert_eq!(slot.get(QUICK, "t", || async { Ok(1) }).await, Ok(1));
-        assert_eq!(slot.get(QUICK, "t", || async { panic!("fresh: no fetch") }).await, Ok(1));
+    async fn a_failure_serves_the_last_good_copy_and_nothing_without_one() {
+        let cache = Refreshing::<(), u32>::new("t", QUICK, 1);
+        assert!(cache.get((), failing()).await.is_err(), "no copy: an error");
+        assert!(
+            cache.get((), || async { panic!("no fetch right after a failure") }).await.is_err(),
+            "the table is left alone after a failure"
+        );
+        tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+        assert_eq!(cache.get((), || async { Ok(1) }).await, Ok(1));
         tokio::time::sleep(QUICK.ttl).await;
-        assert_eq!(slot.get(QUICK, "t", || async { Ok(2) }).await, Ok(2));
+        assert_eq!(cache.get((), failing()).await, Ok(1), "stale copy while the store is down");
+        settle().await;
+        assert_eq!(cache.get((), failing()).await, Ok(1), "and still after the refresh failed");
+    }
+
+    #[tokio::test]
+    async fn a_copy_older_than_stale_max_is_not_served() {
+        let settings = CacheSettings { ttl: Duration::from_millis(20), stale_max: Duration::from_millis(100) };
+        let cache = Refreshing::<(), u32>::new("t", settings, 1);
+        assert_eq!(cache.get((), || async { Ok(1) }).await, Ok(1));
+        tokio::time::sleep(Duration::from_millis(150)).await;
+        tokio::time::sleep(RETRY_AFTER_FAILURE).await;
+        assert!(cache.get((), failing()).await.is_err(), "too old to serve: the request waits and fails");
+    }
+
+    #[tokio::test]
+    async fn a_file_store_reloads_its_file_and_keeps_the_old_config_when_the_new_one_is_refused() {
+        let path = std::env::temp_dir().join(format!("mhp-reload-{}.toml", std::process::id()));
+        let example = include_str!("../../config/example.toml");
+        std::fs::write(&path, example).unwrap();
+        let store = FileStore::load(path.clone()).unwrap();
+        assert!(store.user("user0").await.unwrap().is_some());
+        std::fs::write(&path, "[[users]]\nusername = \"other\"\npassword_hash = \"$2b$04$invalid\"\n").unwrap();
+        assert!(matches!(store.reload(), Err(ReloadError::Refused(_))));
+        assert!(store.user("user0").await.unwrap().is_some(), "the old config stays");
+        std::fs::write(&path, example.replace("user0", "user9")).unwrap();
+        store.reload().unwrap();
+        assert!(store.user("user0").await.unwrap().is_none() && store.user("user9").await.unwrap().is_some());
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(FileStore::new(Policy::from_toml(example).unwrap()).reload(), Err(ReloadError::NoFile)));
     }
 }

@@ -19,9 +19,9 @@ const SEGMENT_BYTES: usize = 2 * EMBEDDED_MAX_PAYLOAD;
 const SEGMENT_COUNT: usize = 4;
 
 /// Starts the broker on its own threads; it runs until the process ends.
-pub fn start(listen: SocketAddr) -> Result<(), String> {
+pub fn start(listen: SocketAddr) -> std::io::Result<()> {
     // rumqttd binds inside its own thread and only logs a failure there: check the address first.
-    std::net::TcpListener::bind(listen).map_err(|e| format!("the embedded broker cannot listen on {listen}: {e}"))?;
+    std::net::TcpListener::bind(listen)?;
     let server = ServerSettings {
         name: "v5".into(),
         listen,
@@ -52,13 +52,10 @@ pub fn start(listen: SocketAddr) -> Result<(), String> {
         ..Config::default()
     };
     let mut broker = Broker::new(config);
-    std::thread::Builder::new()
-        .name("embedded-broker".into())
-        .spawn(move || {
-            if let Err(error) = broker.start() {
-                tracing::error!(%error, "the embedded MQTT broker stopped");
-            }
-        })
-        .map_err(|e| e.to_string())?;
+    std::thread::Builder::new().name("embedded-broker".into()).spawn(move || {
+        if let Err(error) = broker.start() {
+            tracing::error!(%error, "the embedded MQTT broker stopped");
+        }
+    })?;
     Ok(())
 }

@@ -17,7 +17,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
-use crate::config::Policy;
+use crate::config::source::{ConfigStore, FileStore, ReloadError};
+use crate::config::{ConfigError, Policy};
 use crate::publish::mqtt::{BrokerSettings, MqttPublisher, MQTT_LIMITS};
 use crate::service::Service;
 
@@ -61,20 +62,61 @@ effect = "allow"
 topics = ["#"]
 "##;
 
+/// Why `serve` could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The config file is refused; the message names the entry.
+    #[error("{}: {source}", path.display())]
+    Config {
+        /// The file given with `--config`.
+        path: PathBuf,
+        /// What is wrong with it.
+        source: ConfigError,
+    },
+    /// `--mqtt` is not a broker URL.
+    #[error("--mqtt {url:?}: {reason}")]
+    BrokerUrl {
+        /// As given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// Options that do not go together.
+    #[error("{0}")]
+    Options(&'static str),
+    /// A certificate, key or CA file.
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    /// An address to listen on is taken or not ours.
+    #[error("{what} cannot listen on {address}: {source}")]
+    Listen {
+        /// The server or the embedded broker.
+        what: &'static str,
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The process cannot receive SIGHUP.
+    #[error("cannot watch for SIGHUP: {0}")]
+    Signal(std::io::Error),
+}
+
 /// Splits `mqtt://host:port` / `mqtts://host:port` (IPv6 in brackets) into host, port and TLS.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), String> {
+pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), ServeError> {
+    let bad = |reason: String| ServeError::BrokerUrl { url: url.to_owned(), reason };
     let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
         (true, rest)
     } else if let Some(rest) = url.strip_prefix("mqtt://") {
         (false, rest)
     } else {
-        return Err(format!("--mqtt {url:?}: use mqtt://HOST:PORT or mqtts://HOST:PORT"));
+        return Err(bad("use mqtt://HOST:PORT or mqtts://HOST:PORT".into()));
     };
     let rest = rest.trim_end_matches('/');
     let default_port = if tls { 8883 } else { 1883 };
     let (host, port) = match rest.strip_prefix('[') {
         Some(v6) => {
-            let (host, after) = v6.split_once(']').ok_or_else(|| format!("--mqtt {url:?}: unclosed '['"))?;
+            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['".into()))?;
             (host, after.strip_prefix(':'))
         }
         None => match rest.rsplit_once(':') {
@@ -83,11 +125,11 @@ pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), String> {
         },
     };
     let port = match port {
-        Some(p) => p.parse().map_err(|_| format!("--mqtt {url:?}: {p:?} is not a port"))?,
+        Some(p) => p.parse().map_err(|_| bad(format!("{p:?} is not a port")))?,
         None => default_port,
     };
     if host.is_empty() {
-        return Err(format!("--mqtt {url:?}: no host"));
+        return Err(bad("no host".into()));
     }
     Ok((host.to_owned(), port, tls))
 }
@@ -102,89 +144,104 @@ fn connection_client_id() -> String {
 const BROKER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Runs the server until SIGTERM or SIGINT, then drains and returns.
-pub async fn run(options: ServeOptions) -> Result<(), String> {
-    let policy = match &options.config {
-        Some(path) => Policy::load(path).map_err(|e| format!("{}: {e}", path.display()))?,
-        None => {
-            warn!("NO --config GIVEN: running the DEMO config. user0 / secret0 (and any client certificate the --client-ca trusts) may publish to every topic not starting with '$'. Do not expose this server.");
-            Policy::from_toml(DEMO_CONFIG).expect("the demo config is valid")
-        }
-    };
-
-    let broker = match &options.mqtt {
-        Some(url) => {
-            let (host, port, use_tls) = parse_broker_url(url)?;
-            let tls = if use_tls { Some(tls::client_config(options.mqtt_ca.as_deref())?) } else { None };
-            BrokerSettings {
-                host,
-                port,
-                tls,
-                credentials: options
-                    .mqtt_username
-                    .clone()
-                    .map(|u| (u, options.mqtt_password.clone().unwrap_or_default())),
-                client_id: connection_client_id(),
-                max_payload_bytes: MQTT_LIMITS.max_payload_bytes,
-            }
-        }
-        None => {
-            broker::start(options.broker_listen)?;
-            info!(listen = %options.broker_listen, "embedded MQTT 5 broker started");
-            BrokerSettings {
-                host: options.broker_listen.ip().to_string(),
-                port: options.broker_listen.port(),
-                tls: None,
-                credentials: None,
-                client_id: connection_client_id(),
-                max_payload_bytes: broker::EMBEDDED_MAX_PAYLOAD,
-            }
-        }
-    };
-
-    let acceptor = match (&options.tls_cert, &options.tls_key) {
-        (Some(cert), Some(key)) => {
-            Some(TlsAcceptor::from(tls::server_config(cert, key, options.client_ca.as_deref())?))
-        }
-        (None, None) if options.client_ca.is_some() => return Err("--client-ca needs --tls-cert and --tls-key".into()),
-        (None, None) => None,
-        _ => return Err("--tls-cert and --tls-key go together".into()),
-    };
+pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
+    let config = Arc::new(load_config(&options)?);
+    let broker = broker_settings(&options)?;
+    let acceptor = tls_acceptor(&options)?;
 
     let publisher = MqttPublisher::connect(broker);
     if !publisher.wait_connected(BROKER_PATIENCE).await {
         warn!("not connected to the MQTT broker yet: answering 503 until the connection is up");
     }
-    let service = Arc::new(Service::new(publisher, policy));
-    let listener =
-        TcpListener::bind(options.listen).await.map_err(|e| format!("cannot listen on {}: {e}", options.listen))?;
+    let service = Arc::new(Service::with_store(publisher, Arc::clone(&config) as Arc<dyn ConfigStore>));
+    let listener = TcpListener::bind(options.listen).await.map_err(|source| ServeError::Listen {
+        what: "the server",
+        address: options.listen,
+        source,
+    })?;
     info!(
-        listen = %listener.local_addr().map_err(|e| e.to_string())?,
+        listen = %listener.local_addr().unwrap_or(options.listen),
         scheme = if acceptor.is_some() { "https" } else { "http" },
         "serving the publish API"
     );
+    reload_on_hangup(config)?;
+    http::serve(listener, acceptor, service, options.header_read_timeout, shutdown_signal()).await;
+    info!("stopped");
+    Ok(())
+}
 
-    let mut hangup = signal(SignalKind::hangup()).map_err(|e| e.to_string())?;
-    let reload_service = Arc::clone(&service);
-    let config_path = options.config.clone();
+/// The `--config` file, or the demo config (said loudly).
+fn load_config(options: &ServeOptions) -> Result<FileStore, ServeError> {
+    match &options.config {
+        Some(path) => FileStore::load(path.clone()).map_err(|source| ServeError::Config { path: path.clone(), source }),
+        None => {
+            warn!("NO --config GIVEN: running the DEMO config. user0 / secret0 (and any client certificate the --client-ca trusts) may publish to every topic not starting with '$'. Do not expose this server.");
+            Ok(FileStore::new(Policy::from_toml(DEMO_CONFIG).expect("the demo config is valid")))
+        }
+    }
+}
+
+/// The broker of `--mqtt`, or the embedded one, started here.
+fn broker_settings(options: &ServeOptions) -> Result<BrokerSettings, ServeError> {
+    let Some(url) = &options.mqtt else {
+        broker::start(options.broker_listen).map_err(|source| ServeError::Listen {
+            what: "the embedded broker",
+            address: options.broker_listen,
+            source,
+        })?;
+        info!(listen = %options.broker_listen, "embedded MQTT 5 broker started");
+        return Ok(BrokerSettings {
+            host: options.broker_listen.ip().to_string(),
+            port: options.broker_listen.port(),
+            tls: None,
+            credentials: None,
+            client_id: connection_client_id(),
+            max_payload_bytes: broker::EMBEDDED_MAX_PAYLOAD,
+        });
+    };
+    let (host, port, use_tls) = parse_broker_url(url)?;
+    Ok(BrokerSettings {
+        host,
+        port,
+        tls: if use_tls { Some(tls::client_config(options.mqtt_ca.as_deref())?) } else { None },
+        credentials: options.mqtt_username.clone().map(|u| (u, options.mqtt_password.clone().unwrap_or_default())),
+        client_id: connection_client_id(),
+        max_payload_bytes: MQTT_LIMITS.max_payload_bytes,
+    })
+}
+
+/// The HTTPS acceptor of `--tls-cert`/`--tls-key` (and `--client-ca`), if given.
+fn tls_acceptor(options: &ServeOptions) -> Result<Option<TlsAcceptor>, ServeError> {
+    match (&options.tls_cert, &options.tls_key) {
+        (Some(cert), Some(key)) => {
+            Ok(Some(TlsAcceptor::from(tls::server_config(cert, key, options.client_ca.as_deref())?)))
+        }
+        (None, None) if options.client_ca.is_some() => {
+            Err(ServeError::Options("--client-ca needs --tls-cert and --tls-key"))
+        }
+        (None, None) => Ok(None),
+        _ => Err(ServeError::Options("--tls-cert and --tls-key go together")),
+    }
+}
+
+/// Reloads the config file on each SIGHUP; a refused file leaves the old one in force.
+fn reload_on_hangup(config: Arc<FileStore>) -> Result<(), ServeError> {
+    let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            match &config_path {
-                None => warn!("SIGHUP: the demo config has no file to reload"),
-                Some(path) => match Policy::load(path) {
-                    Ok(policy) => {
-                        reload_service.config().replace(policy);
-                        info!(config = %path.display(), "SIGHUP: config reloaded");
-                    }
-                    Err(e) => {
-                        error!(config = %path.display(), error = %e, "SIGHUP: the new config is refused; keeping the old one")
-                    }
-                },
+            match (config.reload(), config.path()) {
+                (Ok(()), Some(path)) => info!(config = %path.display(), "SIGHUP: config reloaded"),
+                (Err(ReloadError::NoFile), _) | (Ok(()), None) => {
+                    warn!("SIGHUP: the demo config has no file to reload")
+                }
+                (Err(e), path) => error!(
+                    config = %path.map(|p| p.display().to_string()).unwrap_or_default(),
+                    error = %e,
+                    "SIGHUP: the new config is refused; keeping the old one"
+                ),
             }
         }
     });
-
-    http::serve(listener, acceptor, service, options.header_read_timeout, shutdown_signal()).await;
-    info!("stopped");
     Ok(())
 }
 
@@ -205,10 +262,10 @@ mod tests {
 
     #[test]
     fn broker_urls_parse_with_default_ports() {
-        assert_eq!(parse_broker_url("mqtt://localhost"), Ok(("localhost".into(), 1883, false)));
-        assert_eq!(parse_broker_url("mqtts://broker.example:8884"), Ok(("broker.example".into(), 8884, true)));
-        assert_eq!(parse_broker_url("mqtts://[::1]"), Ok(("::1".into(), 8883, true)));
-        assert_eq!(parse_broker_url("mqtt://127.0.0.1:1884/"), Ok(("127.0.0.1".into(), 1884, false)));
+        assert_eq!(parse_broker_url("mqtt://localhost").ok(), Some(("localhost".into(), 1883, false)));
+        assert_eq!(parse_broker_url("mqtts://broker.example:8884").ok(), Some(("broker.example".into(), 8884, true)));
+        assert_eq!(parse_broker_url("mqtts://[::1]").ok(), Some(("::1".into(), 8883, true)));
+        assert_eq!(parse_broker_url("mqtt://127.0.0.1:1884/").ok(), Some(("127.0.0.1".into(), 1884, false)));
         assert!(parse_broker_url("http://x").is_err());
         assert!(parse_broker_url("mqtt://:1883").is_err());
         assert!(parse_broker_url("mqtt://h:port").is_err());

@@ -4,63 +4,105 @@
 
 use std::fs::File;
 use std::io::BufReader;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_rustls::rustls::crypto::ring;
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
-use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 
-fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, String> {
-    let file = File::open(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let certs = rustls_pemfile::certs(&mut BufReader::new(file))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+/// Why a certificate, key or CA file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The file cannot be opened or read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file holds none of what it should.
+    #[error("{} holds no PEM {what}", path.display())]
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// A certificate or a private key.
+        what: &'static str,
+    },
+    /// rustls refused what the file holds.
+    #[error("{}: {source}", path.display())]
+    Refused {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: tokio_rustls::rustls::Error,
+    },
+    /// The client CA cannot verify client certificates.
+    #[error("{}: {source}", path.display())]
+    ClientCa {
+        /// The `--client-ca` file.
+        path: PathBuf,
+        /// Why.
+        source: VerifierBuilderError,
+    },
+    /// The certificate and the key do not make a server identity.
+    #[error("the server certificate and key: {0}")]
+    KeyPair(tokio_rustls::rustls::Error),
+}
+
+fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
+    move |source| TlsError::Read { path: path.to_owned(), source }
+}
+
+fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let file = File::open(path).map_err(read_error(path))?;
+    let certs =
+        rustls_pemfile::certs(&mut BufReader::new(file)).collect::<Result<Vec<_>, _>>().map_err(read_error(path))?;
     if certs.is_empty() {
-        return Err(format!("{} holds no PEM certificate", path.display()));
+        return Err(TlsError::Empty { path: path.to_owned(), what: "certificate" });
     }
     Ok(certs)
 }
 
-fn roots(path: &Path) -> Result<RootCertStore, String> {
+fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(path)? {
-        roots.add(cert).map_err(|e| format!("{}: {e}", path.display()))?;
+        roots.add(cert).map_err(|source| TlsError::Refused { path: path.to_owned(), source })?;
     }
     Ok(roots)
 }
 
 /// The HTTPS server config. With `client_ca`, a client certificate is asked
-/// for and verified against it, but not required: Basic callers (the product
-/// page's second example) connect without one.
-pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, String> {
+/// for and verified against it, but not required: Basic callers (the second
+/// example of Tencent Cloud MQTT's HTTP publish documentation) connect without one.
+pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certificates(cert)?;
-    let key_file = File::open(key).map_err(|e| format!("cannot read {}: {e}", key.display()))?;
+    let key_file = File::open(key).map_err(read_error(key))?;
     let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(key_file))
-        .map_err(|e| format!("{}: {e}", key.display()))?
-        .ok_or_else(|| format!("{} holds no PEM private key", key.display()))?;
+        .map_err(read_error(key))?
+        .ok_or_else(|| TlsError::Empty { path: key.to_owned(), what: "private key" })?;
     let provider = Arc::new(ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
+        .expect("ring supports the default protocol versions");
     let builder = match client_ca {
         Some(ca) => builder.with_client_cert_verifier(
             WebPkiClientVerifier::builder_with_provider(Arc::new(roots(ca)?), provider)
                 .allow_unauthenticated()
                 .build()
-                .map_err(|e| format!("{}: {e}", ca.display()))?,
+                .map_err(|source| TlsError::ClientCa { path: ca.to_owned(), source })?,
         ),
         None => builder.with_no_client_auth(),
     };
-    let mut config =
-        builder.with_single_cert(chain, key).map_err(|e| format!("the server certificate and key: {e}"))?;
+    let mut config = builder.with_single_cert(chain, key).map_err(TlsError::KeyPair)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(Arc::new(config))
 }
 
 /// The TLS client config for `mqtts://`: trust `ca` if given, else the system's roots.
-pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
+pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, TlsError> {
     let roots = match ca {
         Some(ca) => roots(ca)?,
         None => {
@@ -73,7 +115,7 @@ pub fn client_config(ca: Option<&Path>) -> Result<Arc<ClientConfig>, String> {
     };
     let config = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
         .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
+        .expect("ring supports the default protocol versions")
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
