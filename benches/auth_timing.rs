@@ -1,5 +1,5 @@
-//! README, "Same answer for unknown user and wrong password": answered "identically, in
-//! the same time". Both take the slow path, never the credential cache (only a
+//! docs/api.md, "Same answer for unknown user and wrong password": the same answer, in
+//! the same time. Both take the slow path, never the credential cache (only a
 //! verified password is cached): a wrong password costs one argon2id of the
 //! user's hash, an unknown user one argon2id of the dummy hash, which has the
 //! parameters `passwd` uses (the example config's user0 was hashed by it). The

@@ -1,7 +1,7 @@
 //! One argon2id password check as the service makes it (`StoredHash::verify` on
 //! `config/example.toml`'s hash: m=19456 KiB, t=2, p=1, what `passwd` writes).
 //! Prints figures; asserts nothing. Run it under a CPU quota to see what a
-//! Lambda memory size makes of it (README, "A user's first request in a container"):
+//! Lambda memory size makes of it (docs/aws.md, "A user's first request in a container"):
 //!
 //!     cargo bench --bench password_check --no-run     # build outside the quota
 //!     ( echo $BASHPID > /sys/fs/cgroup/cpu/lambda128/tasks; cargo bench --bench password_check )

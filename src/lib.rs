@@ -1,6 +1,6 @@
 //! mqtt-http-publish: one HTTP `POST /topics/{topic}` becomes one MQTT publish,
 //! with authentication and per-topic ACLs. The API follows Tencent Cloud MQTT's
-//! HTTP publish API; the README's "The API" and `openapi.yaml` are the contract.
+//! HTTP publish API; docs/api.md and `openapi.yaml` are the contract.
 //!
 //! # Layout
 //!

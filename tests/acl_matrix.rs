@@ -2,7 +2,7 @@
 //! topic, qos, retain → answer), each through the real service path (parse,
 //! authenticate, authorize, publish) with the config below written to a file
 //! and loaded as `CONFIG_FILE` is, publishing with the real IoT client to moto.
-//! The README's API and Configuration sections are
+//! docs/api.md and docs/configuration.md are
 //! what each line checks; the note at the end of a line says which promise.
 
 mod common;

@@ -1,6 +1,6 @@
 //! The IoT backend failing in ways moto cannot: a loopback server of the suite
 //! answers the Publish call with chosen statuses and `x-amzn-ErrorType`
-//! values, or never answers. Each maps as the README says, and only a real
+//! values, or never answers. Each maps as docs/aws.md says, and only a real
 //! success answers 200.
 //!
 //! The last test mixes every fault under concurrent requests and checks that
@@ -208,7 +208,7 @@ impl Fate {
         *FATES.iter().find(|f| format!("{f:?}") == name).unwrap_or_else(|| panic!("no fate in {payload:?}"))
     }
 
-    /// The one answer the caller may get, as the README maps the backend's.
+    /// The one answer the caller may get, as docs/aws.md maps the backend's.
     fn expected_status(self) -> u64 {
         match self {
             Fate::Accept | Fate::ThrottleThenAccept => 200,

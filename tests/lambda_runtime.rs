@@ -145,7 +145,7 @@ async fn the_binary_serves_events_from_the_runtime_api_and_publishes_to_moto() {
     ];
     let (runtime_api, state) = start_emulator(events).await;
 
-    // The SDK's own endpoint resolution, which AWS_ENDPOINT_URL_IOT_DATA_PLANE selects (README, "On AWS Lambda").
+    // The SDK's own endpoint resolution, which AWS_ENDPOINT_URL_IOT_DATA_PLANE selects (docs/aws.md, "On AWS Lambda").
     let mut child = spawn_function(
         &runtime_api,
         &[

@@ -1,6 +1,6 @@
 //! Property tests: the product's matchers and decoders against plain reference
 //! implementations written here from the rules they follow (MQTT 5 §4.7,
-//! the README's table of what each event source delivers, first-match ACLs).
+//! docs/aws.md's table of what each event source delivers, first-match ACLs).
 //!
 //! - topic filters: `TopicFilter::matches` and a one-rule ACL (its trie) agree
 //!   with a level-by-level reference matcher;
@@ -319,7 +319,7 @@ fn reference_glob(pattern: &[char], text: &[char]) -> bool {
 }
 
 /// A block contains an address when their first `prefix` bits agree; an
-/// IPv4-mapped IPv6 address is its IPv4 address (README, `source_ips`).
+/// IPv4-mapped IPv6 address is its IPv4 address (docs/configuration.md, `source_ips`).
 fn reference_cidr(block: &str, ip: IpAddr) -> bool {
     let (net, prefix) = block.split_once('/').expect("generated blocks carry a prefix");
     let net: IpAddr = net.parse().unwrap();

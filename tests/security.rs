@@ -1,8 +1,8 @@
 //! What an attacker could learn from the answers and the logs: an unknown user
 //! and a wrong password are answered with the same bytes, through the Lambda
 //! handler and through `serve`; and the service's most verbose logs hold no
-//! password and no Authorization value. (The timing half of the README's "answered
-//! identically, in the same time" is `cargo bench --bench auth_timing`.)
+//! password and no Authorization value. (The timing half of docs/api.md's "Same answer
+//! for unknown user and wrong password" is `cargo bench --bench auth_timing`.)
 
 mod common;
 

@@ -108,7 +108,7 @@ fn the_function_is_built_and_run_as_promised() {
     assert_eq!((p["Runtime"].as_str(), p["Handler"].as_str()), (Some("provided.al2023"), Some("bootstrap")));
     assert_eq!(p["Architectures"][0]["Ref"].as_str(), Some("Architecture"));
     assert_eq!(t["Parameters"]["Architecture"]["Default"].as_str(), Some("arm64"));
-    // The cheapest size at a realistic share of argon2id checks (README: "A user's first request").
+    // The cheapest size at a realistic share of argon2id checks (docs/aws.md: "A user's first request in a container").
     assert_eq!(p["MemorySize"].as_i64(), Some(128));
     let timeout_s = p["Timeout"].as_i64().unwrap();
     let publish_ms: i64 = p["Environment"]["Variables"]["PUBLISH_TIMEOUT_MS"].as_str().unwrap().parse().unwrap();

@@ -1,4 +1,4 @@
-//! The ACL (README, "Configuration"): rules in priority order, the first match decides,
+//! The ACL (docs/configuration.md): rules in priority order, the first match decides,
 //! no match is deny.
 //!
 //! Rules are indexed in a trie of their filters' levels, so a decision visits

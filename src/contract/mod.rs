@@ -1,4 +1,4 @@
-//! The HTTP contract (README, "The API"): what a request must look like, and what
+//! The HTTP contract (docs/api.md): what a request must look like, and what
 //! each answer is. Entry points (the Lambda event decoder, `serve`) turn their
 //! input into an [`HttpRequest`]; [`parse_request`] turns that into a
 //! [`PublishRequest`] or the 4xx that explains why not.

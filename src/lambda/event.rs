@@ -312,7 +312,7 @@ pub struct LambdaResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     status_description: Option<String>,
     /// Sorted by name, so that two equal answers are equal bytes (a `HashMap`'s
-    /// order differs from one map to the next: the README wants an unknown user's
+    /// order differs from one map to the next: docs/api.md wants an unknown user's
     /// answer identical to a wrong password's).
     #[serde(skip_serializing_if = "Option::is_none")]
     headers: Option<BTreeMap<String, String>>,

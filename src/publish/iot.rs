@@ -218,7 +218,7 @@ fn user_properties_json(pairs: &[(String, String)]) -> String {
     serde_json::Value::Array(array).to_string()
 }
 
-/// Maps the SDK's error as the README's "Errors from AWS IoT" says. The SDK picks a modelled variant from
+/// Maps the SDK's error as docs/aws.md's "Errors from AWS IoT" says. The SDK picks a modelled variant from
 /// `x-amzn-ErrorType`; a response without it arrives unhandled, and is then
 /// classified by its error code if any, else its raw HTTP status.
 fn classify(err: SdkError<SdkPublishError>) -> PublishError {
