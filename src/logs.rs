@@ -51,7 +51,7 @@ pub fn init(output: Output) -> Guard {
     let ansi = io::stderr().is_terminal();
     match output {
         Output::LambdaJson => {
-            builder.json().with_current_span(true).with_span_list(false).without_time().init();
+            builder.json().with_current_span(false).with_span_list(true).without_time().init();
             Guard(None)
         }
         Output::Text => {

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
-use tracing::{info, warn};
+use tracing::{field, info, info_span, warn, Instrument, Span};
 
 use crate::acl::{Access, Effect};
 use crate::auth::Authenticator;
@@ -25,13 +25,6 @@ const UNAVAILABLE_RETRY_AFTER: u32 = 5;
 /// The config's payload limit, capped by the backend's.
 fn payload_limit(rules: &RuleSet, backend: usize) -> usize {
     rules.limits.max_payload_bytes.min(backend)
-}
-
-/// How far a request got: for its log line, and for the warning when its time runs out.
-#[derive(Debug, Default)]
-struct Progress {
-    topic: Option<String>,
-    step: &'static str,
 }
 
 /// The publish service, shared by every request of a process.
@@ -85,23 +78,21 @@ impl<P: Publisher> Service<P> {
     pub async fn handle_by(&self, request: HttpRequest, answer_by: Option<tokio::time::Instant>) -> Response<Bytes> {
         let started = Instant::now();
         let message_id = MessageId::next();
-        let mut progress = Progress::default();
-        let work = self.publish(&request, message_id, &mut progress);
+        // The request's log lines carry the topic, once parsed, and the step it is at.
+        let span = info_span!("request", topic = field::Empty, step = field::Empty);
+        let work = self.publish(&request, message_id).instrument(span.clone());
         let result = match answer_by {
             None => work.await,
-            Some(answer_by) => match tokio::time::timeout_at(answer_by, work).await {
-                Ok(result) => result,
-                Err(_) => {
+            Some(answer_by) => tokio::time::timeout_at(answer_by, work).await.unwrap_or_else(|_| {
+                span.in_scope(|| {
                     warn!(
                         message_id = %message_id,
-                        step = progress.step,
                         "the invocation's time is running out; answering 503 before the runtime ends it"
-                    );
-                    Err(ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER })
-                }
-            },
+                    )
+                });
+                Err(ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER })
+            }),
         };
-        let topic = progress.topic;
         let error = result.as_ref().err().map(|e| e.code().as_str());
         let response = match result {
             Ok(()) => Response::builder()
@@ -112,35 +103,34 @@ impl<P: Publisher> Service<P> {
                 .expect("static headers are valid"),
             Err(error) => error.into_response(),
         };
-        info!(
-            status = response.status().as_u16(),
-            topic = topic.as_deref().unwrap_or(""),
-            message_id = %message_id,
-            error = error.unwrap_or(""),
-            latency_us = started.elapsed().as_micros() as u64,
-            "request"
-        );
+        span.in_scope(|| {
+            info!(
+                status = response.status().as_u16(),
+                message_id = %message_id,
+                error = error.unwrap_or(""),
+                latency_us = started.elapsed().as_micros() as u64,
+                "request"
+            )
+        });
         response
     }
 
-    async fn publish(
-        &self,
-        request: &HttpRequest,
-        message_id: MessageId,
-        progress: &mut Progress,
-    ) -> Result<(), ApiError> {
+    /// Parses, authenticates, authorizes, admits and publishes: the steps are
+    /// recorded in the current span, for the log line of a request cut short.
+    async fn publish(&self, request: &HttpRequest, message_id: MessageId) -> Result<(), ApiError> {
+        let span = Span::current();
         let store_down = |error: StoreError| {
             warn!(message_id = %message_id, %error, "the config store is unavailable");
             ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }
         };
-        progress.step = "reading the rules";
+        span.record("step", "reading the rules");
         let rules = self.config.rules().await.map_err(store_down)?;
         let limits = self.publisher.limits();
         let max_payload = payload_limit(&rules, limits.max_payload_bytes);
         let parsed = parse_request(request, limits, max_payload)?;
-        progress.topic = Some(parsed.topic.to_string());
+        span.record("topic", parsed.topic.as_str());
 
-        progress.step = "authenticating";
+        span.record("step", "authenticating");
         let identity = self
             .authenticator
             .authenticate(request, &parsed.options, message_id, |name| async move {
@@ -169,7 +159,7 @@ impl<P: Publisher> Service<P> {
             .admit(&rules.limits, quota_user)
             .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
 
-        progress.step = "publishing";
+        span.record("step", "publishing");
         let message = Message {
             topic: parsed.topic,
             qos: parsed.options.qos,

@@ -78,9 +78,36 @@ pub fn parse_options(
     max_qos: Qos,
     topic_limits: TopicLimits,
 ) -> Result<PublishOptions, ApiError> {
+    let (scalars, user_props) = gather(pairs)?;
+    Ok(PublishOptions {
+        qos: scalars.get("qos").map_or(Ok(Qos::AtLeastOnce), |v| parse_qos(v, max_qos))?,
+        retain: scalars.get("retained").map_or(Ok(false), |v| parse_retain(v))?,
+        client_id: scalars.get("client_id").map(|v| parse_client_id(v)).transpose()?,
+        username: scalars.get("username").map(|&v| v.to_owned()),
+        properties: Properties {
+            payload_format_indicator: scalars
+                .get("payloadformatindicator")
+                .map(|v| parse_payload_format_indicator(v))
+                .transpose()?,
+            message_expiry_interval: scalars.get("messageexpiryinterval").map(|v| parse_expiry(v)).transpose()?,
+            content_type: scalars.get("contenttype").map(|&v| v.to_owned()),
+            response_topic: scalars.get("responsetopic").map(|v| parse_response_topic(v, topic_limits)).transpose()?,
+            correlation_data: scalars.get("correlationdata").map(|&v| Bytes::copy_from_slice(v.as_bytes())),
+            user_properties: pair_user_properties(user_props)?,
+        },
+    })
+}
+
+/// Each parameter read, by its canonical name, and the user property halves by
+/// their N: a name given twice must carry the same value both times.
+type Gathered<'a> = (BTreeMap<&'static str, &'a str>, BTreeMap<u32, UserPropSlot>);
+
+fn gather(pairs: &[(String, String)]) -> Result<Gathered<'_>, ApiError> {
+    let conflict = |name: &str| {
+        ApiError::bad_request(ErrorCode::ConflictingParameter, format!("{name} is given twice with different values"))
+    };
     let mut scalars: BTreeMap<&'static str, &str> = BTreeMap::new();
     let mut user_props: BTreeMap<u32, UserPropSlot> = BTreeMap::new();
-
     for (name, value) in pairs {
         let lower = name.to_ascii_lowercase();
         if let Some(rest) = lower.strip_prefix(USER_PROPERTY_PREFIX) {
@@ -88,97 +115,80 @@ pub fn parse_options(
             let slot = user_props.entry(index).or_default();
             let field = if half == Half::Key { &mut slot.key } else { &mut slot.value };
             match field {
+                Some(existing) if existing != value => return Err(conflict(name)),
+                _ => *field = Some(value.clone()),
+            }
+        } else if let Some(canonical) = canonical_name(&lower) {
+            match scalars.insert(canonical, value) {
                 Some(existing) if existing != value => {
                     return Err(ApiError::bad_request(
                         ErrorCode::ConflictingParameter,
-                        format!("{name} is given twice with different values"),
+                        format!("{canonical} is given more than once with different values"),
                     ))
                 }
-                _ => *field = Some(value.clone()),
-            }
-            continue;
-        }
-        let Some(canonical) = canonical_name(&lower) else {
-            continue;
-        };
-        match scalars.get(canonical) {
-            Some(existing) if existing != value => {
-                return Err(ApiError::bad_request(
-                    ErrorCode::ConflictingParameter,
-                    format!("{canonical} is given more than once with different values"),
-                ))
-            }
-            _ => {
-                scalars.insert(canonical, value);
+                _ => {}
             }
         }
     }
+    Ok((scalars, user_props))
+}
 
-    let qos = match scalars.get("qos") {
-        None => Qos::AtLeastOnce,
-        Some(&v) => Qos::parse(v, max_qos).ok_or_else(|| {
-            let allowed = if max_qos == Qos::ExactlyOnce { "0, 1 or 2" } else { "0 or 1" };
-            ApiError::bad_request(ErrorCode::InvalidQos, format!("qos must be {allowed}, not {v:?}"))
-        })?,
-    };
-    let retain = match scalars.get("retained") {
-        None => false,
-        Some(v) if v.eq_ignore_ascii_case("true") => true,
-        Some(v) if v.eq_ignore_ascii_case("false") => false,
-        Some(v) => {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidRetained,
-                format!("retained must be true or false, not {v:?}"),
-            ))
-        }
-    };
-    let client_id = match scalars.get("client_id") {
-        None => None,
-        Some(&v) => Some(ClientId::parse(v).ok_or_else(|| {
-            ApiError::bad_request(
-                ErrorCode::InvalidClientId,
-                format!("client_id must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, not {v:?}"),
-            )
-        })?),
-    };
-    let username = scalars.get("username").map(|&v| v.to_owned());
+fn parse_qos(v: &str, max_qos: Qos) -> Result<Qos, ApiError> {
+    Qos::parse(v, max_qos).ok_or_else(|| {
+        let allowed = if max_qos == Qos::ExactlyOnce { "0, 1 or 2" } else { "0 or 1" };
+        ApiError::bad_request(ErrorCode::InvalidQos, format!("qos must be {allowed}, not {v:?}"))
+    })
+}
 
-    let payload_format_indicator = match scalars.get("payloadformatindicator") {
-        None => None,
-        Some(&"0") => Some(0),
-        Some(&"1") => Some(1),
-        Some(v) => {
-            return Err(ApiError::bad_request(
-                ErrorCode::InvalidPayloadFormatIndicator,
-                format!("PayloadFormatIndicator must be 0 or 1, not {v:?}"),
-            ))
+fn parse_retain(v: &str) -> Result<bool, ApiError> {
+    match v {
+        v if v.eq_ignore_ascii_case("true") => Ok(true),
+        v if v.eq_ignore_ascii_case("false") => Ok(false),
+        v => {
+            Err(ApiError::bad_request(ErrorCode::InvalidRetained, format!("retained must be true or false, not {v:?}")))
         }
-    };
-    let message_expiry_interval = match scalars.get("messageexpiryinterval") {
-        None => None,
-        Some(v) => Some(v.parse::<u32>().ok().filter(|_| v.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| {
-            ApiError::bad_request(
-                ErrorCode::InvalidMessageExpiryInterval,
-                format!("MessageExpiryInterval must be an integer from 0 to 4294967295, not {v:?}"),
-            )
-        })?),
-    };
-    let response_topic = match scalars.get("responsetopic") {
-        None => None,
-        Some(&v) => {
-            Topic::check(v, topic_limits).map_err(|e| {
-                ApiError::bad_request(
-                    ErrorCode::InvalidResponseTopic,
-                    format!("ResponseTopic is not a valid topic name: {e}"),
-                )
-            })?;
-            Some(v.to_owned())
-        }
-    };
-    let content_type = scalars.get("contenttype").map(|&v| v.to_owned());
-    let correlation_data = scalars.get("correlationdata").map(|&v| Bytes::copy_from_slice(v.as_bytes()));
+    }
+}
 
-    let user_properties = user_props
+fn parse_client_id(v: &str) -> Result<ClientId, ApiError> {
+    ClientId::parse(v).ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::InvalidClientId,
+            format!("client_id must be 1 to 128 characters of A-Z a-z 0-9 _ . : @ -, not {v:?}"),
+        )
+    })
+}
+
+fn parse_payload_format_indicator(v: &str) -> Result<u8, ApiError> {
+    match v {
+        "0" => Ok(0),
+        "1" => Ok(1),
+        v => Err(ApiError::bad_request(
+            ErrorCode::InvalidPayloadFormatIndicator,
+            format!("PayloadFormatIndicator must be 0 or 1, not {v:?}"),
+        )),
+    }
+}
+
+fn parse_expiry(v: &str) -> Result<u32, ApiError> {
+    v.parse::<u32>().ok().filter(|_| v.bytes().all(|b| b.is_ascii_digit())).ok_or_else(|| {
+        ApiError::bad_request(
+            ErrorCode::InvalidMessageExpiryInterval,
+            format!("MessageExpiryInterval must be an integer from 0 to 4294967295, not {v:?}"),
+        )
+    })
+}
+
+fn parse_response_topic(v: &str, topic_limits: TopicLimits) -> Result<String, ApiError> {
+    Topic::check(v, topic_limits).map_err(|e| {
+        ApiError::bad_request(ErrorCode::InvalidResponseTopic, format!("ResponseTopic is not a valid topic name: {e}"))
+    })?;
+    Ok(v.to_owned())
+}
+
+/// The user properties in the order of their N; each needs both halves.
+fn pair_user_properties(user_props: BTreeMap<u32, UserPropSlot>) -> Result<Vec<(String, String)>, ApiError> {
+    user_props
         .into_iter()
         .map(|(n, slot)| match (slot.key, slot.value) {
             (Some(k), Some(v)) => Ok((k, v)),
@@ -191,22 +201,7 @@ pub fn parse_options(
                 format!("UserProp.{n}.Value has no UserProp.{n}.Key"),
             )),
         })
-        .collect::<Result<Vec<_>, _>>()?;
-
-    Ok(PublishOptions {
-        qos,
-        retain,
-        client_id,
-        username,
-        properties: Properties {
-            payload_format_indicator,
-            message_expiry_interval,
-            content_type,
-            response_topic,
-            correlation_data,
-            user_properties,
-        },
-    })
+        .collect()
 }
 
 /// Every query parameter read (lower-cased: names match case-insensitively),

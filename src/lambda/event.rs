@@ -122,11 +122,25 @@ pub fn decode(bytes: &[u8], base_path: Option<&str>) -> Result<(Result<HttpReque
 /// Turns an event into the contract's request. The outer error means the event
 /// is no HTTP request at all; the inner one is a 400 to answer in the event's shape.
 pub fn decode_event(
-    event: Event,
+    mut event: Event,
     base_path: Option<&str>,
 ) -> Result<(Result<HttpRequest, ApiError>, Origin), DecodeError> {
-    let context = event.request_context.unwrap_or_default();
-    let origin = if context.elb.is_some() {
+    let context = event.request_context.take().unwrap_or_default();
+    let origin = origin(&event, &context)?;
+    let method = match origin {
+        Origin::HttpApi | Origin::FunctionUrl => context.http.as_ref().and_then(|h| h.method.clone()),
+        _ => event.http_method.clone(),
+    }
+    .ok_or(DecodeError::NotHttp)?;
+    let method = Method::from_bytes(method.as_bytes()).map_err(|_| DecodeError::NotHttp)?;
+    // From here on a failure is the client's (a bad query, a body that is not the base64 it
+    // claims): answered as a 400 in the event's own response shape, not as an invocation error.
+    Ok((request(method, event, context, origin, base_path), origin))
+}
+
+/// Which of the four shapes the event has.
+fn origin(event: &Event, context: &Context) -> Result<Origin, DecodeError> {
+    Ok(if context.elb.is_some() {
         Origin::Alb { multi_value: event.multi_value_headers.is_some() }
     } else if event.version.as_deref() == Some("1.0") {
         // A REST API event has no `version`; an HTTP API's 1.0 payload says "1.0".
@@ -141,78 +155,79 @@ pub fn decode_event(
         Origin::RestApi
     } else {
         return Err(DecodeError::NotHttp);
-    };
+    })
+}
 
-    let method = match origin {
-        Origin::HttpApi | Origin::FunctionUrl => context.http.as_ref().and_then(|h| h.method.clone()),
-        _ => event.http_method,
+/// The contract's request from an event of a known origin, or the 400 it earns.
+fn request(
+    method: Method,
+    event: Event,
+    context: Context,
+    origin: Origin,
+    base_path: Option<&str>,
+) -> Result<HttpRequest, ApiError> {
+    let raw_path = match origin {
+        Origin::HttpApi | Origin::FunctionUrl => event.raw_path,
+        _ => event.path,
     }
-    .ok_or(DecodeError::NotHttp)?;
-    let method = Method::from_bytes(method.as_bytes()).map_err(|_| DecodeError::NotHttp)?;
-
-    // From here on a failure is the client's (a bad query, a body that is not the base64 it
-    // claims): answered as a 400 in the event's own response shape, not as an invocation error.
-    let request = (|| {
-        let raw_path = match origin {
-            Origin::HttpApi | Origin::FunctionUrl => event.raw_path,
-            _ => event.path,
+    .unwrap_or_default();
+    let stage = context.stage.as_deref().filter(|s| *s != "$default");
+    let path = strip_prefixes(&raw_path, stage, base_path).to_owned();
+    let path = match origin {
+        Origin::HttpApi | Origin::HttpApiV1 => RequestPath::Decoded(path),
+        _ => RequestPath::Encoded(path),
+    };
+    let query = match origin {
+        Origin::HttpApi | Origin::FunctionUrl => decode_query(event.raw_query_string.as_deref().unwrap_or(""))?,
+        Origin::RestApi | Origin::HttpApiV1 => {
+            flatten(event.multi_value_query_string_parameters, event.query_string_parameters)
         }
-        .unwrap_or_default();
-        let stage = context.stage.as_deref().filter(|s| *s != "$default");
-        let path = strip_prefixes(&raw_path, stage, base_path).to_owned();
-        let path = match origin {
-            Origin::HttpApi | Origin::HttpApiV1 => RequestPath::Decoded(path),
-            _ => RequestPath::Encoded(path),
-        };
+        Origin::Alb { .. } => flatten(event.multi_value_query_string_parameters, event.query_string_parameters)
+            .into_iter()
+            .map(|(k, v)| Ok((decode_component(&k)?, decode_component(&v)?)))
+            .collect::<Result<_, ApiError>>()?,
+    };
+    let headers = header_map(event.multi_value_headers, event.headers);
+    let body = match event.body {
+        None => Bytes::new(),
+        Some(text) if event.is_base64_encoded => Bytes::from(
+            base64::engine::general_purpose::STANDARD
+                .decode(text.as_bytes())
+                .map_err(|_| ApiError::bad_request(ErrorCode::InvalidBody, "the body is marked base64 but is not"))?,
+        ),
+        Some(text) => Bytes::from(text),
+    };
+    let source_ip = source_ip(origin, &context, &headers);
+    let client_certificate = client_certificate(origin, context);
+    Ok(HttpRequest { method, path, query, headers, body, source_ip, client_certificate })
+}
 
-        let query = match origin {
-            Origin::HttpApi | Origin::FunctionUrl => decode_query(event.raw_query_string.as_deref().unwrap_or(""))?,
-            Origin::RestApi | Origin::HttpApiV1 => {
-                flatten(event.multi_value_query_string_parameters, event.query_string_parameters)
-            }
-            Origin::Alb { .. } => flatten(event.multi_value_query_string_parameters, event.query_string_parameters)
-                .into_iter()
-                .map(|(k, v)| Ok((decode_component(&k)?, decode_component(&v)?)))
-                .collect::<Result<_, ApiError>>()?,
-        };
+/// The caller's address as the event's origin reports it.
+fn source_ip(origin: Origin, context: &Context, headers: &HeaderMap) -> Option<IpAddr> {
+    match origin {
+        Origin::HttpApi | Origin::FunctionUrl => context.http.as_ref().and_then(|h| h.source_ip.as_deref()),
+        Origin::RestApi | Origin::HttpApiV1 => context.identity.as_ref().and_then(|i| i.source_ip.as_deref()),
+        // The ALB appends the address it saw to X-Forwarded-For: the last entry is the one to trust.
+        Origin::Alb { .. } => headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit(',').next())
+            .map(str::trim),
+    }
+    .and_then(|ip| ip.parse::<IpAddr>().ok())
+}
 
-        let headers = header_map(event.multi_value_headers, event.headers);
-        let body = match event.body {
-            None => Bytes::new(),
-            Some(text) if event.is_base64_encoded => {
-                Bytes::from(base64::engine::general_purpose::STANDARD.decode(text.as_bytes()).map_err(|_| {
-                    ApiError::bad_request(ErrorCode::InvalidBody, "the body is marked base64 but is not")
-                })?)
-            }
-            Some(text) => Bytes::from(text),
-        };
-
-        let source_ip = match origin {
-            Origin::HttpApi | Origin::FunctionUrl => context.http.as_ref().and_then(|h| h.source_ip.as_deref()),
-            Origin::RestApi | Origin::HttpApiV1 => context.identity.as_ref().and_then(|i| i.source_ip.as_deref()),
-            // The ALB appends the address it saw to X-Forwarded-For: the last entry is the one to trust.
-            Origin::Alb { .. } => headers
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.rsplit(',').next())
-                .map(str::trim),
+/// The client certificate API Gateway verified (mutual TLS), if any.
+fn client_certificate(origin: Origin, context: Context) -> Option<ClientCertificate> {
+    let cert = match origin {
+        Origin::HttpApi => context.authentication.and_then(|a| a.client_cert),
+        Origin::RestApi => context.identity.and_then(|i| i.client_cert),
+        Origin::HttpApiV1 => {
+            context.identity.and_then(|i| i.client_cert).or(context.authentication.and_then(|a| a.client_cert))
         }
-        .and_then(|ip| ip.parse::<IpAddr>().ok());
-
-        let cert = match origin {
-            Origin::HttpApi => context.authentication.and_then(|a| a.client_cert),
-            Origin::RestApi => context.identity.and_then(|i| i.client_cert),
-            Origin::HttpApiV1 => {
-                context.identity.and_then(|i| i.client_cert).or(context.authentication.and_then(|a| a.client_cert))
-            }
-            _ => None,
-        };
-        let client_certificate =
-            cert.map(|c| ClientCertificate { common_name: c.subject_dn.as_deref().and_then(common_name) });
-
-        Ok(HttpRequest { method, path, query, headers, body, source_ip, client_certificate })
-    })();
-    Ok((request, origin))
+        _ => None,
+    };
+    cert.map(|c| ClientCertificate { common_name: c.subject_dn.as_deref().and_then(common_name) })
 }
 
 /// Removes a named stage (`/prod`) and then a configured base path (`/mqtt`), each only when it is a whole segment.
