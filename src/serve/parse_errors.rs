@@ -1,31 +1,50 @@
 //! JSON bodies for the answers hyper writes itself. A request hyper cannot
 //! parse never reaches the service: hyper answers it (431 for a request line
 //! and headers over the buffer or over 100 headers, 400 for malformed HTTP)
-//! with a bare status line and no body, then closes the connection, and hyper 1
-//! has no hook to change that answer (hyperium/hyper#3844). [`JsonParseErrors`]
-//! wraps the connection and replaces those answers, on their way out, with the
-//! contract's JSON errors.
+//! with a bare status line and no body, then closes the connection.
+//!
+//! Why this wraps the connection's bytes rather than using a hook: hyper 1 has
+//! none. Its HTTP/1 dispatcher writes that answer itself before the connection
+//! future returns its `Error` (hyperium/hyper#3844; the pull request adding
+//! customizable error responses, hyperium/hyper#3911, is not merged), a tower
+//! layer sees only requests that parsed, and the connection's error arrives after
+//! the bytes are out. Reading request heads ourselves ahead of hyper would mean
+//! parsing HTTP/1 framing (bodies, pipelining) a second time. So
+//! [`JsonParseErrors`] wraps the connection and replaces those answers, on their
+//! way out, with the contract's JSON errors; tests/serve.rs sends both kinds of
+//! unparsable request, so a hyper that answers differently fails the suite.
 //!
 //! How one of hyper's own answers is told apart from the service's, exactly:
 //! it is the last thing hyper writes on the connection; it is a head alone
-//! whose status line is hyper's canonical `HTTP/1.1 400 Bad Request` or
-//! `HTTP/1.1 431 Request Header Fields Too Large`; and it has no
-//! `Content-Type`, while every answer of the service but a 200 (which has no
-//! such status) carries `Content-Type: application/json`. No body of the
-//! service contains a raw CR LF (JSON escapes control characters; a 200's body
-//! is empty), so a status line can only start where a head starts.
+//! whose status line is `HTTP/1.1` with the status and its canonical reason
+//! (the `http` crate's, which hyper writes: `400 Bad Request`, `431 Request
+//! Header Fields Too Large`); and it has no `Content-Type`, while every answer of
+//! the service but a 200 (which has no such status) carries
+//! `Content-Type: application/json`. No body of the service contains a raw CR LF
+//! (JSON escapes control characters; a 200's body is empty), so a status line can
+//! only start where a head starts.
 
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
 
+use http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::contract::{ApiError, ErrorCode};
 
-/// The status lines hyper writes for a request it cannot parse, and what each becomes.
-const HYPER_STATUS_LINES: [(&[u8], Bare); 2] =
-    [(b"HTTP/1.1 400 Bad Request", Bare::Malformed), (b"HTTP/1.1 431 Request Header Fields Too Large", Bare::TooLarge)];
+/// The statuses hyper answers a request it cannot parse with, and what each becomes.
+const HYPER_STATUSES: [(StatusCode, Bare); 2] =
+    [(StatusCode::BAD_REQUEST, Bare::Malformed), (StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, Bare::TooLarge)];
+
+/// Whether `line` is the status line hyper writes for `status`: `HTTP/1.1`, the code, its canonical reason.
+fn is_status_line(line: &[u8], status: StatusCode) -> bool {
+    let reason = status.canonical_reason().unwrap_or("");
+    line.strip_prefix(b"HTTP/1.1 ")
+        .and_then(|rest| rest.strip_prefix(status.as_str().as_bytes()))
+        .and_then(|rest| rest.strip_prefix(b" "))
+        .is_some_and(|rest| rest == reason.as_bytes())
+}
 
 /// Which of hyper's answers was seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,7 +108,7 @@ fn find_bare_answer(buf: &[u8]) -> Option<(usize, Bare)> {
     }
     let mut lines = head[..end_of_head].split(|&b| b == b'\n').map(|l| l.strip_suffix(b"\r").unwrap_or(l));
     let status_line = lines.next()?;
-    let (_, bare) = HYPER_STATUS_LINES.iter().find(|(line, _)| *line == status_line)?;
+    let (_, bare) = HYPER_STATUSES.iter().find(|(status, _)| is_status_line(status_line, *status))?;
     let has_content_type = lines.any(|l| l.len() > 13 && l[..13].eq_ignore_ascii_case(b"content-type:"));
     (!has_content_type).then_some((start, *bare))
 }
