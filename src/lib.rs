@@ -24,6 +24,8 @@
 //!   or one it embeds. The Lambda function is built without it.
 //! - [`lambda`]: the AWS Lambda entry point: event decoding and encoding, and the runtime loop.
 //! - [`cli`]: the command line (`passwd`, `config check`).
+//! - `fakes` (tests only): an in-process publisher and config store, so that
+//!   `cargo test --lib` runs the whole decision path without moto or a broker.
 //! - [`logs`]: where log lines go (JSON on Lambda, a writer thread for `serve`).
 
 pub mod acl;
@@ -32,6 +34,8 @@ pub mod aws;
 pub mod cli;
 pub mod config;
 pub mod contract;
+#[cfg(test)]
+mod fakes;
 pub mod lambda;
 pub mod logs;
 pub mod publish;

@@ -183,3 +183,230 @@ impl<P: Publisher> Service<P> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! Every status and error code of the contract, through the service with
+    //! the in-process fakes: what a request earns, and that only a 200 publishes.
+
+    use std::collections::BTreeSet;
+
+    use http::{HeaderMap, HeaderValue, Method};
+
+    use super::*;
+    use crate::contract::query::decode_query;
+    use crate::contract::{ClientCertificate, Qos, RequestPath};
+    use crate::fakes::{FakePublisher, FakeStore};
+
+    /// user0 / secret0 (bcrypt at its lowest cost: the unit tests stay fast) may publish
+    /// under `home/`, except `home/secret`; each user has one message a second.
+    fn config() -> String {
+        let hash = bcrypt::hash("secret0", 4).unwrap();
+        format!(
+            r#"
+        [[users]]
+        username = "user0"
+        password_hash = "{hash}"
+
+        [[rules]]
+        priority = 10
+        effect = "deny"
+        topics = ["home/secret"]
+
+        [[rules]]
+        priority = 20
+        effect = "allow"
+        topics = ["home/#"]
+
+        [limits]
+        max_payload_bytes = 64
+        user_messages_per_second = 1.0
+    "#
+        )
+    }
+    const USER0: &str = "Basic dXNlcjA6c2VjcmV0MA==";
+
+    struct Case {
+        path: &'static str,
+        query: &'static str,
+        authorization: Option<&'static str>,
+        certificate: Option<Option<&'static str>>,
+        method: Method,
+        body: &'static [u8],
+    }
+
+    const POST: Case = Case {
+        path: "/topics/home/kitchen",
+        query: "",
+        authorization: Some(USER0),
+        certificate: None,
+        method: Method::POST,
+        body: b"21.5",
+    };
+
+    impl Case {
+        fn request(&self) -> HttpRequest {
+            let mut headers = HeaderMap::new();
+            if let Some(value) = self.authorization {
+                headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            }
+            HttpRequest {
+                method: self.method.clone(),
+                path: RequestPath::Encoded(self.path.into()),
+                query: decode_query(self.query).unwrap(),
+                headers,
+                body: Bytes::from_static(self.body),
+                source_ip: None,
+                client_certificate: self.certificate.map(|cn| ClientCertificate { common_name: cn.map(str::to_owned) }),
+            }
+        }
+    }
+
+    fn fake_service() -> (Service<FakePublisher>, FakePublisher, Arc<FakeStore>) {
+        let (publisher, store) = (FakePublisher::new(), FakeStore::new(&config()));
+        (Service::with_store(publisher.clone(), Arc::clone(&store) as Arc<dyn ConfigStore>), publisher, store)
+    }
+
+    /// The status and the JSON body's `error` (empty for a 200).
+    async fn answer(service: &Service<FakePublisher>, request: HttpRequest) -> (u16, String) {
+        let response = service.handle(request).await;
+        let status = response.status().as_u16();
+        if status == 200 {
+            assert!(response.headers().contains_key("x-message-id"));
+            return (status, String::new());
+        }
+        assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+        let body: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+        assert!(!body["message"].as_str().unwrap().is_empty(), "{body}");
+        (status, body["error"].as_str().unwrap().to_owned())
+    }
+
+    #[tokio::test]
+    async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() {
+        let requests: Vec<(Case, u16, &str)> = vec![
+            (POST, 200, ""),
+            (Case { path: "/home", ..POST }, 400, "invalid_path"),
+            (Case { path: "/topics/home%2B", ..POST }, 400, "invalid_topic"),
+            (Case { query: "qos=2", ..POST }, 400, "invalid_qos"),
+            (Case { query: "retained=maybe", ..POST }, 400, "invalid_retained"),
+            (Case { query: "client_id=a%20b", ..POST }, 400, "invalid_client_id"),
+            (Case { query: "qos=1&QoS=0", ..POST }, 400, "conflicting_parameter"),
+            (Case { query: "UserProp.1.Key=a", ..POST }, 400, "invalid_user_property"),
+            (Case { query: "PayloadFormatIndicator=2", ..POST }, 400, "invalid_payload_format_indicator"),
+            (Case { query: "MessageExpiryInterval=-1", ..POST }, 400, "invalid_message_expiry_interval"),
+            (Case { query: "ResponseTopic=a/%2B", ..POST }, 400, "invalid_response_topic"),
+            (Case { query: "PayloadFormatIndicator=1", body: b"\xff", ..POST }, 400, "invalid_payload"),
+            (Case { authorization: None, ..POST }, 401, "missing_credentials"),
+            (Case { authorization: Some("Basic xx"), ..POST }, 401, "invalid_authorization_header"),
+            (Case { authorization: Some("Bearer x"), ..POST }, 401, "unsupported_authorization_scheme"),
+            (Case { authorization: Some("Basic dXNlcjA6d3Jvbmc="), ..POST }, 401, "authentication_failed"),
+            (Case { authorization: None, certificate: Some(None), ..POST }, 401, "certificate_without_common_name"),
+            (
+                Case { authorization: None, certificate: Some(Some("device-7")), query: "client_id=device-8", ..POST },
+                401,
+                "client_id_mismatch",
+            ),
+            (Case { path: "/topics/home/secret", ..POST }, 401, "not_authorized"),
+            (Case { path: "/topics/garden", ..POST }, 401, "not_authorized"),
+            (Case { method: Method::GET, ..POST }, 405, "method_not_allowed"),
+            (Case { body: &[b'x'; 65], ..POST }, 413, "payload_too_large"),
+        ];
+        let mut reached = BTreeSet::new();
+        let mut published = 0;
+        for (case, status, code) in requests {
+            // A service each: the per-user quota (one a second) must not decide these.
+            let (service, publisher, _) = fake_service();
+            let path = case.path;
+            assert_eq!(answer(&service, case.request()).await, (status, code.to_owned()), "{path}");
+            published += usize::from(status == 200);
+            assert_eq!(publisher.sent().len(), usize::from(status == 200), "{code}: only a 200 publishes");
+            if status != 200 {
+                reached.insert(code.to_owned());
+            }
+        }
+        assert_eq!(published, 1);
+
+        // Over the user's quota: 429 with Retry-After, nothing published.
+        let (service, publisher, _) = fake_service();
+        assert_eq!(answer(&service, POST.request()).await.0, 200);
+        let response = service.handle(POST.request()).await;
+        assert_eq!(
+            (response.status().as_u16(), &response.headers()[header::RETRY_AFTER]),
+            (429, &"1".parse().unwrap())
+        );
+        assert_eq!(publisher.sent().len(), 1);
+        reached.insert("too_many_requests".into());
+
+        // What the backend says, mapped.
+        for (failure, status, code) in [
+            (PublishError::Rejected("bad".into()), 400, "rejected_by_broker"),
+            (PublishError::TooLarge, 413, "payload_too_large"),
+            (PublishError::Throttled("slow down".into()), 429, "too_many_requests"),
+            (PublishError::Unavailable("gone".into()), 503, "service_unavailable"),
+            (PublishError::Failed("AccessDenied".into()), 500, "internal_error"),
+        ] {
+            let (service, publisher, _) = fake_service();
+            publisher.fail_with(failure);
+            assert_eq!(answer(&service, POST.request()).await, (status, code.to_owned()));
+            reached.insert(code.to_owned());
+        }
+
+        // The config store down: 503, never 401.
+        let (service, publisher, store) = fake_service();
+        store.set_down(true);
+        assert_eq!(answer(&service, POST.request()).await, (503, "service_unavailable".to_owned()));
+        assert!(publisher.sent().is_empty());
+
+        // invalid_query and invalid_body come from decoding what an entry point received.
+        let event = |query: &str, body: &str| {
+            serde_json::from_value(serde_json::json!({
+                "version": "2.0", "rawPath": "/topics/home", "rawQueryString": query,
+                "headers": {"authorization": USER0}, "body": body, "isBase64Encoded": true,
+                "requestContext": {"http": {"method": "POST", "sourceIp": "203.0.113.7"}, "stage": "$default"}
+            }))
+            .unwrap()
+        };
+        let (service, publisher, _) = fake_service();
+        for (query, body, code) in [("a=%ff", "MjEuNQ==", "invalid_query"), ("", "not base64!", "invalid_body")] {
+            let response = crate::lambda::handle(&service, event(query, body), None).await.unwrap();
+            let response = serde_json::to_value(response).unwrap();
+            assert_eq!(response["statusCode"], 400);
+            assert_eq!(
+                serde_json::from_str::<serde_json::Value>(response["body"].as_str().unwrap()).unwrap()["error"],
+                code
+            );
+            reached.insert(code.to_owned());
+        }
+        assert!(publisher.sent().is_empty());
+
+        // Only the serve connection layer answers the rest (tested in serve::parse_errors).
+        let everything: BTreeSet<String> = ErrorCode::ALL.iter().map(|c| c.as_str().to_owned()).collect();
+        let connection_layer = BTreeSet::from(["malformed_request".to_owned(), "headers_too_large".to_owned()]);
+        assert_eq!(&everything - &connection_layer, reached, "every code the service answers with is reached here");
+    }
+
+    #[tokio::test]
+    async fn a_200_publishes_the_message_as_asked() {
+        let (service, publisher, _) = fake_service();
+        let case =
+            Case { query: "qos=0&retained=true&ContentType=text%2Fplain&UserProp.1.Key=k&UserProp.1.Value=v", ..POST };
+        assert_eq!(answer(&service, case.request()).await.0, 200);
+        let sent = publisher.sent();
+        let message = &sent[0];
+        assert_eq!((message.topic.as_str(), message.qos, message.retain), ("home/kitchen", Qos::AtMostOnce, true));
+        assert_eq!(message.payload, Bytes::from_static(b"21.5"));
+        assert_eq!(message.properties.content_type.as_deref(), Some("text/plain"));
+        assert_eq!(message.properties.user_properties, [("k".to_owned(), "v".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn an_answer_due_before_the_backend_answers_is_503() {
+        let (service, publisher, _) = fake_service();
+        publisher.hang();
+        let soon = tokio::time::Instant::now() + std::time::Duration::from_millis(100);
+        let response = service.handle_by(POST.request(), Some(soon)).await;
+        assert_eq!(response.status().as_u16(), 503, "{response:?}");
+        assert_eq!(response.headers()[header::RETRY_AFTER], "5");
+        assert!(publisher.sent().is_empty());
+    }
+}
