@@ -9,24 +9,26 @@
 //!
 //! - [`contract`]: the HTTP contract. An entry point's request becomes an
 //!   [`contract::HttpRequest`], then a [`contract::PublishRequest`] or the 4xx
-//!   that says why not; [`contract::ApiError`] is where errors become statuses.
+//!   that says why not; [`contract::ApiError`] is where errors become statuses,
+//!   and [`contract::ErrorCode`] lists every code the API answers with.
 //! - [`auth`]: who is calling (Basic against password hashes, or a client certificate).
 //! - [`acl`]: whether they may publish there (priorities, filters, conditions).
-//! - [`config`]: the users, rules and limits those decisions read, from a TOML
-//!   file or a DynamoDB table, and the tools that manage them.
+//! - [`config`]: the users, rules and limits those decisions read, behind the
+//!   [`config::source::ConfigStore`] trait: a TOML file or a DynamoDB table
+//!   (through caches); and the tools that manage them.
 //! - [`publish`]: the edge towards a broker: the [`publish::Publisher`] trait
 //!   and its AWS IoT Core adapter.
 //! - [`aws`]: the AWS SDK config the IoT publisher and the config table share.
-//! - [`quota`]: the `[limits]` token buckets (429).
+//! - [`quota`]: the `[limits]` rate limits (429).
 //! - [`service`]: the one code path that strings them together.
 //! - `serve` (cargo feature `serve`, on by default): the entry point as an
 //!   HTTP(S) server of its own, in front of an MQTT 5 broker (`publish::mqtt`)
 //!   or one it embeds. The Lambda function is built without it.
 //! - [`lambda`]: the AWS Lambda entry point: event decoding and encoding, and the runtime loop.
-//! - [`cli`]: the command line (`passwd`, `config check`).
+//! - [`cli`]: the command line (`passwd`, `config`, `user`).
 //! - `fakes` (tests only): an in-process publisher and config store, so that
 //!   `cargo test --lib` runs the whole decision path without moto or a broker.
-//! - [`logs`]: where log lines go (JSON on Lambda, a writer thread for `serve`).
+//! - [`logs`]: where log lines go (JSON on Lambda, a background writer for `serve`).
 
 pub mod acl;
 pub mod auth;
