@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use ipnet::IpNet;
+
 /// A glob over client_ids: `*` any run of characters, `?` exactly one.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Glob(String);
@@ -48,30 +50,30 @@ impl fmt::Debug for Glob {
 
 /// An IPv4 or IPv6 block such as `10.0.0.0/8`; a bare address is a /32 or /128.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl FromStr for Cidr {
     type Err = String;
 
+    /// The address by the standard library's strict parser (no leading zeros in
+    /// an octet, which could be read as octal), the prefix as plain digits.
     fn from_str(s: &str) -> Result<Cidr, String> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let network: IpAddr = addr.parse().map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let bad_prefix = || format!("{s:?} has a prefix length that is not 0..={max}");
-        let prefix = match prefix {
-            None => max,
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(bad_prefix)?
-            }
-            Some(_) => return Err(bad_prefix()),
+        let address: IpAddr = addr.parse().map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let host = IpNet::from(address);
+        let Some(prefix) = prefix else {
+            return Ok(Cidr(host));
         };
-        Ok(Cidr { network, prefix })
+        let max = host.max_prefix_len();
+        let bad_prefix = || format!("{s:?} has a prefix length that is not 0..={max}");
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad_prefix());
+        }
+        let prefix = prefix.parse::<u8>().map_err(|_| bad_prefix())?;
+        IpNet::new(address, prefix).map(Cidr).map_err(|_| bad_prefix())
     }
 }
 
@@ -83,23 +85,7 @@ impl Cidr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
-            _ => false,
-        }
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
-    let full = usize::from(prefix / 8);
-    let rest = prefix % 8;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    rest == 0 || {
-        let mask = 0xFFu8 << (8 - rest);
-        a[full] & mask == b[full] & mask
+        self.0.contains(&ip)
     }
 }
 
@@ -135,7 +121,9 @@ mod tests {
 
     #[test]
     fn bad_cidrs_are_refused() {
-        for s in ["10.0.0.0/33", "10.0.0/8", "::/129", "10.0.0.0/", "10.0.0.0/+8", "x", ""] {
+        for s in
+            ["10.0.0.0/33", "10.0.0/8", "::/129", "10.0.0.0/", "10.0.0.0/+8", "x", "", "010.0.0.0/8", "10.0.0.0/8/8"]
+        {
             assert!(s.parse::<Cidr>().is_err(), "{s}");
         }
     }
