@@ -1,4 +1,5 @@
 //! The small matchers rule conditions use: client_id globs and CIDR blocks.
+//! Neither allocates to match: a decision runs them on every request.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -17,28 +18,35 @@ impl Glob {
     }
 
     /// Whether `text` matches the whole pattern. Linear in practice: the
-    /// classic two-pointer walk that backtracks only to the last `*`.
+    /// classic two-pointer walk that backtracks only to the last `*`, over
+    /// byte offsets into both strings, a character at a time.
     pub fn matches(&self, text: &str) -> bool {
-        let p: Vec<char> = self.0.chars().collect();
-        let t: Vec<char> = text.chars().collect();
-        let (mut pi, mut ti) = (0, 0);
+        let pattern = self.0.as_str();
+        let (mut p, mut t) = (0, 0);
+        // After the last `*`: where the pattern resumes, and where in the text that `*` stops.
         let mut star: Option<(usize, usize)> = None;
-        while ti < t.len() {
-            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-                pi += 1;
-                ti += 1;
-            } else if pi < p.len() && p[pi] == '*' {
-                star = Some((pi, ti));
-                pi += 1;
-            } else if let Some((sp, st)) = star {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            } else {
-                return false;
+        while let Some(c) = text[t..].chars().next() {
+            match pattern[p..].chars().next() {
+                Some('*') => {
+                    p += 1;
+                    star = Some((p, t));
+                }
+                Some(q) if q == '?' || q == c => {
+                    p += q.len_utf8();
+                    t += c.len_utf8();
+                }
+                _ => match star {
+                    // The last `*` takes one more character; the pattern resumes after it.
+                    Some((resume, stop)) => {
+                        let stop = stop + text[stop..].chars().next().map_or(0, char::len_utf8);
+                        (p, t) = (resume, stop);
+                        star = Some((resume, stop));
+                    }
+                    None => return false,
+                },
             }
         }
-        p[pi..].iter().all(|&c| c == '*')
+        pattern[p..].bytes().all(|b| b == b'*')
     }
 }
 
@@ -101,6 +109,17 @@ mod tests {
         assert!(g.matches("dev-01-abc-end") && g.matches("dev-01--end") && !g.matches("dev-1-abc-end"));
         assert!(Glob::new("*").matches("") && Glob::new("**a").matches("a") && !Glob::new("").matches("a"));
         assert!(Glob::new("a*b*c").matches("aXbYbZc") && !Glob::new("a*b*c").matches("aXbYbZ"));
+    }
+
+    #[test]
+    fn a_star_in_the_pattern_stays_a_wildcard_when_the_text_has_a_star_too() {
+        assert!(Glob::new("a*b").matches("a*xb") && Glob::new("*").matches("**") && Glob::new("a*").matches("a*"));
+    }
+
+    #[test]
+    fn globs_count_characters_not_bytes() {
+        assert!(Glob::new("caf?").matches("café") && Glob::new("?-*").matches("é-ü") && !Glob::new("??").matches("é"));
+        assert!(Glob::new("*é").matches("ééé") && Glob::new("é*é").matches("éxé") && !Glob::new("é*é").matches("é"));
     }
 
     #[test]
