@@ -4,37 +4,48 @@
 //! `serve` writes a line per request. Written in place, that line costs its
 //! request a `write(2)` under the stderr lock, which all worker threads contend
 //! for: about a sixth of the throughput at 64 connections (BENCHMARKS.md). With
-//! [`Output::Background`] a worker appends the formatted line to a buffer and
-//! goes back to its requests; one thread empties the buffer, a batch per write.
-//! Lines keep their order, and nothing is dropped: when the buffer is full (stderr
-//! slower than the requests), a worker waits, as it would on a blocking write.
+//! [`Output::Background`] a worker hands the formatted line to tracing-appender's
+//! non-blocking writer and goes back to its requests; its thread writes the lines
+//! to stderr through a buffer flushed each time it has emptied the queue, so a
+//! burst of lines costs one write. The writer is lossless: lines keep their
+//! order, and nothing is dropped; when the queue is full (stderr slower than the
+//! requests), a worker waits, as it would on a blocking write.
 
-use std::io::{self, Write};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
+use std::io;
+#[cfg(feature = "serve")]
+use std::io::Write;
 
-use tracing_subscriber::fmt::MakeWriter;
+#[cfg(feature = "serve")]
+use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
 
-/// How log lines reach stderr.
+/// How log lines reach their output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
-    /// JSON lines, written in place (Lambda: CloudWatch parses them, and an
-    /// invocation's lines must be out before the next `next` call).
+    /// JSON lines on stdout, written in place (Lambda: CloudWatch parses them, and
+    /// an invocation's lines must be out before the next `next` call).
     LambdaJson,
-    /// Plain text, written in place (the short-lived commands).
+    /// Plain text on stderr, written in place (the short-lived commands).
     Text,
-    /// Plain text, written by a thread of its own (`serve`).
+    /// Plain text on stderr, written by a thread of its own (`serve`).
+    #[cfg(feature = "serve")]
     Background,
 }
 
-/// Keeps the background writer running; dropping it writes what is left.
+/// Keeps the background writer running; dropping it writes what is left, so
+/// it must live until the process is done logging (the end of `main`).
 #[must_use = "dropping the guard stops the log writer"]
-pub struct Guard(Option<BackgroundStderr>);
+pub struct Guard {
+    /// The background writer's own guard, held for its `Drop`; none for output written in place.
+    #[cfg(feature = "serve")]
+    _background: Option<WorkerGuard>,
+}
 
-impl Drop for Guard {
-    fn drop(&mut self) {
-        if let Some(writer) = self.0.take() {
-            writer.finish();
+impl Guard {
+    /// The guard of output written in place: nothing to flush.
+    fn in_place() -> Guard {
+        Guard {
+            #[cfg(feature = "serve")]
+            _background: None,
         }
     }
 }
@@ -52,128 +63,51 @@ pub fn init(output: Output) -> Guard {
     match output {
         Output::LambdaJson => {
             builder.json().with_current_span(false).with_span_list(true).without_time().init();
-            Guard(None)
+            Guard::in_place()
         }
         Output::Text => {
             builder.with_writer(io::stderr).with_ansi(ansi).init();
-            Guard(None)
+            Guard::in_place()
         }
+        #[cfg(feature = "serve")]
         Output::Background => {
-            let writer = BackgroundStderr::start(io::stderr());
-            builder.with_writer(writer.clone()).with_ansi(ansi).init();
-            Guard(Some(writer))
+            let (writer, guard) = background(io::stderr());
+            builder.with_writer(writer).with_ansi(ansi).init();
+            Guard { _background: Some(guard) }
         }
     }
 }
 
-/// Bytes waiting for the writer thread beyond which a logging thread waits.
-const BUFFER_LIMIT: usize = 1 << 20;
+/// Lines queued for the writer thread beyond which a logging thread waits.
+#[cfg(feature = "serve")]
+const QUEUED_LINES_LIMIT: usize = 8192;
 
-/// A [`MakeWriter`] whose lines a dedicated thread writes to an [`io::Write`].
-#[derive(Clone)]
-pub struct BackgroundStderr {
-    shared: Arc<Shared>,
-    thread: Arc<Mutex<Option<JoinHandle<()>>>>,
+/// Bytes the writer thread gathers before a write, unless the queue empties first.
+#[cfg(feature = "serve")]
+const WRITE_BUFFER_BYTES: usize = 64 * 1024;
+
+/// A lossless non-blocking [`MakeWriter`](tracing_subscriber::fmt::MakeWriter) over `out`, and the guard that flushes it.
+///
+/// tracing-subscriber hands the writer one whole line per `write`, and the thread
+/// writes each whole, in the order they were queued. Dropping the guard writes
+/// what is queued: tracing-appender waits up to 100 ms to queue its stop and 1 s
+/// for the thread to finish, which the bounded queue leaves ample time for
+/// unless `out` itself is stuck.
+#[cfg(feature = "serve")]
+pub fn background(out: impl Write + Send + 'static) -> (NonBlocking, WorkerGuard) {
+    NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(QUEUED_LINES_LIMIT)
+        .thread_name("log-writer")
+        .finish(io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, out))
 }
 
-struct Shared {
-    state: Mutex<State>,
-    /// Signalled when lines arrive or the writer should finish.
-    filled: Condvar,
-    /// Signalled when the writer has taken the buffer.
-    drained: Condvar,
-}
-
-#[derive(Default)]
-struct State {
-    pending: Vec<u8>,
-    finishing: bool,
-}
-
-impl BackgroundStderr {
-    /// Starts the writer thread over `out`.
-    pub fn start(out: impl Write + Send + 'static) -> Self {
-        let shared =
-            Arc::new(Shared { state: Mutex::new(State::default()), filled: Condvar::new(), drained: Condvar::new() });
-        let thread = std::thread::Builder::new()
-            .name("log-writer".into())
-            .spawn({
-                let shared = Arc::clone(&shared);
-                move || write_batches(&shared, out)
-            })
-            .expect("a thread for the log writer");
-        Self { shared, thread: Arc::new(Mutex::new(Some(thread))) }
-    }
-
-    /// Writes what is pending and stops the thread.
-    pub fn finish(&self) {
-        lock(&self.shared.state).finishing = true;
-        self.shared.filled.notify_one();
-        if let Some(thread) = lock(&self.thread).take() {
-            let _ = thread.join();
-        }
-    }
-}
-
-fn write_batches(shared: &Shared, mut out: impl Write) {
-    let mut batch = Vec::new();
-    loop {
-        let finishing = {
-            let mut state = lock(&shared.state);
-            while state.pending.is_empty() && !state.finishing {
-                state = shared.filled.wait(state).unwrap_or_else(|e| e.into_inner());
-            }
-            std::mem::swap(&mut batch, &mut state.pending);
-            state.finishing
-        };
-        shared.drained.notify_all();
-        // A failed write to stderr has nowhere to be reported; the lines are dropped.
-        let _ = out.write_all(&batch).and_then(|()| out.flush());
-        batch.clear();
-        if finishing && lock(&shared.state).pending.is_empty() {
-            return;
-        }
-    }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while holding the lock leaves bytes, never a broken invariant.
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-/// One log line on its way to the buffer.
-pub struct Line<'a>(&'a Shared);
-
-impl Write for Line<'_> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let mut state = lock(&self.0.state);
-        while state.pending.len() >= BUFFER_LIMIT && !state.finishing {
-            state = self.0.drained.wait(state).unwrap_or_else(|e| e.into_inner());
-        }
-        let was_empty = state.pending.is_empty();
-        state.pending.extend_from_slice(bytes);
-        drop(state);
-        if was_empty {
-            self.0.filled.notify_one();
-        }
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for BackgroundStderr {
-    type Writer = Line<'a>;
-
-    fn make_writer(&'a self) -> Line<'a> {
-        Line(&self.shared)
-    }
-}
-
-#[cfg(test)]
+#[cfg(all(test, feature = "serve"))]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use tracing_subscriber::fmt::MakeWriter;
+
     use super::*;
 
     /// An `io::Write` the test can read back.
@@ -182,7 +116,7 @@ mod tests {
 
     impl Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-            lock(&self.0).extend_from_slice(bytes);
+            self.0.lock().unwrap().extend_from_slice(bytes);
             Ok(bytes.len())
         }
         fn flush(&mut self) -> io::Result<()> {
@@ -193,21 +127,21 @@ mod tests {
     #[test]
     fn every_line_from_every_thread_is_written_whole_and_in_each_threads_order() {
         let out = Captured::default();
-        let writer = BackgroundStderr::start(out.clone());
+        let (writer, guard) = background(out.clone());
         std::thread::scope(|scope| {
             for t in 0..4 {
                 let writer = &writer;
                 scope.spawn(move || {
                     for i in 0..5_000 {
-                        // Lines larger in total than BUFFER_LIMIT make writers wait too.
+                        // More lines than QUEUED_LINES_LIMIT make writers wait too.
                         let line = format!("thread {t} line {i} {}\n", "x".repeat(100));
                         writer.make_writer().write_all(line.as_bytes()).unwrap();
                     }
                 });
             }
         });
-        writer.finish();
-        let text = String::from_utf8(lock(&out.0).clone()).unwrap();
+        drop(guard);
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let mut next = [0usize; 4];
         for line in text.lines() {
             let mut words = line.split(' ');
@@ -223,11 +157,11 @@ mod tests {
     }
 
     #[test]
-    fn finishing_writes_what_is_pending() {
+    fn dropping_the_guard_writes_what_is_pending() {
         let out = Captured::default();
-        let writer = BackgroundStderr::start(out.clone());
+        let (writer, guard) = background(out.clone());
         writer.make_writer().write_all(b"last words\n").unwrap();
-        writer.finish();
-        assert_eq!(lock(&out.0).as_slice(), b"last words\n");
+        drop(guard);
+        assert_eq!(out.0.lock().unwrap().as_slice(), b"last words\n");
     }
 }

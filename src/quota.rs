@@ -1,84 +1,184 @@
-//! The `[limits]` quotas: token buckets for the whole instance and for each
-//! username or certificate CN. Over quota is 429 with `Retry-After`.
+//! The `[limits]` quotas: a rate limiter for the whole instance and one state
+//! per username or certificate CN, by governor's GCRA (a token bucket without
+//! a timer). Over quota is 429 with `Retry-After`.
 //!
-//! Each process keeps its own buckets: on Lambda that is per container, so
+//! Each process keeps its own limiters: on Lambda that is per container, so
 //! the instance quota there is API Gateway's stage throttling (template.yaml).
+//!
+//! A config reload can change the limits. A limiter is built for the quota in
+//! force and rebuilt, starting full, when a request sees another quota.
+//!
+//! Memory: governor's `retain_recent` drops a user's state once it is back to
+//! full (one message's period later), when it is the state a user never seen
+//! gets, so the map holds only the users active within about one burst's refill
+//! time. A drop scans the whole map, so it runs only when the map has doubled
+//! since the last one (looked at every `PRUNE_CHECK_EVERY` admits): each scan is
+//! paid for by the new users that grew the map, not by every request.
 
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::Instant;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use governor::clock::{Clock, MonotonicClock};
+use governor::middleware::NoOpMiddleware;
+use governor::state::keyed::HashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{NotUntil, Quota, RateLimiter};
 
 use crate::config::Limits;
 
-/// Buckets kept for distinct users before idle ones are forgotten.
-const MAX_USER_BUCKETS: usize = 100_000;
+/// Admits to a user limiter between two looks at its size.
+const PRUNE_CHECK_EVERY: u64 = 256;
 
-/// A token bucket: `rate` tokens a second, at most `burst`.
-#[derive(Debug, Clone, Copy)]
-struct Bucket {
-    tokens: f64,
-    updated: Instant,
+/// User states held before any are dropped: below this, a scan costs more than it saves.
+const PRUNE_FLOOR: usize = 4096;
+
+/// The instance limiter.
+type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The per-user limiter: a `HashMap` behind a mutex, named rather than governor's
+/// default alias, whose store and clock change with governor's features.
+type Keyed<C> = RateLimiter<String, HashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+
+/// The quotas of one process. The clock is governor's monotonic one; tests give a fake.
+#[derive(Debug)]
+pub struct Quotas<C: Clock = MonotonicClock> {
+    clock: C,
+    /// The instance limiter and the quota it was built for.
+    instance: RwLock<Option<(Quota, Arc<Direct<C>>)>>,
+    /// The user limiter, with its quota and pruning state.
+    users: RwLock<Option<Arc<Users<C>>>>,
 }
 
-impl Bucket {
-    fn full(burst: f64, now: Instant) -> Bucket {
-        Bucket { tokens: burst, updated: now }
+impl Default for Quotas<MonotonicClock> {
+    fn default() -> Self {
+        Quotas::with_clock(MonotonicClock)
+    }
+}
+
+/// The per-user limiter and when to next drop the users back to full.
+#[derive(Debug)]
+struct Users<C: Clock> {
+    quota: Quota,
+    limiter: Keyed<C>,
+    /// Counts admits, to look at the map's size every [`PRUNE_CHECK_EVERY`].
+    admits: AtomicU64,
+    /// The size at which the next look drops the users back to full.
+    prune_at: AtomicUsize,
+}
+
+/// The quota of `rate` messages a second with `burst`, if set. The burst defaults to one
+/// second's worth, rounded down (at least 1). A rate so fast that one message takes
+/// under a nanosecond counts as one a nanosecond; one so slow that a full burst would
+/// take over a century to come back is held to that (governor counts time in `u64`
+/// nanoseconds).
+fn quota(rate: Option<f64>, burst: Option<u32>) -> Option<Quota> {
+    let rate = rate?;
+    let burst = burst.unwrap_or(rate.clamp(1.0, f64::from(u32::MAX)) as u32);
+    let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+    let longest = u64::MAX / 4 / u64::from(burst.get());
+    let period = (1e9 / rate).clamp(1.0, longest as f64) as u64;
+    Quota::with_period(Duration::from_nanos(period)).map(|q| q.allow_burst(burst))
+}
+
+/// Seconds for `Retry-After`: rounded up, at least 1.
+fn retry_after<P: governor::clock::Reference>(not_until: &NotUntil<P>, now: P) -> u32 {
+    let seconds = not_until.wait_time_from(now).as_secs_f64().ceil();
+    seconds.clamp(1.0, f64::from(u32::MAX)) as u32
+}
+
+impl<C: Clock + Clone> Quotas<C> {
+    /// Quotas that read the time from `clock`.
+    pub fn with_clock(clock: C) -> Self {
+        Quotas { clock, instance: RwLock::new(None), users: RwLock::new(None) }
     }
 
-    /// Takes one token, or says how many seconds until one is there.
-    fn take(&mut self, rate: f64, burst: f64, now: Instant) -> Result<(), f64> {
-        let elapsed = now.saturating_duration_since(self.updated).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(burst);
-        self.updated = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            Ok(())
-        } else {
-            Err((1.0 - self.tokens) / rate)
-        }
-    }
-}
-
-/// The quotas of one process.
-#[derive(Debug, Default)]
-pub struct Quotas {
-    instance: Mutex<Option<Bucket>>,
-    users: Mutex<HashMap<String, Bucket>>,
-}
-
-/// `(rate, burst)` of a quota, if set; the burst defaults to one second's worth (at least 1).
-fn quota(rate: Option<f64>, burst: Option<u32>) -> Option<(f64, f64)> {
-    rate.map(|r| (r, burst.map_or(r.max(1.0), f64::from)))
-}
-
-impl Quotas {
     /// Admits one message for `user` (a username or CN) under `limits`, or
     /// returns the seconds to wait (at least 1) for `Retry-After`.
     pub fn admit(&self, limits: &Limits, user: Option<&str>) -> Result<(), u32> {
-        let now = Instant::now();
-        let retry = |seconds: f64| seconds.ceil().max(1.0) as u32;
-        if let Some((rate, burst)) = quota(limits.messages_per_second, limits.burst) {
-            let mut bucket = self.instance.lock().unwrap_or_else(|e| e.into_inner());
-            bucket.get_or_insert_with(|| Bucket::full(burst, now)).take(rate, burst, now).map_err(retry)?;
+        if let Some(instance) = self.instance_limiter(quota(limits.messages_per_second, limits.burst)) {
+            instance.check().map_err(|n| retry_after(&n, self.clock.now()))?;
         }
-        if let (Some((rate, burst)), Some(user)) = (quota(limits.user_messages_per_second, limits.user_burst), user) {
-            let mut users = self.users.lock().unwrap_or_else(|e| e.into_inner());
-            if users.len() >= MAX_USER_BUCKETS && !users.contains_key(user) {
-                // A full bucket is what a forgotten user would get anyway.
-                users.retain(|_, b| b.tokens < burst - 1.0);
+        if let Some(users) = self.user_limiter(quota(limits.user_messages_per_second, limits.user_burst)) {
+            if let Some(user) = user {
+                return users.admit(user, &self.clock);
             }
-            users
-                .entry(user.to_owned())
-                .or_insert_with(|| Bucket::full(burst, now))
-                .take(rate, burst, now)
-                .map_err(retry)?;
         }
         Ok(())
+    }
+
+    /// The instance limiter for `quota`, built or rebuilt as needed.
+    fn instance_limiter(&self, quota: Option<Quota>) -> Option<Arc<Direct<C>>> {
+        let current = self.instance.read().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().map(|(q, _)| *q) == quota {
+            return current.as_ref().map(|(_, limiter)| Arc::clone(limiter));
+        }
+        drop(current);
+        let mut current = self.instance.write().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().map(|(q, _)| *q) != quota {
+            *current = quota.map(|q| (q, Arc::new(RateLimiter::direct_with_clock(q, self.clock.clone()))));
+        }
+        current.as_ref().map(|(_, limiter)| Arc::clone(limiter))
+    }
+
+    /// The user limiter for `quota`, built or rebuilt as needed.
+    fn user_limiter(&self, quota: Option<Quota>) -> Option<Arc<Users<C>>> {
+        let current = self.users.read().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().map(|u| u.quota) == quota {
+            return current.clone();
+        }
+        drop(current);
+        let mut current = self.users.write().unwrap_or_else(PoisonError::into_inner);
+        if current.as_ref().map(|u| u.quota) != quota {
+            *current = quota.map(|quota| {
+                Arc::new(Users {
+                    quota,
+                    limiter: RateLimiter::hashmap_with_clock(quota, self.clock.clone()),
+                    admits: AtomicU64::new(0),
+                    prune_at: AtomicUsize::new(PRUNE_FLOOR),
+                })
+            });
+        }
+        current.clone()
+    }
+
+    /// How many users' states are held (tests watch it stay bounded).
+    #[cfg(test)]
+    fn users_held(&self) -> usize {
+        self.users.read().unwrap().as_ref().map_or(0, |u| u.limiter.len())
+    }
+}
+
+impl<C: Clock> Users<C> {
+    fn admit(&self, user: &str, clock: &C) -> Result<(), u32> {
+        let outcome = self.limiter.check_key(&user.to_owned());
+        if self.admits.fetch_add(1, Ordering::Relaxed) % PRUNE_CHECK_EVERY == PRUNE_CHECK_EVERY - 1 {
+            self.prune_if_doubled();
+        }
+        outcome.map_err(|n| retry_after(&n, clock.now()))
+    }
+
+    /// Drops the users back to full once the map has reached `prune_at`, then
+    /// sets the next mark at twice what is left (at least `PRUNE_FLOOR`).
+    fn prune_if_doubled(&self) {
+        let before = self.limiter.len();
+        if before < self.prune_at.load(Ordering::Relaxed) {
+            return;
+        }
+        self.limiter.retain_recent();
+        let kept = self.limiter.len();
+        if kept < before / 4 {
+            self.limiter.shrink_to_fit();
+        }
+        self.prune_at.store(kept.saturating_mul(2).max(PRUNE_FLOOR), Ordering::Relaxed);
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use governor::clock::FakeRelativeClock;
+
     use super::*;
 
     fn limits(rate: Option<f64>, burst: Option<u32>, user_rate: Option<f64>, user_burst: Option<u32>) -> Limits {
@@ -95,31 +195,102 @@ mod tests {
     fn no_limits_admit_everything() {
         let q = Quotas::default();
         assert!((0..10_000).all(|_| q.admit(&Limits::default(), Some("u")).is_ok()));
+        assert_eq!(q.users_held(), 0);
     }
 
     #[test]
-    fn the_instance_bucket_allows_its_burst_then_asks_to_wait() {
+    fn the_instance_quota_allows_its_burst_then_asks_to_wait() {
         let q = Quotas::default();
         let l = limits(Some(0.5), Some(3), None, None);
         assert!((0..3).all(|_| q.admit(&l, None).is_ok()));
-        assert_eq!(q.admit(&l, None), Err(2), "one token every 2 s");
+        assert_eq!(q.admit(&l, None), Err(2), "one message every 2 s");
     }
 
     #[test]
-    fn each_user_has_a_bucket_of_its_own() {
+    fn each_user_has_a_quota_of_its_own() {
         let q = Quotas::default();
         let l = limits(None, None, Some(1.0), Some(2));
         assert!(q.admit(&l, Some("a")).is_ok() && q.admit(&l, Some("a")).is_ok());
         assert_eq!(q.admit(&l, Some("a")), Err(1));
         assert!(q.admit(&l, Some("b")).is_ok(), "another user is not held back");
+        assert!(q.admit(&l, None).is_ok(), "no user, no user quota");
     }
 
     #[test]
-    fn tokens_come_back_with_time() {
-        let mut b = Bucket::full(1.0, Instant::now());
-        let t0 = Instant::now();
-        assert!(b.take(10.0, 1.0, t0).is_ok());
-        assert!(b.take(10.0, 1.0, t0).is_err());
-        assert!(b.take(10.0, 1.0, t0 + std::time::Duration::from_millis(150)).is_ok());
+    fn the_burst_defaults_to_one_seconds_worth_and_at_least_one() {
+        let clock = FakeRelativeClock::default();
+        let q = Quotas::with_clock(clock.clone());
+        let l = limits(Some(5.0), None, None, None);
+        assert!((0..5).all(|_| q.admit(&l, None).is_ok()));
+        assert_eq!(q.admit(&l, None), Err(1));
+        let l = limits(Some(0.25), None, None, None);
+        assert!(q.admit(&l, None).is_ok());
+        assert_eq!(q.admit(&l, None), Err(4), "one message every 4 s, a burst of 1");
+    }
+
+    #[test]
+    fn messages_come_back_with_time() {
+        let clock = FakeRelativeClock::default();
+        let q = Quotas::with_clock(clock.clone());
+        let l = limits(Some(10.0), Some(1), Some(0.5), Some(1));
+        assert!(q.admit(&l, None).is_ok());
+        assert!(q.admit(&l, None).is_err());
+        clock.advance(Duration::from_millis(150));
+        assert!(q.admit(&l, Some("u")).is_ok());
+        clock.advance(Duration::from_millis(150));
+        assert_eq!(q.admit(&l, Some("u")), Err(2), "the user's quota is one message every 2 s");
+        clock.advance(Duration::from_millis(1_900));
+        assert!(q.admit(&l, Some("u")).is_ok());
+    }
+
+    #[test]
+    fn a_changed_quota_takes_effect_at_once_and_starts_full() {
+        let clock = FakeRelativeClock::default();
+        let q = Quotas::with_clock(clock.clone());
+        let tight = limits(Some(1.0), Some(1), Some(1.0), Some(1));
+        assert!(q.admit(&tight, Some("u")).is_ok());
+        assert!(q.admit(&tight, Some("u")).is_err());
+        let loose = limits(Some(1.0), Some(3), Some(1.0), Some(3));
+        assert!((0..3).all(|_| q.admit(&loose, Some("u")).is_ok()));
+        assert!(q.admit(&loose, Some("u")).is_err());
+        assert!(q.admit(&limits(None, None, None, None), Some("u")).is_ok(), "quotas removed");
+        assert_eq!(q.users_held(), 0, "the user states go with their quota");
+    }
+
+    #[test]
+    fn absurd_rates_neither_panic_nor_admit_without_end() {
+        let q = Quotas::default();
+        let fast = limits(Some(1e300), Some(2), Some(f64::MAX), None);
+        assert!(q.admit(&fast, Some("u")).is_ok());
+        let slow = limits(Some(1e-300), Some(u32::MAX), None, None);
+        assert!(q.admit(&slow, None).is_ok());
+        let slow = limits(Some(1e-300), Some(1), None, None);
+        assert!(q.admit(&slow, None).is_ok());
+        assert!(q.admit(&slow, None).is_err_and(|s| s > 1));
+    }
+
+    #[test]
+    fn two_hundred_thousand_users_are_held_only_while_their_quota_is_not_full() {
+        // GIVEN a per-user quota of 1 message a second with a burst of 2,
+        let clock = FakeRelativeClock::default();
+        let q = Quotas::with_clock(clock.clone());
+        let l = limits(None, None, Some(1.0), Some(2));
+        let mut most_held = 0;
+        for i in 0..200_000 {
+            // WHEN 200 000 users each drain their quota, a thousand users a second,
+            let user = format!("user-{i}");
+            assert!(q.admit(&l, Some(&user)).is_ok() && q.admit(&l, Some(&user)).is_ok());
+            assert_eq!(q.admit(&l, Some(&user)), Err(1));
+            if i % 1_000 == 999 {
+                clock.advance(Duration::from_secs(1));
+            }
+            most_held = most_held.max(q.users_held());
+        }
+        // THEN only the users of the last few seconds are held, never all of them:
+        // a drained user is dropped once its quota is full again (3 s here).
+        assert!(most_held < 10_000, "{most_held} user states held at once");
+        // AND a user dropped starts full, as one never seen does.
+        assert!(q.admit(&l, Some("user-0")).is_ok() && q.admit(&l, Some("user-0")).is_ok());
+        assert_eq!(q.admit(&l, Some("user-0")), Err(1));
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! Rules are indexed in a trie of their filters' levels, so a decision visits
 //! only the rules whose filters can match the topic, however many rules there
-//! are; their conditions are then checked in priority order.
+//! are; of those, the first by priority whose conditions hold decides. A
+//! decision runs on every request and allocates nothing.
 
 pub mod filter;
 pub mod pattern;
@@ -150,18 +151,19 @@ impl Acl {
     }
 
     /// Allow or deny. The first rule by priority that matches decides; none is deny.
+    ///
+    /// Walks the trie level by level over the topic's own text and keeps the best
+    /// rank found so far: nothing is allocated.
     pub fn decide(&self, access: &Access<'_>) -> Effect {
-        let levels: Vec<&str> = access.topic.levels().collect();
-        let dollar = access.topic.as_str().starts_with('$');
-        let mut candidates = Vec::new();
-        collect(&self.root, &levels, 0, dollar, &access.placeholders(), &mut candidates);
-        candidates.sort_unstable();
-        candidates.dedup();
-        candidates
-            .into_iter()
-            .map(|rank| &self.rules[rank as usize])
-            .find(|rule| rule.conditions_hold(access))
-            .map_or(Effect::Deny, |rule| rule.effect)
+        let walk = Walk {
+            rules: &self.rules,
+            access,
+            values: access.placeholders(),
+            dollar: access.topic.as_str().starts_with('$'),
+        };
+        let mut best = None;
+        walk.visit(&self.root, access.topic.levels(), true, &mut best);
+        best.map_or(Effect::Deny, |rank| self.rules[rank as usize].effect)
     }
 }
 
@@ -188,26 +190,52 @@ fn insert(node: &mut Node, levels: &[Level], rank: u32) {
     insert(child, rest, rank);
 }
 
-/// Gathers the ranks of every rule with a filter that matches `levels[depth..]` below `node`.
-fn collect(node: &Node, levels: &[&str], depth: usize, dollar: bool, values: &Placeholders<'_>, out: &mut Vec<u32>) {
-    // MQTT 3.1.1 §4.7.2: wildcards at the first level do not match `$` topics.
-    let wildcards = !(depth == 0 && dollar);
-    if wildcards {
-        out.extend_from_slice(&node.hash);
+/// One decision's walk down the trie.
+struct Walk<'a> {
+    rules: &'a [Rule],
+    access: &'a Access<'a>,
+    values: Placeholders<'a>,
+    /// The topic starts with `$`.
+    dollar: bool,
+}
+
+impl Walk<'_> {
+    /// Visits every node whose filter levels match the topic's `levels` below `node`,
+    /// keeping in `best` the smallest rank whose rule's conditions hold.
+    fn visit(&self, node: &Node, mut levels: std::str::Split<'_, char>, first: bool, best: &mut Option<u32>) {
+        // MQTT 3.1.1 §4.7.2: wildcards at the first level do not match `$` topics.
+        let wildcards = !(first && self.dollar);
+        if wildcards {
+            self.consider(&node.hash, best);
+        }
+        let Some(level) = levels.next() else {
+            self.consider(&node.end, best);
+            return;
+        };
+        if let Some(child) = node.literal.get(level) {
+            self.visit(child, levels.clone(), false, best);
+        }
+        if let (true, Some(child)) = (wildcards, &node.plus) {
+            self.visit(child, levels.clone(), false, best);
+        }
+        for (template, child) in &node.templates {
+            if template.matches(level, &self.values) {
+                self.visit(child, levels.clone(), false, best);
+            }
+        }
     }
-    let Some(level) = levels.get(depth) else {
-        out.extend_from_slice(&node.end);
-        return;
-    };
-    if let Some(child) = node.literal.get(*level) {
-        collect(child, levels, depth + 1, dollar, values, out);
-    }
-    if let (true, Some(child)) = (wildcards, &node.plus) {
-        collect(child, levels, depth + 1, dollar, values, out);
-    }
-    for (template, child) in &node.templates {
-        if template.matches(level, values) {
-            collect(child, levels, depth + 1, dollar, values, out);
+
+    /// Takes the first of `ranks` (ascending, as [`insert`] pushes them) that beats
+    /// `best` and whose conditions hold.
+    fn consider(&self, ranks: &[u32], best: &mut Option<u32>) {
+        for &rank in ranks {
+            if best.is_some_and(|b| rank >= b) {
+                return;
+            }
+            if self.rules[rank as usize].conditions_hold(self.access) {
+                *best = Some(rank);
+                return;
+            }
         }
     }
 }

@@ -1,8 +1,11 @@
 //! The small matchers rule conditions use: client_id globs and CIDR blocks.
+//! Neither allocates to match: a decision runs them on every request.
 
 use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
+
+use ipnet::IpNet;
 
 /// A glob over client_ids: `*` any run of characters, `?` exactly one.
 #[derive(Clone, PartialEq, Eq)]
@@ -15,28 +18,35 @@ impl Glob {
     }
 
     /// Whether `text` matches the whole pattern. Linear in practice: the
-    /// classic two-pointer walk that backtracks only to the last `*`.
+    /// classic two-pointer walk that backtracks only to the last `*`, over
+    /// byte offsets into both strings, a character at a time.
     pub fn matches(&self, text: &str) -> bool {
-        let p: Vec<char> = self.0.chars().collect();
-        let t: Vec<char> = text.chars().collect();
-        let (mut pi, mut ti) = (0, 0);
+        let pattern = self.0.as_str();
+        let (mut p, mut t) = (0, 0);
+        // After the last `*`: where the pattern resumes, and where in the text that `*` stops.
         let mut star: Option<(usize, usize)> = None;
-        while ti < t.len() {
-            if pi < p.len() && (p[pi] == '?' || p[pi] == t[ti]) {
-                pi += 1;
-                ti += 1;
-            } else if pi < p.len() && p[pi] == '*' {
-                star = Some((pi, ti));
-                pi += 1;
-            } else if let Some((sp, st)) = star {
-                pi = sp + 1;
-                ti = st + 1;
-                star = Some((sp, st + 1));
-            } else {
-                return false;
+        while let Some(c) = text[t..].chars().next() {
+            match pattern[p..].chars().next() {
+                Some('*') => {
+                    p += 1;
+                    star = Some((p, t));
+                }
+                Some(q) if q == '?' || q == c => {
+                    p += q.len_utf8();
+                    t += c.len_utf8();
+                }
+                _ => match star {
+                    // The last `*` takes one more character; the pattern resumes after it.
+                    Some((resume, stop)) => {
+                        let stop = stop + text[stop..].chars().next().map_or(0, char::len_utf8);
+                        (p, t) = (resume, stop);
+                        star = Some((resume, stop));
+                    }
+                    None => return false,
+                },
             }
         }
-        p[pi..].iter().all(|&c| c == '*')
+        pattern[p..].bytes().all(|b| b == b'*')
     }
 }
 
@@ -48,30 +58,30 @@ impl fmt::Debug for Glob {
 
 /// An IPv4 or IPv6 block such as `10.0.0.0/8`; a bare address is a /32 or /128.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    network: IpAddr,
-    prefix: u8,
-}
+pub struct Cidr(IpNet);
 
 impl FromStr for Cidr {
     type Err = String;
 
+    /// The address by the standard library's strict parser (no leading zeros in
+    /// an octet, which could be read as octal), the prefix as plain digits.
     fn from_str(s: &str) -> Result<Cidr, String> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let network: IpAddr = addr.parse().map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
-        let max = if network.is_ipv4() { 32 } else { 128 };
-        let bad_prefix = || format!("{s:?} has a prefix length that is not 0..={max}");
-        let prefix = match prefix {
-            None => max,
-            Some(p) if !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()) => {
-                p.parse::<u8>().ok().filter(|&n| n <= max).ok_or_else(bad_prefix)?
-            }
-            Some(_) => return Err(bad_prefix()),
+        let address: IpAddr = addr.parse().map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let host = IpNet::from(address);
+        let Some(prefix) = prefix else {
+            return Ok(Cidr(host));
         };
-        Ok(Cidr { network, prefix })
+        let max = host.max_prefix_len();
+        let bad_prefix = || format!("{s:?} has a prefix length that is not 0..={max}");
+        if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(bad_prefix());
+        }
+        let prefix = prefix.parse::<u8>().map_err(|_| bad_prefix())?;
+        IpNet::new(address, prefix).map(Cidr).map_err(|_| bad_prefix())
     }
 }
 
@@ -83,23 +93,7 @@ impl Cidr {
             IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
             v4 => v4,
         };
-        match (self.network, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
-            (IpAddr::V6(net), IpAddr::V6(ip)) => prefix_eq(&net.octets(), &ip.octets(), self.prefix),
-            _ => false,
-        }
-    }
-}
-
-fn prefix_eq(a: &[u8], b: &[u8], prefix: u8) -> bool {
-    let full = usize::from(prefix / 8);
-    let rest = prefix % 8;
-    if a[..full] != b[..full] {
-        return false;
-    }
-    rest == 0 || {
-        let mask = 0xFFu8 << (8 - rest);
-        a[full] & mask == b[full] & mask
+        self.0.contains(&ip)
     }
 }
 
@@ -115,6 +109,17 @@ mod tests {
         assert!(g.matches("dev-01-abc-end") && g.matches("dev-01--end") && !g.matches("dev-1-abc-end"));
         assert!(Glob::new("*").matches("") && Glob::new("**a").matches("a") && !Glob::new("").matches("a"));
         assert!(Glob::new("a*b*c").matches("aXbYbZc") && !Glob::new("a*b*c").matches("aXbYbZ"));
+    }
+
+    #[test]
+    fn a_star_in_the_pattern_stays_a_wildcard_when_the_text_has_a_star_too() {
+        assert!(Glob::new("a*b").matches("a*xb") && Glob::new("*").matches("**") && Glob::new("a*").matches("a*"));
+    }
+
+    #[test]
+    fn globs_count_characters_not_bytes() {
+        assert!(Glob::new("caf?").matches("café") && Glob::new("?-*").matches("é-ü") && !Glob::new("??").matches("é"));
+        assert!(Glob::new("*é").matches("ééé") && Glob::new("é*é").matches("éxé") && !Glob::new("é*é").matches("é"));
     }
 
     #[test]
@@ -135,7 +140,9 @@ mod tests {
 
     #[test]
     fn bad_cidrs_are_refused() {
-        for s in ["10.0.0.0/33", "10.0.0/8", "::/129", "10.0.0.0/", "10.0.0.0/+8", "x", ""] {
+        for s in
+            ["10.0.0.0/33", "10.0.0/8", "::/129", "10.0.0.0/", "10.0.0.0/+8", "x", "", "010.0.0.0/8", "10.0.0.0/8/8"]
+        {
             assert!(s.parse::<Cidr>().is_err(), "{s}");
         }
     }
