@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+use super::pattern::PatternError;
 use crate::contract::Topic;
 
 /// The caller's values that placeholders stand for.
@@ -77,12 +78,12 @@ pub struct TopicFilter {
 
 impl TopicFilter {
     /// Parses a filter, naming what is wrong with it.
-    pub fn parse(text: &str) -> Result<TopicFilter, String> {
+    pub fn parse(text: &str) -> Result<TopicFilter, PatternError> {
         if text.is_empty() {
-            return Err("a topic filter is empty".into());
+            return Err(PatternError("a topic filter is empty".into()));
         }
         if text.contains('\0') {
-            return Err(format!("topic filter {text:?} contains U+0000"));
+            return Err(PatternError(format!("topic filter {text:?} contains U+0000")));
         }
         let raw: Vec<&str> = text.split('/').collect();
         let mut levels = Vec::with_capacity(raw.len());
@@ -90,9 +91,9 @@ impl TopicFilter {
             levels.push(match *level {
                 "+" => Level::Plus,
                 "#" if i + 1 == raw.len() => Level::Hash,
-                "#" => return Err(format!("topic filter {text:?}: '#' must be the last level")),
+                "#" => return Err(PatternError(format!("topic filter {text:?}: '#' must be the last level"))),
                 l if l.contains(['+', '#']) => {
-                    return Err(format!("topic filter {text:?}: '+' and '#' must stand alone in a level"))
+                    return Err(PatternError(format!("topic filter {text:?}: '+' and '#' must stand alone in a level")))
                 }
                 l if l.contains("${") => Level::Template(parse_template(text, l)?),
                 l => Level::Literal(l.to_owned()),
@@ -132,7 +133,7 @@ impl TopicFilter {
     }
 }
 
-fn parse_template(filter: &str, level: &str) -> Result<Vec<Part>, String> {
+fn parse_template(filter: &str, level: &str) -> Result<Vec<Part>, PatternError> {
     let mut parts = Vec::new();
     let mut rest = level;
     while let Some(start) = rest.find("${") {
@@ -140,14 +141,15 @@ fn parse_template(filter: &str, level: &str) -> Result<Vec<Part>, String> {
             parts.push(Part::Text(rest[..start].to_owned()));
         }
         let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("topic filter {filter:?}: unterminated '${{'"))?;
+        let end =
+            after.find('}').ok_or_else(|| PatternError(format!("topic filter {filter:?}: unterminated '${{'")))?;
         parts.push(match &after[..end] {
             "username" => Part::Username,
             "client_id" => Part::ClientId,
             other => {
-                return Err(format!(
+                return Err(PatternError(format!(
                     "topic filter {filter:?}: unknown placeholder ${{{other}}} (use ${{username}} or ${{client_id}})"
-                ))
+                )))
             }
         });
         rest = &after[end + 1..];
@@ -208,7 +210,7 @@ mod tests {
         for f in ["", "a/#/b", "a#", "a/b+", "+a", "x/${bogus}", "x/${username", "a\0"] {
             assert!(TopicFilter::parse(f).is_err(), "{f:?} should be refused");
         }
-        assert!(TopicFilter::parse("a/#/b").unwrap_err().contains("must be the last level"));
+        assert!(TopicFilter::parse("a/#/b").unwrap_err().0.contains("must be the last level"));
         assert!(TopicFilter::parse("$literal/$").is_ok(), "a bare $ is literal text");
     }
 }

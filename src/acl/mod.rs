@@ -15,7 +15,7 @@ use std::net::IpAddr;
 use crate::contract::Topic;
 
 pub use self::filter::{Level, Placeholders, TopicFilter};
-pub use self::pattern::{Cidr, Glob};
+pub use self::pattern::{Cidr, Glob, PatternError};
 
 /// What a matching rule decides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -60,23 +60,29 @@ impl fmt::Debug for Glob {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cidr(IpNet);
 
+/// Why a topic filter or a CIDR block of a rule is refused; the message names it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct PatternError(pub String);
+
 impl FromStr for Cidr {
-    type Err = String;
+    type Err = PatternError;
 
     /// The address by the standard library's strict parser (no leading zeros in
     /// an octet, which could be read as octal), the prefix as plain digits.
-    fn from_str(s: &str) -> Result<Cidr, String> {
+    fn from_str(s: &str) -> Result<Cidr, PatternError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let address: IpAddr = addr.parse().map_err(|_| format!("{s:?} is not an IP address or CIDR block"))?;
+        let address: IpAddr =
+            addr.parse().map_err(|_| PatternError(format!("{s:?} is not an IP address or CIDR block")))?;
         let host = IpNet::from(address);
         let Some(prefix) = prefix else {
             return Ok(Cidr(host));
         };
         let max = host.max_prefix_len();
-        let bad_prefix = || format!("{s:?} has a prefix length that is not 0..={max}");
+        let bad_prefix = || PatternError(format!("{s:?} has a prefix length that is not 0..={max}"));
         if prefix.is_empty() || !prefix.bytes().all(|b| b.is_ascii_digit()) {
             return Err(bad_prefix());
         }

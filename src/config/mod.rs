@@ -247,13 +247,18 @@ fn validate_rule(entry: RuleEntry) -> Result<Rule, ConfigError> {
     if entry.topics.is_empty() {
         return Err(at("topics is empty".into()));
     }
-    let topics = entry.topics.iter().map(|t| TopicFilter::parse(t)).collect::<Result<Vec<_>, _>>().map_err(at)?;
+    let topics = entry
+        .topics
+        .iter()
+        .map(|t| TopicFilter::parse(t))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| at(e.to_string()))?;
     let source_ips = entry
         .source_ips
         .as_ref()
         .map(|ips| ips.iter().map(|s| s.parse::<Cidr>()).collect::<Result<Vec<_>, _>>())
         .transpose()
-        .map_err(at)?;
+        .map_err(|e| at(e.to_string()))?;
     if let Some(bad) = entry.qos.iter().flatten().find(|&&q| q > 2) {
         return Err(at(format!("qos {bad} is not 0, 1 or 2")));
     }
