@@ -41,14 +41,15 @@ type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Cl
 /// default alias, whose store and clock change with governor's features.
 type Keyed<C> = RateLimiter<String, HashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
+/// A limiter and the quota it was built for; none while that quota is off.
+type Slot<T> = RwLock<Option<(Quota, Arc<T>)>>;
+
 /// The quotas of one process. The clock is governor's monotonic one; tests give a fake.
 #[derive(Debug)]
 pub struct Quotas<C: Clock = MonotonicClock> {
     clock: C,
-    /// The instance limiter and the quota it was built for.
-    instance: RwLock<Option<(Quota, Arc<Direct<C>>)>>,
-    /// The user limiter, with its quota and pruning state.
-    users: RwLock<Option<Arc<Users<C>>>>,
+    instance: Slot<Direct<C>>,
+    users: Slot<Users<C>>,
 }
 
 impl Default for Quotas<MonotonicClock> {
@@ -60,9 +61,8 @@ impl Default for Quotas<MonotonicClock> {
 /// The per-user limiter and when to next drop the users back to full.
 #[derive(Debug)]
 struct Users<C: Clock> {
-    quota: Quota,
     limiter: Keyed<C>,
-    /// Counts admits, to look at the map's size every [`PRUNE_CHECK_EVERY`].
+    /// Counts admits, to look at the map's size every `PRUNE_CHECK_EVERY`.
     admits: AtomicU64,
     /// The size at which the next look drops the users back to full.
     prune_at: AtomicUsize,
@@ -97,57 +97,45 @@ impl<C: Clock + Clone> Quotas<C> {
     /// Admits one message for `user` (a username or CN) under `limits`, or
     /// returns the seconds to wait (at least 1) for `Retry-After`.
     pub fn admit(&self, limits: &Limits, user: Option<&str>) -> Result<(), u32> {
-        if let Some(instance) = self.instance_limiter(quota(limits.messages_per_second, limits.burst)) {
+        let instance_quota = quota(limits.messages_per_second, limits.burst);
+        if let Some(instance) =
+            limiter_for(&self.instance, instance_quota, |q| RateLimiter::direct_with_clock(q, self.clock.clone()))
+        {
             instance.check().map_err(|n| retry_after(&n, self.clock.now()))?;
         }
-        if let Some(users) = self.user_limiter(quota(limits.user_messages_per_second, limits.user_burst)) {
-            if let Some(user) = user {
-                return users.admit(user, &self.clock);
-            }
+        let user_quota = quota(limits.user_messages_per_second, limits.user_burst);
+        let users = limiter_for(&self.users, user_quota, |q| Users {
+            limiter: RateLimiter::hashmap_with_clock(q, self.clock.clone()),
+            admits: AtomicU64::new(0),
+            prune_at: AtomicUsize::new(PRUNE_FLOOR),
+        });
+        match (users, user) {
+            (Some(users), Some(user)) => users.admit(user, &self.clock),
+            _ => Ok(()),
         }
-        Ok(())
-    }
-
-    /// The instance limiter for `quota`, built or rebuilt as needed.
-    fn instance_limiter(&self, quota: Option<Quota>) -> Option<Arc<Direct<C>>> {
-        let current = self.instance.read().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().map(|(q, _)| *q) == quota {
-            return current.as_ref().map(|(_, limiter)| Arc::clone(limiter));
-        }
-        drop(current);
-        let mut current = self.instance.write().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().map(|(q, _)| *q) != quota {
-            *current = quota.map(|q| (q, Arc::new(RateLimiter::direct_with_clock(q, self.clock.clone()))));
-        }
-        current.as_ref().map(|(_, limiter)| Arc::clone(limiter))
-    }
-
-    /// The user limiter for `quota`, built or rebuilt as needed.
-    fn user_limiter(&self, quota: Option<Quota>) -> Option<Arc<Users<C>>> {
-        let current = self.users.read().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().map(|u| u.quota) == quota {
-            return current.clone();
-        }
-        drop(current);
-        let mut current = self.users.write().unwrap_or_else(PoisonError::into_inner);
-        if current.as_ref().map(|u| u.quota) != quota {
-            *current = quota.map(|quota| {
-                Arc::new(Users {
-                    quota,
-                    limiter: RateLimiter::hashmap_with_clock(quota, self.clock.clone()),
-                    admits: AtomicU64::new(0),
-                    prune_at: AtomicUsize::new(PRUNE_FLOOR),
-                })
-            });
-        }
-        current.clone()
     }
 
     /// How many users' states are held (tests watch it stay bounded).
     #[cfg(test)]
     fn users_held(&self) -> usize {
-        self.users.read().unwrap().as_ref().map_or(0, |u| u.limiter.len())
+        self.users.read().unwrap().as_ref().map_or(0, |(_, u)| u.limiter.len())
     }
+}
+
+/// The limiter in `slot` if it was built for `quota`; else one built now by
+/// `build`, replacing it (or none, and the slot emptied, if the quota is off).
+fn limiter_for<T>(slot: &Slot<T>, quota: Option<Quota>, build: impl FnOnce(Quota) -> T) -> Option<Arc<T>> {
+    let built_for = |current: &Option<(Quota, Arc<T>)>| current.as_ref().map(|(q, _)| *q);
+    let current = slot.read().unwrap_or_else(PoisonError::into_inner);
+    if built_for(&current) == quota {
+        return current.as_ref().map(|(_, limiter)| Arc::clone(limiter));
+    }
+    drop(current);
+    let mut current = slot.write().unwrap_or_else(PoisonError::into_inner);
+    if built_for(&current) != quota {
+        *current = quota.map(|q| (q, Arc::new(build(q))));
+    }
+    current.as_ref().map(|(_, limiter)| Arc::clone(limiter))
 }
 
 impl<C: Clock> Users<C> {
