@@ -39,17 +39,7 @@ fn allocations() -> usize {
 }
 
 fn rule(priority: i64, effect: Effect, topics: &[&str], edit: impl FnOnce(&mut Rule)) -> Rule {
-    let mut rule = Rule {
-        priority,
-        effect,
-        topics: topics.iter().map(|t| TopicFilter::parse(t).unwrap()).collect(),
-        usernames: None,
-        client_ids: None,
-        source_ips: None,
-        qos: None,
-        retain: None,
-        auth: None,
-    };
+    let mut rule = Rule::new(priority, effect, topics.iter().map(|t| TopicFilter::parse(t).unwrap()).collect());
     edit(&mut rule);
     rule
 }

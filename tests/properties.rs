@@ -106,17 +106,7 @@ fn client_id_strategy() -> impl Strategy<Value = &'static str> {
 }
 
 fn one_rule(filter: TopicFilter) -> Acl {
-    Acl::new(vec![Rule {
-        priority: 0,
-        effect: Effect::Allow,
-        topics: vec![filter],
-        usernames: None,
-        client_ids: None,
-        source_ips: None,
-        qos: None,
-        retain: None,
-        auth: None,
-    }])
+    Acl::new(vec![Rule::new(0, Effect::Allow, vec![filter])])
 }
 
 proptest! {

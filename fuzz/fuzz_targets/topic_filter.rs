@@ -33,17 +33,7 @@ fuzz_target!(|data: &[u8]| {
     let expected = reference_matches(filter_text, topic_text, username, client_id);
     assert_eq!(filter.matches(&topic, &values), expected, "filter {filter_text:?} topic {topic_text:?}");
 
-    let acl = Acl::new(vec![Rule {
-        priority: 1,
-        effect: Effect::Allow,
-        topics: vec![filter],
-        usernames: None,
-        client_ids: None,
-        source_ips: None,
-        qos: None,
-        retain: None,
-        auth: None,
-    }]);
+    let acl = Acl::new(vec![Rule::new(1, Effect::Allow, vec![filter])]);
     let access = Access {
         topic: &topic,
         username,

@@ -86,6 +86,21 @@ impl Access<'_> {
 }
 
 impl Rule {
+    /// A rule on `topics` with no other condition.
+    pub fn new(priority: i64, effect: Effect, topics: Vec<TopicFilter>) -> Rule {
+        Rule {
+            priority,
+            effect,
+            topics,
+            usernames: None,
+            client_ids: None,
+            source_ips: None,
+            qos: None,
+            retain: None,
+            auth: None,
+        }
+    }
+
     /// Whether every condition of the rule holds (topics aside).
     pub fn conditions_hold(&self, access: &Access<'_>) -> bool {
         self.usernames
@@ -246,17 +261,7 @@ mod tests {
     use crate::contract::TopicLimits;
 
     fn rule(priority: i64, effect: Effect, topics: &[&str]) -> Rule {
-        Rule {
-            priority,
-            effect,
-            topics: topics.iter().map(|t| TopicFilter::parse(t).unwrap()).collect(),
-            usernames: None,
-            client_ids: None,
-            source_ips: None,
-            qos: None,
-            retain: None,
-            auth: None,
-        }
+        Rule::new(priority, effect, topics.iter().map(|t| TopicFilter::parse(t).unwrap()).collect())
     }
 
     fn topic(t: &str) -> Topic {
