@@ -208,17 +208,18 @@ pub async fn manage(command: Command, stdin: impl BufRead) -> Result<String, Str
     match command {
         Command::Config(ConfigCommand::Push { source, target, dry_run, allow_demo_user }) => {
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(lines(&home.push(&source, dry_run, allow_demo_user).await?, dry_run))
+            Ok(lines(&home.push(&source, dry_run, allow_demo_user).await.map_err(|e| e.to_string())?, dry_run))
         }
         Command::Config(ConfigCommand::Pull { target }) => {
-            home(target.table, target.file).await.expect("clap requires a target").pull().await
+            let home = home(target.table, target.file).await.expect("clap requires a target");
+            home.pull().await.map_err(|e| e.to_string())
         }
         Command::Config(ConfigCommand::ImportMosquitto { password_file, target }) => {
             let text = std::fs::read_to_string(&password_file)
                 .map_err(|e| format!("cannot read {}: {e}", password_file.display()))?;
             let users = import_mosquitto(&text).map_err(|e| format!("{}: {e}", password_file.display()))?;
             match home(target.table, target.file).await {
-                Some(home) => Ok(lines(&home.set_users(&users).await?, false)),
+                Some(home) => Ok(lines(&home.set_users(&users).await.map_err(|e| e.to_string())?, false)),
                 None => {
                     let file = crate::config::ConfigFile { users, ..Default::default() };
                     let text = toml::to_string(&file).map_err(|e| e.to_string())?;
@@ -230,11 +231,11 @@ pub async fn manage(command: Command, stdin: impl BufRead) -> Result<String, Str
         Command::User(UserCommand::Set { name, target }) => {
             let password = read_password(stdin)?;
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(lines(&home.set_users(&[new_user(&name, &password)]).await?, false))
+            Ok(lines(&home.set_users(&[new_user(&name, &password)]).await.map_err(|e| e.to_string())?, false))
         }
         Command::User(UserCommand::Remove { name, target }) => {
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(home.remove_user(&name).await?.to_string())
+            Ok(home.remove_user(&name).await.map_err(|e| e.to_string())?.to_string())
         }
         other => Err(format!("not a config command: {other:?}")),
     }
