@@ -1,8 +1,11 @@
 //! The command line: how users call the binary, and the small commands that
 //! need no server (`passwd`, `config check`).
 
+mod progress;
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -185,11 +188,10 @@ pub struct OptionalTarget {
 
 async fn home(table: Option<String>, file: Option<PathBuf>) -> Option<Home> {
     match (table, file) {
-        (Some(table), _) => Some(Home::Table(TableStore::with_timeout(
-            &crate::aws::sdk_config().await,
-            &table,
-            std::time::Duration::from_secs(60),
-        ))),
+        (Some(table), _) => Some(Home::Table(
+            TableStore::with_timeout(&crate::aws::sdk_config().await, &table, std::time::Duration::from_secs(60))
+                .with_progress(Arc::new(progress::StderrProgress::new())),
+        )),
         (None, Some(file)) => Some(Home::File(file)),
         (None, None) => None,
     }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item as TomlItem, Table};
 
-use super::table::{config_from_items, config_items, user_item, user_key, Item, StoreError, TableStore};
+use super::table::{config_from_items, config_items, describe, user_item, user_key, Item, StoreError, TableStore};
 use super::{parse_toml, read_file, validate_user, ConfigError, ConfigFile, Policy, UserEntry, DEMO_PASSWORD_HASH};
 use crate::auth::hash_argon2id;
 
@@ -123,14 +123,6 @@ pub struct Change {
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.action, self.entry)
-    }
-}
-
-fn describe((pk, sk): &(String, String)) -> String {
-    match (pk.strip_prefix("user#"), sk.strip_prefix("rule#")) {
-        (Some(user), _) => format!("user {user}"),
-        (_, Some(priority)) => format!("rule {priority}"),
-        _ => sk.clone(),
     }
 }
 

@@ -19,11 +19,12 @@
 //! nor a field is left alone.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::SdkConfig;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
@@ -46,11 +47,33 @@ const ACL_PARTITION: &str = "acl";
 #[error("the config store failed: {0}")]
 pub struct StoreError(pub String);
 
+/// What a store tells as it reads or writes a whole table, item by item: the
+/// command line shows it on stderr. Each method does nothing unless overridden.
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// A step starts: what it does, and how many items it will touch when known.
+    fn start(&self, _what: &str, _total: Option<u64>) {}
+    /// `count` more items of the step are done.
+    fn advance(&self, _count: u64) {}
+    /// The step is over, every item done.
+    fn finish(&self) {}
+}
+
+/// Tells no one: the request path's store.
+#[derive(Debug)]
+struct Silent;
+
+impl Progress for Silent {}
+
+/// Items in one `BatchWriteItem`, DynamoDB's most.
+const BATCH: usize = 25;
+
 /// Reads and writes the config table.
 #[derive(Debug, Clone)]
 pub struct TableStore {
     client: Client,
     table: String,
+    /// Told how `items` and `write` advance.
+    progress: Arc<dyn Progress>,
 }
 
 impl TableStore {
@@ -71,7 +94,12 @@ impl TableStore {
                     .build(),
             )
             .build();
-        TableStore { client: Client::from_conf(config), table: table.to_owned() }
+        TableStore { client: Client::from_conf(config), table: table.to_owned(), progress: Arc::new(Silent) }
+    }
+
+    /// This store, telling `progress` how its whole-table reads and its writes advance.
+    pub fn with_progress(self, progress: Arc<dyn Progress>) -> TableStore {
+        TableStore { progress, ..self }
     }
 
     /// The table's name.
@@ -123,48 +151,99 @@ impl TableStore {
 
     /// Every config item, keyed by (pk, sk): what `push` compares with and `pull` prints.
     pub async fn items(&self) -> Result<BTreeMap<(String, String), Item>, StoreError> {
+        self.progress.start(&format!("reading table {}", self.table), None);
         let mut items = BTreeMap::new();
         let mut pages = self.client.scan().table_name(&self.table).into_paginator().items().send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?;
             items.insert(key_of(&item)?, item);
+            self.progress.advance(1);
         }
+        self.progress.finish();
         Ok(items)
     }
 
-    /// Writes and deletes items, 25 to a batch, retrying what DynamoDB leaves unprocessed.
+    /// Writes `puts`, then deletes `deletes`, 25 to a batch, retrying what
+    /// DynamoDB leaves unprocessed.
+    ///
+    /// Every write is sent before the first delete, and each item is written
+    /// whole. So a call that stops midway (a refused item, a lost connection,
+    /// Ctrl-C) leaves each item either as it was or as asked, and if it stopped
+    /// before the deletes, everything to remove still there: never a table missing
+    /// both the old and the new of something. Calling again with what is still to
+    /// do finishes the job; `config push` finds that by comparing the table with
+    /// the file anew. While a call runs, requests see the same: a rule moved to
+    /// another priority is briefly at both, never at neither.
+    ///
+    /// A failure names the item at fault (`user NAME`, `rule PRIORITY`, `limits`):
+    /// DynamoDB refuses a batch whole, so a refused batch is sent again one item at
+    /// a time, which finds the item it refuses (one over 400 KB, say).
     pub async fn write(&self, puts: Vec<Item>, deletes: Vec<(String, String)>) -> Result<(), StoreError> {
-        let mut requests: Vec<WriteRequest> = Vec::with_capacity(puts.len() + deletes.len());
+        let mut writes = Vec::with_capacity(puts.len());
         for item in puts {
+            let key = key_of(&item)?;
             let put = PutRequest::builder().set_item(Some(item)).build().map_err(|e| StoreError(e.to_string()))?;
-            requests.push(WriteRequest::builder().put_request(put).build());
+            writes.push((key, WriteRequest::builder().put_request(put).build()));
         }
+        let mut removals = Vec::with_capacity(deletes.len());
         for (pk, sk) in deletes {
             let delete = DeleteRequest::builder()
                 .key("pk", s(&pk))
                 .key("sk", s(&sk))
                 .build()
                 .map_err(|e| StoreError(e.to_string()))?;
-            requests.push(WriteRequest::builder().delete_request(delete).build());
+            removals.push(((pk, sk), WriteRequest::builder().delete_request(delete).build()));
         }
-        for chunk in requests.chunks(25) {
-            let mut pending = chunk.to_vec();
-            for attempt in 0..8u32 {
-                let output =
-                    self.client.batch_write_item().request_items(&self.table, pending).send().await.map_err(|e| {
-                        StoreError(format!("{}: {}", e.code().unwrap_or("error"), DisplayErrorContext(&e)))
-                    })?;
-                pending = output.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
-                if pending.is_empty() {
-                    break;
+        self.send(&format!("writing to table {}", self.table), "write", writes).await?;
+        self.send(&format!("deleting from table {}", self.table), "delete", removals).await
+    }
+
+    /// Sends `requests` in batches, telling the progress as `what`; a failure names
+    /// the item that cannot be `verb`d.
+    async fn send(
+        &self,
+        what: &str,
+        verb: &str,
+        requests: Vec<((String, String), WriteRequest)>,
+    ) -> Result<(), StoreError> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        self.progress.start(what, Some(requests.len() as u64));
+        for chunk in requests.chunks(BATCH) {
+            if self.send_batch(chunk.iter().map(|(_, request)| request.clone()).collect()).await.is_err() {
+                for (key, request) in chunk {
+                    self.send_batch(vec![request.clone()])
+                        .await
+                        .map_err(|e| StoreError(format!("cannot {verb} {}: {e}", describe(key))))?;
                 }
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
             }
-            if !pending.is_empty() {
-                return Err(StoreError(format!("{} writes stayed unprocessed after retries", pending.len())));
-            }
+            self.progress.advance(chunk.len() as u64);
         }
+        self.progress.finish();
         Ok(())
+    }
+
+    /// One `BatchWriteItem`, sent again while DynamoDB leaves some of it unprocessed.
+    async fn send_batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), String> {
+        for attempt in 0..8u32 {
+            let output =
+                self.client.batch_write_item().request_items(&self.table, pending).send().await.map_err(cause)?;
+            pending = output.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        Err(format!("DynamoDB still left {} unprocessed after 8 tries", pending.len()))
+    }
+}
+
+/// A failed call's cause, shortest first: the service's code and message when it answered.
+fn cause<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> String {
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => DisplayErrorContext(&e).to_string(),
     }
 }
 
@@ -185,6 +264,15 @@ pub fn rule_key(priority: i64) -> (String, String) {
 /// The key of the limits item.
 pub fn limits_key() -> (String, String) {
     (ACL_PARTITION.to_owned(), "limits".to_owned())
+}
+
+/// What an item is, for people: `user NAME`, `rule PRIORITY` or `limits`.
+pub fn describe((pk, sk): &(String, String)) -> String {
+    match (pk.strip_prefix("user#"), sk.strip_prefix("rule#")) {
+        (Some(user), _) => format!("user {user}"),
+        (_, Some(priority)) => format!("rule {priority}"),
+        _ => sk.clone(),
+    }
 }
 
 /// An item as stored: the entry's fields beside its key. Reading, attributes
