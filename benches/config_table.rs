@@ -4,7 +4,8 @@
 //!
 //! (`scripts/test` installs that moto; any `moto_server` on PATH works too.)
 //! Figures: the time to load 10 000 rules (one paginated Query, then validation
-//! and indexing), and the latency of a user lookup that the cache answers and of
+//! and indexing), the in-process cost of turning the config into items and back
+//! (what `push` and `pull` do around their calls), and the latency of a user lookup that the cache answers and of
 //! one that goes to the table. moto is far slower than DynamoDB; the ratio is the point.
 
 use std::process::{Child, Command, Stdio};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
 use mqtt_http_publish::config::manage::new_user;
 use mqtt_http_publish::config::source::{CacheSettings, CachedTable, ConfigStore};
-use mqtt_http_publish::config::table::{config_items, TableStore};
+use mqtt_http_publish::config::table::{config_from_items, config_items, TableStore};
 use mqtt_http_publish::config::{ConfigFile, EffectEntry, RuleEntry, RuleSet};
 
 struct Moto(Child);
@@ -91,6 +92,21 @@ async fn run(endpoint: &str) {
         })
         .collect();
     let config = ConfigFile { users, rules, ..ConfigFile::default() };
+    let (mut to_items, mut from_items) = (Vec::new(), Vec::new());
+    for _ in 0..5 {
+        let started = Instant::now();
+        let items = config_items(&config);
+        to_items.push(started.elapsed());
+        let started = Instant::now();
+        let back = config_from_items(&items).unwrap();
+        from_items.push(started.elapsed());
+        assert_eq!(back.rules.len(), 10_000);
+    }
+    println!(
+        "config_table: item conversion of 10 000 rules and 300 users: to items median {:.1} ms, from items median {:.1} ms",
+        median(to_items).as_secs_f64() * 1e3,
+        median(from_items).as_secs_f64() * 1e3
+    );
     // moto answers a Query of a 10 000-item partition in seconds (DynamoDB in milliseconds).
     let store = TableStore::with_timeout(&sdk, "bench", Duration::from_secs(120));
     let started = Instant::now();

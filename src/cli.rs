@@ -1,8 +1,11 @@
 //! The command line: how users call the binary, and the small commands that
 //! need no server (`passwd`, `config check`).
 
+mod progress;
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -186,11 +189,10 @@ pub struct OptionalTarget {
 
 async fn home(table: Option<String>, file: Option<PathBuf>) -> Option<Home> {
     match (table, file) {
-        (Some(table), _) => Some(Home::Table(TableStore::with_timeout(
-            &crate::aws::sdk_config().await,
-            &table,
-            std::time::Duration::from_secs(60),
-        ))),
+        (Some(table), _) => Some(Home::Table(
+            TableStore::with_timeout(&crate::aws::sdk_config().await, &table, std::time::Duration::from_secs(60))
+                .with_progress(Arc::new(progress::StderrProgress::new())),
+        )),
         (None, Some(file)) => Some(Home::File(file)),
         (None, None) => None,
     }
@@ -209,22 +211,18 @@ pub async fn manage(command: Command, stdin: impl BufRead) -> anyhow::Result<Str
     match command {
         Command::Config(ConfigCommand::Push { source, target, dry_run, allow_demo_user }) => {
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(lines(&home.push(&source, dry_run, allow_demo_user).await.map_err(anyhow::Error::msg)?, dry_run))
+            Ok(lines(&home.push(&source, dry_run, allow_demo_user).await?, dry_run))
         }
-        Command::Config(ConfigCommand::Pull { target }) => home(target.table, target.file)
-            .await
-            .expect("clap requires a target")
-            .pull()
-            .await
-            .map_err(anyhow::Error::msg),
+        Command::Config(ConfigCommand::Pull { target }) => {
+            let home = home(target.table, target.file).await.expect("clap requires a target");
+            Ok(home.pull().await?)
+        }
         Command::Config(ConfigCommand::ImportMosquitto { password_file, target }) => {
             let text = std::fs::read_to_string(&password_file)
                 .with_context(|| format!("cannot read {}", password_file.display()))?;
-            let users = import_mosquitto(&text)
-                .map_err(anyhow::Error::msg)
-                .with_context(|| password_file.display().to_string())?;
+            let users = import_mosquitto(&text).with_context(|| password_file.display().to_string())?;
             match home(target.table, target.file).await {
-                Some(home) => Ok(lines(&home.set_users(&users).await.map_err(anyhow::Error::msg)?, false)),
+                Some(home) => Ok(lines(&home.set_users(&users).await?, false)),
                 None => {
                     let file = crate::config::ConfigFile { users, ..Default::default() };
                     let text = toml::to_string(&file)?;
@@ -236,11 +234,11 @@ pub async fn manage(command: Command, stdin: impl BufRead) -> anyhow::Result<Str
         Command::User(UserCommand::Set { name, target }) => {
             let password = read_password(stdin)?;
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(lines(&home.set_users(&[new_user(&name, &password)]).await.map_err(anyhow::Error::msg)?, false))
+            Ok(lines(&home.set_users(&[new_user(&name, &password)]).await?, false))
         }
         Command::User(UserCommand::Remove { name, target }) => {
             let home = home(target.table, target.file).await.expect("clap requires a target");
-            Ok(home.remove_user(&name).await.map_err(anyhow::Error::msg)?.to_string())
+            Ok(home.remove_user(&name).await?.to_string())
         }
         other => anyhow::bail!("not a config command: {other:?}"),
     }

@@ -17,6 +17,7 @@ use common::{
 use mqtt_http_publish::config::manage::{new_user, Home};
 use mqtt_http_publish::config::source::{CacheSettings, CachedTable, RETRY_AFTER_FAILURE};
 use mqtt_http_publish::config::table::{config_items, TableStore};
+use mqtt_http_publish::config::UserEntry;
 use mqtt_http_publish::config::{parse_toml, ConfigFile, EffectEntry, RuleEntry};
 use mqtt_http_publish::lambda;
 use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
@@ -460,4 +461,117 @@ async fn a_file_service_and_a_table_service_answer_alike() {
             status(&from_file, event(user, password, topic)).await
         );
     }
+}
+
+/// A file of `users` users sharing the hash of one password (so that thousands cost one
+/// argon2id hash), and of `rules`; returns its path.
+fn write_config(name: &str, users: usize, rules: Vec<RuleEntry>) -> std::path::PathBuf {
+    let hash = mqtt_http_publish::auth::hash_argon2id(b"a password of their own");
+    let users = (0..users).map(|n| UserEntry { username: format!("dev{n:05}"), password_hash: hash.clone() }).collect();
+    let file = std::env::temp_dir().join(format!("{name}.toml"));
+    std::fs::write(&file, toml::to_string(&ConfigFile { users, rules, ..ConfigFile::default() }).unwrap()).unwrap();
+    file
+}
+
+/// stderr's lines with the seconds of "done in N s" left out, which vary.
+fn progress_lines(stderr: &str) -> Vec<String> {
+    stderr
+        .lines()
+        .map(|l| l.split_once(", done in ").map_or(l.to_owned(), |(step, _)| format!("{step}, done")))
+        .collect()
+}
+
+#[tokio::test]
+async fn a_push_of_thousands_of_items_tells_its_progress_on_stderr_and_only_the_changes_on_stdout() {
+    // GIVEN a table holding 1 500 rules that the file to push no longer has
+    let moto = moto_url();
+    let table = unique_table("progress");
+    create_config_table(&moto, &table).await;
+    let old =
+        ConfigFile { rules: (5000..6500).map(|p| allow(p, "old/#", &["dev00000"])).collect(), ..ConfigFile::default() };
+    push(&moto, &table, &old).await;
+    let file = write_config(&table, 2500, (1..=500).map(|p| allow(p, "devices/#", &["dev00000"])).collect());
+
+    // WHEN it is pushed with stderr a pipe, as in CI or a log
+    let (ok, out, err) = cli(&["config", "push", file.to_str().unwrap(), "--table", &table], "", &moto);
+
+    // THEN stdout holds the changes and nothing else: 3 000 adds, then 1 500 deletes
+    assert!(ok, "{err}");
+    let changes: Vec<&str> = out.lines().collect();
+    assert_eq!(changes.len(), 4500, "{out}");
+    assert!(
+        changes[..3000].iter().all(|c| c.starts_with("add "))
+            && changes[3000..].iter().all(|c| c.starts_with("delete rule "))
+    );
+    // AND stderr a plain line per thousand items and one per finished step: read, write, then delete
+    assert_eq!(
+        progress_lines(&err),
+        [
+            format!("reading table {table}: 1000 items"),
+            format!("reading table {table}: 1501 items, done"),
+            format!("writing to table {table}: 1000 of 3000 items"),
+            format!("writing to table {table}: 2000 of 3000 items"),
+            format!("writing to table {table}: 3000 of 3000 items, done"),
+            format!("deleting from table {table}: 1000 of 1500 items"),
+            format!("deleting from table {table}: 1500 of 1500 items, done"),
+        ]
+    );
+
+    // AND a pull prints the file's config as TOML on stdout, its progress on stderr
+    let (ok, pulled, err) = cli(&["config", "pull", "--table", &table], "", &moto);
+    assert!(ok, "{err}");
+    assert_eq!(parse_toml(&pulled).unwrap(), parse_toml(&std::fs::read_to_string(&file).unwrap()).unwrap());
+    assert_eq!(progress_lines(&err).last().unwrap(), &format!("reading table {table}: 3001 items, done"));
+    std::fs::remove_file(file).unwrap();
+}
+
+#[tokio::test]
+async fn a_write_dynamodb_refuses_is_named_nothing_is_deleted_before_it_and_a_rerun_finishes_the_push() {
+    // GIVEN a table holding 100 users that the file to push no longer has
+    let moto = moto_url();
+    let table = unique_table("refused");
+    create_config_table(&moto, &table).await;
+    let hash = mqtt_http_publish::auth::hash_argon2id(b"old");
+    let old = (0..100).map(|n| UserEntry { username: format!("old{n}"), password_hash: hash.clone() }).collect();
+    push(&moto, &table, &ConfigFile { users: old, ..ConfigFile::default() }).await;
+    // AND a file of 1 000 rules, rule 500 over DynamoDB's 400 KB item limit
+    let rules = |huge: bool| -> Vec<RuleEntry> {
+        (1..=1000)
+            .map(|p| match (p, huge) {
+                (500, true) => RuleEntry {
+                    topics: (0..5).map(|n| format!("big/{n}/{}", "x".repeat(100_000))).collect(),
+                    ..allow(p, "", &["dev00000"])
+                },
+                _ => allow(p, "devices/#", &["dev00000"]),
+            })
+            .collect()
+    };
+    let file = write_config(&table, 1, rules(true));
+
+    // WHEN it is pushed
+    let push_args = ["config", "push", file.to_str().unwrap(), "--table", &table];
+    let (ok, out, err) = cli(&push_args, "", &moto);
+
+    // THEN it fails naming that rule and DynamoDB's reason
+    assert!(!ok && out.is_empty(), "{out}");
+    assert!(err.contains("cannot write rule 500: ValidationException: Item size has exceeded"), "{err}");
+    // AND the table keeps every user it had, beside the rules written before the refusal
+    let store = TableStore::new(&sdk_config_for(&moto).await, &table);
+    let items = store.items().await.unwrap();
+    assert_eq!(items.keys().filter(|(pk, _)| pk.starts_with("user#old")).count(), 100, "nothing deleted");
+    let written = items.keys().filter(|(_, sk)| sk.starts_with("rule#")).count();
+    assert!(written > 0 && written < 1000, "{written} rules written");
+
+    // WHEN rule 500 is made small and the push run again
+    let file = write_config(&table, 1, rules(false));
+    let (ok, out, err) = cli(&push_args, "", &moto);
+
+    // THEN it writes only what the first run did not, deletes the old users, and the table is the file
+    assert!(ok, "{err}");
+    let adds = out.lines().filter(|l| l.starts_with("add rule ")).count();
+    assert_eq!(adds, 1000 - written, "{out}");
+    assert_eq!(out.lines().filter(|l| l.starts_with("delete user old")).count(), 100);
+    let (_, pulled, _) = cli(&["config", "pull", "--table", &table], "", &moto);
+    assert_eq!(parse_toml(&pulled).unwrap(), parse_toml(&std::fs::read_to_string(&file).unwrap()).unwrap());
+    std::fs::remove_file(file).unwrap();
 }

@@ -10,9 +10,98 @@ use std::path::{Path, PathBuf};
 
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item as TomlItem, Table};
 
-use super::table::{config_from_items, config_items, user_item, user_key, Item, TableStore};
-use super::{parse_toml, read_file, validate_user, ConfigFile, Policy, UserEntry, DEMO_PASSWORD_HASH};
+use super::table::{config_from_items, config_items, describe, user_item, user_key, Item, StoreError, TableStore};
+use super::{parse_toml, read_file, validate_user, ConfigError, ConfigFile, Policy, UserEntry, DEMO_PASSWORD_HASH};
 use crate::auth::hash_argon2id;
+
+/// Why a command changed nothing, or stopped: each message names the file, line,
+/// user or item at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ManageError {
+    /// A config that does not load, or a user entry that would not.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The file to push does not load.
+    #[error("{}: {source}", file.display())]
+    Refused {
+        /// The file.
+        file: PathBuf,
+        /// Why.
+        source: ConfigError,
+    },
+    /// The table could not be read or written.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A push to a table would give the public demo user access to a live API.
+    #[error(
+        "{}: user {username:?} has the demo password hash of config/example.toml, whose password \
+         the README prints; a table serves a live API, so nothing was written. Remove that \
+         user or give it a password of its own (mqtt-http-publish user set {username} --file {}), \
+         or pass --allow-demo-user for a throwaway test stack",
+        file.display(),
+        file.display()
+    )]
+    DemoUser {
+        /// The file to push.
+        file: PathBuf,
+        /// The user holding the demo hash.
+        username: String,
+    },
+    /// `user remove` of a user that is not there.
+    #[error("there is no user {username:?} in {home}")]
+    NoSuchUser {
+        /// The user.
+        username: String,
+        /// `table NAME` or the file's path.
+        home: String,
+    },
+    /// A file could not be read, written or replaced.
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        /// `read`, `write` or `replace`.
+        action: &'static str,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A file to edit in place is not TOML.
+    #[error("{}: {source}", path.display())]
+    NotToml {
+        /// The file.
+        path: PathBuf,
+        /// Where and why.
+        source: toml_edit::TomlError,
+    },
+    /// A file's `users` is something else than `[[users]]` tables.
+    #[error("`users` in the file is not an array of [[users]] tables")]
+    UsersNotTables,
+    /// An edit that would leave the file refused when it loads.
+    #[error("the edit would break {}: {source}", path.display())]
+    BrokenEdit {
+        /// The file.
+        path: PathBuf,
+        /// What would be refused.
+        source: ConfigError,
+    },
+    /// A line of a Mosquitto password file that is not `username:hash`.
+    #[error("line {line}: not username:hash")]
+    NotMosquittoLine {
+        /// 1-based.
+        line: usize,
+    },
+    /// A Mosquitto user whose hash is not one we verify.
+    #[error("line {line}: {source}")]
+    MosquittoUser {
+        /// 1-based.
+        line: usize,
+        /// Why.
+        source: ConfigError,
+    },
+    /// The config could not be written as TOML.
+    #[error(transparent)]
+    Toml(#[from] toml::ser::Error),
+}
 
 /// Where a command reads and writes the config.
 pub enum Home {
@@ -34,14 +123,6 @@ pub struct Change {
 impl std::fmt::Display for Change {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} {}", self.action, self.entry)
-    }
-}
-
-fn describe((pk, sk): &(String, String)) -> String {
-    match (pk.strip_prefix("user#"), sk.strip_prefix("rule#")) {
-        (Some(user), _) => format!("user {user}"),
-        (_, Some(priority)) => format!("rule {priority}"),
-        _ => sk.clone(),
     }
 }
 
@@ -68,20 +149,18 @@ pub fn diff(
     (changes, puts, deletes)
 }
 
-fn read_target(path: &Path) -> Result<ConfigFile, String> {
+fn read_target(path: &Path) -> Result<ConfigFile, ManageError> {
     if !path.exists() {
         return Ok(ConfigFile::default());
     }
-    read_file(path).map_err(|e| e.to_string())
+    Ok(read_file(path)?)
 }
 
 impl Home {
     /// The config held here, users by name and rules by priority.
-    pub async fn read(&self) -> Result<ConfigFile, String> {
+    pub async fn read(&self) -> Result<ConfigFile, ManageError> {
         match self {
-            Home::Table(store) => {
-                config_from_items(&store.items().await.map_err(|e| e.to_string())?).map_err(|e| e.to_string())
-            }
+            Home::Table(store) => Ok(config_from_items(&store.items().await?)?),
             Home::File(path) => {
                 let mut config = read_target(path)?;
                 config.users.sort_by(|a, b| a.username.cmp(&b.username));
@@ -93,25 +172,16 @@ impl Home {
 
     /// Makes this home equal to the file `source`; returns what changed (or would, with `dry_run`).
     /// A table is refused a user with the public demo password unless `allow_demo_user`.
-    pub async fn push(&self, source: &Path, dry_run: bool, allow_demo_user: bool) -> Result<Vec<Change>, String> {
-        Policy::load(source).map_err(|e| format!("{}: {e}", source.display()))?;
-        let desired = read_file(source).map_err(|e| e.to_string())?;
+    pub async fn push(&self, source: &Path, dry_run: bool, allow_demo_user: bool) -> Result<Vec<Change>, ManageError> {
+        Policy::load(source).map_err(|e| ManageError::Refused { file: source.to_owned(), source: e })?;
+        let desired = read_file(source)?;
         if let (Home::Table(_), false) = (self, allow_demo_user) {
             if let Some(demo) = desired.users.iter().find(|u| u.password_hash == DEMO_PASSWORD_HASH) {
-                return Err(format!(
-                    "{}: user {:?} has the demo password hash of config/example.toml, whose password \
-                     the README prints; a table serves a live API, so nothing was written. Remove that \
-                     user or give it a password of its own (mqtt-http-publish user set {} --file {}), \
-                     or pass --allow-demo-user for a throwaway test stack",
-                    source.display(),
-                    demo.username,
-                    demo.username,
-                    source.display()
-                ));
+                return Err(ManageError::DemoUser { file: source.to_owned(), username: demo.username.clone() });
             }
         }
         let current = match self {
-            Home::Table(store) => store.items().await.map_err(|e| e.to_string())?,
+            Home::Table(store) => store.items().await?,
             Home::File(path) => config_items(&read_target(path)?),
         };
         let (changes, puts, deletes) = diff(&current, &config_items(&desired));
@@ -119,9 +189,9 @@ impl Home {
             return Ok(changes);
         }
         match self {
-            Home::Table(store) => store.write(puts, deletes).await.map_err(|e| e.to_string())?,
+            Home::Table(store) => store.write(puts, deletes).await?,
             Home::File(path) => {
-                let text = std::fs::read_to_string(source).map_err(|e| e.to_string())?;
+                let text = std::fs::read_to_string(source).map_err(|e| io("read", source, e))?;
                 write_atomically(path, &text)?;
             }
         }
@@ -129,18 +199,18 @@ impl Home {
     }
 
     /// The config as TOML: what `pull` prints.
-    pub async fn pull(&self) -> Result<String, String> {
-        toml::to_string(&self.read().await?).map_err(|e| e.to_string())
+    pub async fn pull(&self) -> Result<String, ManageError> {
+        Ok(toml::to_string(&self.read().await?)?)
     }
 
     /// Adds users or changes their hashes; returns what changed.
-    pub async fn set_users(&self, users: &[UserEntry]) -> Result<Vec<Change>, String> {
+    pub async fn set_users(&self, users: &[UserEntry]) -> Result<Vec<Change>, ManageError> {
         for user in users {
-            validate_user(user).map_err(|e| e.to_string())?;
+            validate_user(user)?;
         }
         match self {
             Home::Table(store) => {
-                let current = store.items().await.map_err(|e| e.to_string())?;
+                let current = store.items().await?;
                 let changes = users
                     .iter()
                     .map(|u| Change {
@@ -148,7 +218,7 @@ impl Home {
                         entry: format!("user {}", u.username),
                     })
                     .collect();
-                store.write(users.iter().map(user_item).collect(), Vec::new()).await.map_err(|e| e.to_string())?;
+                store.write(users.iter().map(user_item).collect(), Vec::new()).await?;
                 Ok(changes)
             }
             Home::File(path) => edit_file(path, |doc| {
@@ -178,14 +248,15 @@ impl Home {
     }
 
     /// Removes a user; an error if there is none.
-    pub async fn remove_user(&self, username: &str) -> Result<Change, String> {
+    pub async fn remove_user(&self, username: &str) -> Result<Change, ManageError> {
         let change = Change { action: "delete", entry: format!("user {username}") };
+        let missing = |home: String| ManageError::NoSuchUser { username: username.to_owned(), home };
         match self {
             Home::Table(store) => {
-                if store.user(username).await.map_err(|e| e.to_string())?.is_none() {
-                    return Err(format!("there is no user {username:?} in table {}", store.table()));
+                if store.user(username).await?.is_none() {
+                    return Err(missing(format!("table {}", store.table())));
                 }
-                store.write(Vec::new(), vec![user_key(username)]).await.map_err(|e| e.to_string())?;
+                store.write(Vec::new(), vec![user_key(username)]).await?;
                 Ok(change)
             }
             Home::File(path) => edit_file(path, |doc| {
@@ -193,7 +264,7 @@ impl Home {
                 let before = table.len();
                 table.retain(|t| t.get("username").and_then(|v| v.as_str()) != Some(username));
                 if table.len() == before {
-                    return Err(format!("there is no user {username:?} in {}", path.display()));
+                    return Err(missing(path.display().to_string()));
                 }
                 Ok(change)
             }),
@@ -209,44 +280,50 @@ pub fn new_user(username: &str, password: &str) -> UserEntry {
 /// Reads a `mosquitto_passwd` file: `user:hash` lines (`$6$`, `$7$`, or a PHC
 /// string such as argon2id). Blank lines and `#` comments are skipped; any
 /// other line that does not verify as a hash we support is an error naming it.
-pub fn import_mosquitto(text: &str) -> Result<Vec<UserEntry>, String> {
+pub fn import_mosquitto(text: &str) -> Result<Vec<UserEntry>, ManageError> {
     let mut users = Vec::new();
     for (number, line) in text.lines().enumerate() {
         let line = line.trim_end_matches('\r');
         if line.trim().is_empty() || line.trim_start().starts_with('#') {
             continue;
         }
-        let (username, hash) = line.split_once(':').ok_or_else(|| format!("line {}: not username:hash", number + 1))?;
+        let (username, hash) = line.split_once(':').ok_or(ManageError::NotMosquittoLine { line: number + 1 })?;
         let user = UserEntry { username: username.to_owned(), password_hash: hash.to_owned() };
-        validate_user(&user).map_err(|e| format!("line {}: {e}", number + 1))?;
+        validate_user(&user).map_err(|source| ManageError::MosquittoUser { line: number + 1, source })?;
         users.push(user);
     }
     Ok(users)
 }
 
-fn users_table(doc: &mut DocumentMut) -> Result<&mut ArrayOfTables, String> {
+fn users_table(doc: &mut DocumentMut) -> Result<&mut ArrayOfTables, ManageError> {
     doc.entry("users")
         .or_insert(TomlItem::ArrayOfTables(ArrayOfTables::new()))
         .as_array_of_tables_mut()
-        .ok_or_else(|| "`users` in the file is not an array of [[users]] tables".to_owned())
+        .ok_or(ManageError::UsersNotTables)
 }
 
 /// Edits a TOML file in place, keeping its comments; refuses a result that would not load.
-fn edit_file<T>(path: &Path, edit: impl FnOnce(&mut DocumentMut) -> Result<T, String>) -> Result<T, String> {
-    let text = if path.exists() { std::fs::read_to_string(path).map_err(|e| e.to_string())? } else { String::new() };
-    let mut doc: DocumentMut = text.parse().map_err(|e| format!("{}: {e}", path.display()))?;
+fn edit_file<T>(path: &Path, edit: impl FnOnce(&mut DocumentMut) -> Result<T, ManageError>) -> Result<T, ManageError> {
+    let text =
+        if path.exists() { std::fs::read_to_string(path).map_err(|e| io("read", path, e))? } else { String::new() };
+    let mut doc: DocumentMut = text.parse().map_err(|source| ManageError::NotToml { path: path.to_owned(), source })?;
     let result = edit(&mut doc)?;
     let edited = doc.to_string();
-    Policy::from_file(parse_toml(&edited).map_err(|e| e.to_string())?)
-        .map_err(|e| format!("the edit would break {}: {e}", path.display()))?;
+    parse_toml(&edited)
+        .and_then(Policy::from_file)
+        .map_err(|source| ManageError::BrokenEdit { path: path.to_owned(), source })?;
     write_atomically(path, &edited)?;
     Ok(result)
 }
 
-fn write_atomically(path: &Path, text: &str) -> Result<(), String> {
+fn write_atomically(path: &Path, text: &str) -> Result<(), ManageError> {
     let temporary = path.with_extension("toml.tmp");
-    std::fs::write(&temporary, text).map_err(|e| format!("cannot write {}: {e}", temporary.display()))?;
-    std::fs::rename(&temporary, path).map_err(|e| format!("cannot replace {}: {e}", path.display()))
+    std::fs::write(&temporary, text).map_err(|e| io("write", &temporary, e))?;
+    std::fs::rename(&temporary, path).map_err(|e| io("replace", path, e))
+}
+
+fn io(action: &'static str, path: &Path, source: std::io::Error) -> ManageError {
+    ManageError::Io { action, path: path.to_owned(), source }
 }
 
 #[cfg(test)]
@@ -271,7 +348,7 @@ mod tests {
         let policy = Policy::from_toml(&text).unwrap();
         assert!(policy.users["user0"].verify(b"changed") && policy.users["dev1"].verify(b"pw1"));
         assert_eq!(home.remove_user("dev1").await.unwrap().to_string(), "delete user dev1");
-        assert!(home.remove_user("dev1").await.unwrap_err().contains("no user"));
+        assert!(home.remove_user("dev1").await.unwrap_err().to_string().contains("no user"));
         std::fs::remove_file(path).unwrap();
     }
 
@@ -301,7 +378,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(users[0].username, "u6");
-        assert!(import_mosquitto("plain:secret\n").unwrap_err().starts_with("line 1: user \"plain\""));
-        assert!(import_mosquitto("nocolon\n").unwrap_err().contains("line 1"));
+        assert!(import_mosquitto("plain:secret\n").unwrap_err().to_string().starts_with("line 1: user \"plain\""));
+        assert!(import_mosquitto("nocolon\n").unwrap_err().to_string().contains("line 1"));
     }
 }

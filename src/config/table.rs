@@ -11,17 +11,26 @@
 //!
 //! One user is one `GetItem`; the rules and limits are one `Query` of the
 //! `acl` partition, read whole.
+//!
+//! The attributes are the config's own serde fields, mapped by serde_dynamo: the
+//! item and the TOML entry cannot drift apart. Reading, a string or number set
+//! (`SS`, `NS`, from a hand edit in the console) is taken where a list is expected,
+//! an absent optional attribute is `None`, and an attribute that is neither a key
+//! nor a field is left alone.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::SdkConfig;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use super::{AuthEntry, ConfigFile, EffectEntry, Limits, RuleEntry, UserEntry};
+use super::{ConfigFile, Limits, RuleEntry, UserEntry};
 
 /// One item: attribute name → value.
 pub type Item = HashMap<String, AttributeValue>;
@@ -38,11 +47,33 @@ const ACL_PARTITION: &str = "acl";
 #[error("the config store failed: {0}")]
 pub struct StoreError(pub String);
 
+/// What a store tells as it reads or writes a whole table, item by item: the
+/// command line shows it on stderr. Each method does nothing unless overridden.
+pub trait Progress: Send + Sync + std::fmt::Debug {
+    /// A step starts: what it does, and how many items it will touch when known.
+    fn start(&self, _what: &str, _total: Option<u64>) {}
+    /// `count` more items of the step are done.
+    fn advance(&self, _count: u64) {}
+    /// The step is over, every item done.
+    fn finish(&self) {}
+}
+
+/// Tells no one: the request path's store.
+#[derive(Debug)]
+struct Silent;
+
+impl Progress for Silent {}
+
+/// Items in one `BatchWriteItem`, DynamoDB's most.
+const BATCH: usize = 25;
+
 /// Reads and writes the config table.
 #[derive(Debug, Clone)]
 pub struct TableStore {
     client: Client,
     table: String,
+    /// Told how `items` and `write` advance.
+    progress: Arc<dyn Progress>,
 }
 
 impl TableStore {
@@ -63,7 +94,12 @@ impl TableStore {
                     .build(),
             )
             .build();
-        TableStore { client: Client::from_conf(config), table: table.to_owned() }
+        TableStore { client: Client::from_conf(config), table: table.to_owned(), progress: Arc::new(Silent) }
+    }
+
+    /// This store, telling `progress` how its whole-table reads and its writes advance.
+    pub fn with_progress(self, progress: Arc<dyn Progress>) -> TableStore {
+        TableStore { progress, ..self }
     }
 
     /// The table's name.
@@ -82,7 +118,7 @@ impl TableStore {
             .send()
             .await
             .map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?;
-        output.item.map(|item| user_from_item(&item)).transpose()
+        output.item.map(|item| from_item(&user_key(username), item)).transpose()
     }
 
     /// Every rule and the limits: the `acl` partition, all pages.
@@ -102,10 +138,11 @@ impl TableStore {
         }
         let mut rules = Vec::new();
         let mut limits = Limits::default();
-        for item in &items {
-            match str_attr(item, "sk")?.as_str() {
-                "limits" => limits = limits_from_item(item)?,
-                sk if sk.starts_with("rule#") => rules.push(rule_from_item(item)?),
+        for item in items {
+            let key = key_of(&item)?;
+            match key.1.as_str() {
+                "limits" => limits = from_item(&key, item)?,
+                sk if sk.starts_with("rule#") => rules.push(from_item(&key, item)?),
                 other => return Err(StoreError(format!("unexpected item sk={other:?} in the acl partition"))),
             }
         }
@@ -114,61 +151,104 @@ impl TableStore {
 
     /// Every config item, keyed by (pk, sk): what `push` compares with and `pull` prints.
     pub async fn items(&self) -> Result<BTreeMap<(String, String), Item>, StoreError> {
+        self.progress.start(&format!("reading table {}", self.table), None);
         let mut items = BTreeMap::new();
         let mut pages = self.client.scan().table_name(&self.table).into_paginator().items().send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?;
-            items.insert((str_attr(&item, "pk")?, str_attr(&item, "sk")?), item);
+            items.insert(key_of(&item)?, item);
+            self.progress.advance(1);
         }
+        self.progress.finish();
         Ok(items)
     }
 
-    /// Writes and deletes items, 25 to a batch, retrying what DynamoDB leaves unprocessed.
+    /// Writes `puts`, then deletes `deletes`, 25 to a batch, retrying what
+    /// DynamoDB leaves unprocessed.
+    ///
+    /// Every write is sent before the first delete, and each item is written
+    /// whole. So a call that stops midway (a refused item, a lost connection,
+    /// Ctrl-C) leaves each item either as it was or as asked, and if it stopped
+    /// before the deletes, everything to remove still there: never a table missing
+    /// both the old and the new of something. Calling again with what is still to
+    /// do finishes the job; `config push` finds that by comparing the table with
+    /// the file anew. While a call runs, requests see the same: a rule moved to
+    /// another priority is briefly at both, never at neither.
+    ///
+    /// A failure names the item at fault (`user NAME`, `rule PRIORITY`, `limits`):
+    /// DynamoDB refuses a batch whole, so a refused batch is sent again one item at
+    /// a time, which finds the item it refuses (one over 400 KB, say).
     pub async fn write(&self, puts: Vec<Item>, deletes: Vec<(String, String)>) -> Result<(), StoreError> {
-        let mut requests: Vec<WriteRequest> = Vec::with_capacity(puts.len() + deletes.len());
+        let mut writes = Vec::with_capacity(puts.len());
         for item in puts {
+            let key = key_of(&item)?;
             let put = PutRequest::builder().set_item(Some(item)).build().map_err(|e| StoreError(e.to_string()))?;
-            requests.push(WriteRequest::builder().put_request(put).build());
+            writes.push((key, WriteRequest::builder().put_request(put).build()));
         }
+        let mut removals = Vec::with_capacity(deletes.len());
         for (pk, sk) in deletes {
             let delete = DeleteRequest::builder()
                 .key("pk", s(&pk))
                 .key("sk", s(&sk))
                 .build()
                 .map_err(|e| StoreError(e.to_string()))?;
-            requests.push(WriteRequest::builder().delete_request(delete).build());
+            removals.push(((pk, sk), WriteRequest::builder().delete_request(delete).build()));
         }
-        for chunk in requests.chunks(25) {
-            let mut pending = chunk.to_vec();
-            for attempt in 0..8u32 {
-                let output =
-                    self.client.batch_write_item().request_items(&self.table, pending).send().await.map_err(|e| {
-                        StoreError(format!("{}: {}", e.code().unwrap_or("error"), DisplayErrorContext(&e)))
-                    })?;
-                pending = output.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
-                if pending.is_empty() {
-                    break;
+        self.send(&format!("writing to table {}", self.table), "write", writes).await?;
+        self.send(&format!("deleting from table {}", self.table), "delete", removals).await
+    }
+
+    /// Sends `requests` in batches, telling the progress as `what`; a failure names
+    /// the item that cannot be `verb`d.
+    async fn send(
+        &self,
+        what: &str,
+        verb: &str,
+        requests: Vec<((String, String), WriteRequest)>,
+    ) -> Result<(), StoreError> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        self.progress.start(what, Some(requests.len() as u64));
+        for chunk in requests.chunks(BATCH) {
+            if self.send_batch(chunk.iter().map(|(_, request)| request.clone()).collect()).await.is_err() {
+                for (key, request) in chunk {
+                    self.send_batch(vec![request.clone()])
+                        .await
+                        .map_err(|e| StoreError(format!("cannot {verb} {}: {e}", describe(key))))?;
                 }
-                tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
             }
-            if !pending.is_empty() {
-                return Err(StoreError(format!("{} writes stayed unprocessed after retries", pending.len())));
-            }
+            self.progress.advance(chunk.len() as u64);
         }
+        self.progress.finish();
         Ok(())
+    }
+
+    /// One `BatchWriteItem`, sent again while DynamoDB leaves some of it unprocessed.
+    async fn send_batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), String> {
+        for attempt in 0..8u32 {
+            let output =
+                self.client.batch_write_item().request_items(&self.table, pending).send().await.map_err(cause)?;
+            pending = output.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
+            if pending.is_empty() {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        Err(format!("DynamoDB still left {} unprocessed after 8 tries", pending.len()))
+    }
+}
+
+/// A failed call's cause, shortest first: the service's code and message when it answered.
+fn cause<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> String {
+    match (e.code(), e.message()) {
+        (Some(code), Some(message)) => format!("{code}: {message}"),
+        _ => DisplayErrorContext(&e).to_string(),
     }
 }
 
 fn s(text: &str) -> AttributeValue {
     AttributeValue::S(text.to_owned())
-}
-
-fn n(number: impl ToString) -> AttributeValue {
-    AttributeValue::N(number.to_string())
-}
-
-fn list_s(values: &[String]) -> AttributeValue {
-    AttributeValue::L(values.iter().map(|v| s(v)).collect())
 }
 
 /// The key of a user's item.
@@ -186,72 +266,56 @@ pub fn limits_key() -> (String, String) {
     (ACL_PARTITION.to_owned(), "limits".to_owned())
 }
 
-fn keyed((pk, sk): (String, String)) -> Item {
-    HashMap::from([("pk".to_owned(), AttributeValue::S(pk)), ("sk".to_owned(), AttributeValue::S(sk))])
+/// What an item is, for people: `user NAME`, `rule PRIORITY` or `limits`.
+pub fn describe((pk, sk): &(String, String)) -> String {
+    match (pk.strip_prefix("user#"), sk.strip_prefix("rule#")) {
+        (Some(user), _) => format!("user {user}"),
+        (_, Some(priority)) => format!("rule {priority}"),
+        _ => sk.clone(),
+    }
+}
+
+/// An item as stored: the entry's fields beside its key. Reading, attributes
+/// that are neither are skipped (`flatten` takes only the entry's fields).
+#[derive(Serialize, Deserialize)]
+struct Stored<T> {
+    pk: String,
+    sk: String,
+    #[serde(flatten)]
+    entry: T,
+}
+
+fn to_item<T: Serialize>((pk, sk): (String, String), entry: T) -> Item {
+    serde_dynamo::aws_sdk_dynamodb_1::to_item(Stored { pk, sk, entry })
+        .expect("an entry is a struct of named fields, which serde_dynamo always maps")
+}
+
+fn from_item<T: DeserializeOwned>((pk, sk): &(String, String), item: Item) -> Result<T, StoreError> {
+    serde_dynamo::aws_sdk_dynamodb_1::from_item::<Stored<T>>(item)
+        .map(|stored| stored.entry)
+        .map_err(|e| StoreError(format!("item pk={pk:?} sk={sk:?}: {e}")))
+}
+
+fn key_of(item: &Item) -> Result<(String, String), StoreError> {
+    match (item.get("pk"), item.get("sk")) {
+        (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => Ok((pk.clone(), sk.clone())),
+        (pk, sk) => Err(StoreError(format!("an item whose pk and sk are not both strings: pk={pk:?} sk={sk:?}"))),
+    }
 }
 
 /// A user as an item.
 pub fn user_item(user: &UserEntry) -> Item {
-    let mut item = keyed(user_key(&user.username));
-    item.insert("username".into(), s(&user.username));
-    item.insert("password_hash".into(), s(&user.password_hash));
-    item
+    to_item(user_key(&user.username), user)
 }
 
 /// A rule as an item.
 pub fn rule_item(rule: &RuleEntry) -> Item {
-    let mut item = keyed(rule_key(rule.priority));
-    item.insert("priority".into(), n(rule.priority));
-    item.insert(
-        "effect".into(),
-        s(match rule.effect {
-            EffectEntry::Allow => "allow",
-            EffectEntry::Deny => "deny",
-        }),
-    );
-    item.insert("topics".into(), list_s(&rule.topics));
-    for (name, values) in
-        [("usernames", &rule.usernames), ("client_ids", &rule.client_ids), ("source_ips", &rule.source_ips)]
-    {
-        if let Some(values) = values {
-            item.insert(name.into(), list_s(values));
-        }
-    }
-    if let Some(qos) = &rule.qos {
-        item.insert("qos".into(), AttributeValue::L(qos.iter().map(n).collect()));
-    }
-    if let Some(retain) = rule.retain {
-        item.insert("retain".into(), AttributeValue::Bool(retain));
-    }
-    if let Some(auth) = rule.auth {
-        item.insert(
-            "auth".into(),
-            s(match auth {
-                AuthEntry::Basic => "basic",
-                AuthEntry::Certificate => "certificate",
-            }),
-        );
-    }
-    item
+    to_item(rule_key(rule.priority), rule)
 }
 
 /// The limits as an item.
 pub fn limits_item(limits: &Limits) -> Item {
-    let mut item = keyed(limits_key());
-    item.insert("max_payload_bytes".into(), n(limits.max_payload_bytes));
-    if let Some(v) = limits.messages_per_second {
-        item.insert("messages_per_second".into(), n(v));
-    }
-    if let Some(v) = limits.burst {
-        item.insert("burst".into(), n(v));
-    }
-    if let Some(v) = limits.user_messages_per_second {
-        item.insert("user_messages_per_second".into(), n(v));
-    }
-    if let Some(v) = limits.user_burst {
-        item.insert("user_burst".into(), n(v));
-    }
-    item
+    to_item(limits_key(), limits)
 }
 
 /// A whole config as items by key: the table `push` makes.
@@ -270,12 +334,14 @@ pub fn config_items(config: &ConfigFile) -> BTreeMap<(String, String), Item> {
 /// Items back into a config: what `pull` prints. Users by name, rules by priority.
 pub fn config_from_items(items: &BTreeMap<(String, String), Item>) -> Result<ConfigFile, StoreError> {
     let mut config = ConfigFile::default();
-    for ((pk, sk), item) in items {
-        match (pk.as_str(), sk.as_str()) {
-            (ACL_PARTITION, "limits") => config.limits = limits_from_item(item)?,
-            (ACL_PARTITION, sk) if sk.starts_with("rule#") => config.rules.push(rule_from_item(item)?),
-            (pk, "user") if pk.starts_with("user#") => config.users.push(user_from_item(item)?),
-            _ => return Err(StoreError(format!("the table holds an item that is not config: pk={pk:?} sk={sk:?}"))),
+    for (key, item) in items {
+        match (key.0.as_str(), key.1.as_str()) {
+            (ACL_PARTITION, "limits") => config.limits = from_item(key, item.clone())?,
+            (ACL_PARTITION, sk) if sk.starts_with("rule#") => config.rules.push(from_item(key, item.clone())?),
+            (pk, "user") if pk.starts_with("user#") => config.users.push(from_item(key, item.clone())?),
+            (pk, sk) => {
+                return Err(StoreError(format!("the table holds an item that is not config: pk={pk:?} sk={sk:?}")))
+            }
         }
     }
     config.users.sort_by(|a, b| a.username.cmp(&b.username));
@@ -283,104 +349,36 @@ pub fn config_from_items(items: &BTreeMap<(String, String), Item>) -> Result<Con
     Ok(config)
 }
 
-fn bad(item: &Item, what: &str) -> StoreError {
-    let key = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).map_or("?", |v| v.as_str());
-    StoreError(format!("item pk={:?} sk={:?}: {what}", key("pk"), key("sk")))
-}
-
-fn str_attr(item: &Item, name: &str) -> Result<String, StoreError> {
-    match item.get(name) {
-        Some(AttributeValue::S(v)) => Ok(v.clone()),
-        _ => Err(bad(item, &format!("{name} must be a string"))),
-    }
-}
-
-fn num_attr<T: std::str::FromStr>(item: &Item, name: &str) -> Result<Option<T>, StoreError> {
-    match item.get(name) {
-        None => Ok(None),
-        Some(AttributeValue::N(v)) => v.parse().map(Some).map_err(|_| bad(item, &format!("{name} is out of range"))),
-        Some(_) => Err(bad(item, &format!("{name} must be a number"))),
-    }
-}
-
-fn list_attr(item: &Item, name: &str) -> Result<Option<Vec<String>>, StoreError> {
-    match item.get(name) {
-        None => Ok(None),
-        Some(AttributeValue::L(values)) => values
-            .iter()
-            .map(|v| v.as_s().cloned().map_err(|_| bad(item, &format!("{name} must be a list of strings"))))
-            .collect::<Result<_, _>>()
-            .map(Some),
-        // A string set is accepted too, for hand edits in the console.
-        Some(AttributeValue::Ss(values)) => Ok(Some(values.clone())),
-        Some(_) => Err(bad(item, &format!("{name} must be a list of strings"))),
-    }
-}
-
-fn user_from_item(item: &Item) -> Result<UserEntry, StoreError> {
-    Ok(UserEntry { username: str_attr(item, "username")?, password_hash: str_attr(item, "password_hash")? })
-}
-
-fn rule_from_item(item: &Item) -> Result<RuleEntry, StoreError> {
-    let effect = match str_attr(item, "effect")?.as_str() {
-        "allow" => EffectEntry::Allow,
-        "deny" => EffectEntry::Deny,
-        other => return Err(bad(item, &format!("effect {other:?} is not \"allow\" or \"deny\""))),
-    };
-    let auth = match item.get("auth") {
-        None => None,
-        Some(_) => Some(match str_attr(item, "auth")?.as_str() {
-            "basic" => AuthEntry::Basic,
-            "certificate" => AuthEntry::Certificate,
-            other => return Err(bad(item, &format!("auth {other:?} is not \"basic\" or \"certificate\""))),
-        }),
-    };
-    let qos = match item.get("qos") {
-        None => None,
-        Some(AttributeValue::L(values)) => Some(
-            values
-                .iter()
-                .map(|v| {
-                    v.as_n().ok().and_then(|q| q.parse().ok()).ok_or_else(|| bad(item, "qos must be a list of numbers"))
-                })
-                .collect::<Result<_, _>>()?,
-        ),
-        Some(AttributeValue::Ns(values)) => Some(
-            values.iter().map(|q| q.parse().map_err(|_| bad(item, "qos is out of range"))).collect::<Result<_, _>>()?,
-        ),
-        Some(_) => return Err(bad(item, "qos must be a list of numbers")),
-    };
-    let retain = match item.get("retain") {
-        None => None,
-        Some(AttributeValue::Bool(b)) => Some(*b),
-        Some(_) => return Err(bad(item, "retain must be a boolean")),
-    };
-    Ok(RuleEntry {
-        priority: num_attr(item, "priority")?.ok_or_else(|| bad(item, "priority is missing"))?,
-        effect,
-        topics: list_attr(item, "topics")?.ok_or_else(|| bad(item, "topics is missing"))?,
-        usernames: list_attr(item, "usernames")?,
-        client_ids: list_attr(item, "client_ids")?,
-        source_ips: list_attr(item, "source_ips")?,
-        qos,
-        retain,
-        auth,
-    })
-}
-
-fn limits_from_item(item: &Item) -> Result<Limits, StoreError> {
-    Ok(Limits {
-        max_payload_bytes: num_attr(item, "max_payload_bytes")?.unwrap_or(super::DEFAULT_MAX_PAYLOAD_BYTES),
-        messages_per_second: num_attr(item, "messages_per_second")?,
-        burst: num_attr(item, "burst")?,
-        user_messages_per_second: num_attr(item, "user_messages_per_second")?,
-        user_burst: num_attr(item, "user_burst")?,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{AuthEntry, EffectEntry};
+
+    fn n(number: &str) -> AttributeValue {
+        AttributeValue::N(number.into())
+    }
+
+    fn l(values: &[&str]) -> AttributeValue {
+        AttributeValue::L(values.iter().map(|v| s(v)).collect())
+    }
+
+    fn item(attributes: &[(&str, AttributeValue)]) -> Item {
+        attributes.iter().map(|(name, value)| (name.to_string(), value.clone())).collect()
+    }
+
+    fn rule(priority: i64) -> RuleEntry {
+        RuleEntry {
+            priority,
+            effect: EffectEntry::Allow,
+            topics: vec!["a".into()],
+            usernames: None,
+            client_ids: None,
+            source_ips: None,
+            qos: None,
+            retain: None,
+            auth: None,
+        }
+    }
 
     #[test]
     fn items_round_trip_to_the_same_config() {
@@ -395,27 +393,116 @@ mod tests {
     }
 
     #[test]
-    fn a_user_is_one_item_keyed_by_name() {
-        let item = user_item(&UserEntry { username: "user0".into(), password_hash: "$x".into() });
-        assert_eq!(item["pk"], s("user#user0"));
-        assert_eq!(item["sk"], s("user"));
+    fn items_have_the_documented_attributes_and_types() {
+        let user = UserEntry { username: "user0".into(), password_hash: "$x".into() };
+        assert_eq!(
+            user_item(&user),
+            item(&[("pk", s("user#user0")), ("sk", s("user")), ("username", s("user0")), ("password_hash", s("$x"))])
+        );
+        let full = RuleEntry {
+            priority: -5,
+            effect: EffectEntry::Deny,
+            topics: vec!["home".into(), "home/#".into()],
+            usernames: Some(vec!["user0".into()]),
+            client_ids: Some(vec!["curl-*".into()]),
+            source_ips: Some(vec!["10.0.0.0/8".into()]),
+            qos: Some(vec![0, 1]),
+            retain: Some(true),
+            auth: Some(AuthEntry::Certificate),
+        };
+        assert_eq!(
+            rule_item(&full),
+            item(&[
+                ("pk", s("acl")),
+                ("sk", s("rule#-5")),
+                ("priority", n("-5")),
+                ("effect", s("deny")),
+                ("topics", l(&["home", "home/#"])),
+                ("usernames", l(&["user0"])),
+                ("client_ids", l(&["curl-*"])),
+                ("source_ips", l(&["10.0.0.0/8"])),
+                ("qos", AttributeValue::L(vec![n("0"), n("1")])),
+                ("retain", AttributeValue::Bool(true)),
+                ("auth", s("certificate")),
+            ])
+        );
+        assert_eq!(
+            rule_item(&rule(7)),
+            item(&[
+                ("pk", s("acl")),
+                ("sk", s("rule#7")),
+                ("priority", n("7")),
+                ("effect", s("allow")),
+                ("topics", l(&["a"]))
+            ]),
+            "an absent optional field is no attribute at all"
+        );
+        let limits = Limits { messages_per_second: Some(1000.5), user_burst: Some(200), ..Limits::default() };
+        assert_eq!(
+            limits_item(&limits),
+            item(&[
+                ("pk", s("acl")),
+                ("sk", s("limits")),
+                ("max_payload_bytes", n("131072")),
+                ("messages_per_second", n("1000.5")),
+                ("user_burst", n("200")),
+            ])
+        );
+    }
+
+    #[test]
+    fn hand_edited_items_with_sets_missing_options_and_extra_attributes_are_read() {
+        let edited = BTreeMap::from([
+            (
+                rule_key(20),
+                item(&[
+                    ("pk", s("acl")),
+                    ("sk", s("rule#20")),
+                    ("priority", n("20")),
+                    ("effect", s("allow")),
+                    ("topics", AttributeValue::Ss(vec!["home".into(), "home/#".into()])),
+                    ("usernames", AttributeValue::Ss(vec!["user0".into()])),
+                    ("qos", AttributeValue::Ns(vec!["1".into(), "0".into()])),
+                    ("note", s("added in the console")),
+                ]),
+            ),
+            (limits_key(), item(&[("pk", s("acl")), ("sk", s("limits")), ("burst", n("2000"))])),
+        ]);
+        let config = config_from_items(&edited).unwrap();
+        let expected = RuleEntry {
+            topics: vec!["home".into(), "home/#".into()],
+            usernames: Some(vec!["user0".into()]),
+            qos: Some(vec![1, 0]),
+            ..rule(20)
+        };
+        assert_eq!(config.rules, [expected]);
+        assert_eq!(config.limits, Limits { burst: Some(2000), ..Limits::default() }, "max_payload_bytes defaults");
     }
 
     #[test]
     fn a_hand_edited_item_of_the_wrong_type_is_named() {
-        let mut item = rule_item(&RuleEntry {
-            priority: 5,
-            effect: EffectEntry::Allow,
-            topics: vec!["a".into()],
-            usernames: None,
-            client_ids: None,
-            source_ips: None,
-            qos: None,
-            retain: None,
-            auth: None,
-        });
-        item.insert("retain".into(), s("yes"));
-        let e = rule_from_item(&item).unwrap_err().to_string();
-        assert!(e.contains("sk=\"rule#5\"") && e.contains("retain must be a boolean"), "{e}");
+        for (attribute, value, expected) in [
+            ("retain", s("yes"), "expected a boolean"),
+            ("topics", s("home"), "expected a sequence"),
+            ("qos", AttributeValue::L(vec![n("300")]), "expected u8"),
+            ("priority", n("5.5"), "expected i64"),
+            ("effect", s("permit"), "unknown variant `permit`"),
+        ] {
+            let mut rule = rule_item(&rule(5));
+            rule.insert(attribute.into(), value);
+            let e = config_from_items(&BTreeMap::from([(rule_key(5), rule)])).unwrap_err().to_string();
+            assert!(e.contains("sk=\"rule#5\"") && e.contains(expected), "{attribute}: {e}");
+        }
+        let mut rule = rule_item(&rule(5));
+        rule.remove("topics");
+        let e = config_from_items(&BTreeMap::from([(rule_key(5), rule)])).unwrap_err().to_string();
+        assert!(e.contains("sk=\"rule#5\"") && e.contains("missing field `topics`"), "{e}");
+    }
+
+    #[test]
+    fn an_item_that_is_not_config_is_refused() {
+        let stray = item(&[("pk", s("order#1")), ("sk", s("order"))]);
+        let e = config_from_items(&BTreeMap::from([(("order#1".into(), "order".into()), stray)])).unwrap_err();
+        assert!(e.to_string().contains("not config: pk=\"order#1\""), "{e}");
     }
 }
