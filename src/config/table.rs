@@ -215,7 +215,7 @@ impl TableStore {
                 for (key, request) in chunk {
                     self.send_batch(vec![request.clone()])
                         .await
-                        .map_err(|e| StoreError(format!("cannot {verb} {}: {e}", describe(key))))?;
+                        .map_err(|StoreError(e)| StoreError(format!("cannot {verb} {}: {e}", describe(key))))?;
                 }
             }
             self.progress.advance(chunk.len() as u64);
@@ -225,17 +225,22 @@ impl TableStore {
     }
 
     /// One `BatchWriteItem`, sent again while DynamoDB leaves some of it unprocessed.
-    async fn send_batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), String> {
+    async fn send_batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), StoreError> {
         for attempt in 0..8u32 {
-            let output =
-                self.client.batch_write_item().request_items(&self.table, pending).send().await.map_err(cause)?;
+            let output = self
+                .client
+                .batch_write_item()
+                .request_items(&self.table, pending)
+                .send()
+                .await
+                .map_err(|e| StoreError(cause(e)))?;
             pending = output.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
             if pending.is_empty() {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
         }
-        Err(format!("DynamoDB still left {} unprocessed after 8 tries", pending.len()))
+        Err(StoreError(format!("DynamoDB still left {} unprocessed after 8 tries", pending.len())))
     }
 }
 
