@@ -8,7 +8,7 @@ pub mod manage;
 pub mod source;
 pub mod table;
 
-pub use self::table::StoreError;
+pub use self::source::StoreError;
 
 use std::collections::HashSet;
 use std::path::Path;

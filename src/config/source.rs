@@ -26,9 +26,14 @@ use std::time::{Duration, Instant};
 use moka::future::Cache;
 use tracing::{error, warn};
 
-use super::table::{StoreError, TableStore};
+use super::table::TableStore;
 use super::{validate_user, ConfigError, Policy, RuleSet};
 use crate::auth::StoredHash;
+
+/// The config store could not answer; the request gets 503, never 401.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the config store failed: {0}")]
+pub struct StoreError(pub String);
 
 /// How long after a failed fetch the table is left alone.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);

@@ -30,7 +30,7 @@ use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use super::{ConfigFile, Limits, RuleEntry, UserEntry};
+use super::{ConfigFile, Limits, RuleEntry, StoreError, UserEntry};
 
 /// One item: attribute name → value.
 pub type Item = HashMap<String, AttributeValue>;
@@ -41,11 +41,6 @@ pub const REQUEST_PATH_TIMEOUT: Duration = Duration::from_secs(4);
 
 /// The partition holding the rules and the limits.
 const ACL_PARTITION: &str = "acl";
-
-/// The config store could not answer; the request gets 503, never 401.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the config store failed: {0}")]
-pub struct StoreError(pub String);
 
 /// What a store tells as it reads or writes a whole table, item by item: the
 /// command line shows it on stderr. Each method does nothing unless overridden.
