@@ -294,9 +294,9 @@ fn from_item<T: DeserializeOwned>((pk, sk): &(String, String), item: Item) -> Re
         .map_err(|e| StoreError(format!("item pk={pk:?} sk={sk:?}: {e}")))
 }
 
-/// An item read as the struct that `deserialize_struct` names, its other attributes
-/// (the key, a note added in the console) left out first: the entries refuse unknown
-/// fields, as a file's must, and a table's item has always been read without them.
+/// An item, handed to the struct that reads it with only the attributes that are its
+/// fields: the entries refuse unknown fields, as a file's must, while an item also
+/// holds its key and may hold a note added in the console.
 struct Fields(serde_dynamo::Item);
 
 impl<'de> serde::Deserializer<'de> for Fields {
