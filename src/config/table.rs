@@ -13,7 +13,8 @@
 //! `acl` partition, read whole.
 //!
 //! The attributes are the config's own serde fields, mapped by serde_dynamo: the
-//! item and the TOML entry cannot drift apart. Reading, a string or number set
+//! item and the TOML entry cannot drift apart. A refused item is named by its key,
+//! and the attribute at fault by its path (`qos[0]`). Reading, a string or number set
 //! (`SS`, `NS`, from a hand edit in the console) is taken where a list is expected,
 //! an absent optional attribute is `None`, and an attribute that is neither a key
 //! nor a field is left alone.
@@ -28,7 +29,7 @@ use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkErro
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::{ConfigFile, Limits, RuleEntry, StoreError, UserEntry};
 
@@ -275,25 +276,48 @@ pub fn describe((pk, sk): &(String, String)) -> String {
     }
 }
 
-/// An item as stored: the entry's fields beside its key. Reading, attributes
-/// that are neither are skipped (`flatten` takes only the entry's fields).
-#[derive(Serialize, Deserialize)]
-struct Stored<T> {
-    pk: String,
-    sk: String,
-    #[serde(flatten)]
-    entry: T,
-}
-
-fn to_item<T: Serialize>((pk, sk): (String, String), entry: T) -> Item {
-    serde_dynamo::aws_sdk_dynamodb_1::to_item(Stored { pk, sk, entry })
-        .expect("an entry is a struct of named fields, which serde_dynamo always maps")
+fn to_item<T: Serialize>((pk, sk): (String, String), entry: &T) -> Item {
+    let mut item: Item = serde_dynamo::aws_sdk_dynamodb_1::to_item(entry)
+        .expect("an entry is a struct of named fields, which serde_dynamo always maps");
+    item.insert("pk".to_owned(), AttributeValue::S(pk));
+    item.insert("sk".to_owned(), AttributeValue::S(sk));
+    item
 }
 
 fn from_item<T: DeserializeOwned>((pk, sk): &(String, String), item: Item) -> Result<T, StoreError> {
-    serde_dynamo::aws_sdk_dynamodb_1::from_item::<Stored<T>>(item)
-        .map(|stored| stored.entry)
+    serde_path_to_error::deserialize(Fields(item.into()))
         .map_err(|e| StoreError(format!("item pk={pk:?} sk={sk:?}: {e}")))
+}
+
+/// An item, handed to the struct that reads it with only the attributes that are its
+/// fields: the entries refuse unknown fields, as a file's must, while an item also
+/// holds its key and may hold a note added in the console.
+struct Fields(serde_dynamo::Item);
+
+impl<'de> serde::Deserializer<'de> for Fields {
+    type Error = serde_dynamo::Error;
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        fields: &'static [&'static str],
+        visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        let mut item: HashMap<_, _> = self.0.into();
+        item.retain(|attribute: &String, _| fields.contains(&attribute.as_str()));
+        serde_dynamo::Deserializer::from_attribute_value(serde_dynamo::AttributeValue::M(item))
+            .deserialize_struct(name, fields, visitor)
+    }
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, visitor: V) -> Result<V::Value, Self::Error> {
+        serde_dynamo::Deserializer::from_attribute_value(serde_dynamo::AttributeValue::M(self.0.into()))
+            .deserialize_any(visitor)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option unit
+        unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
 }
 
 fn key_of(item: &Item) -> Result<(String, String), StoreError> {
@@ -482,11 +506,11 @@ mod tests {
     #[test]
     fn a_hand_edited_item_of_the_wrong_type_is_named() {
         for (attribute, value, expected) in [
-            ("retain", s("yes"), "expected a boolean"),
-            ("topics", s("home"), "expected a sequence"),
-            ("qos", AttributeValue::L(vec![n("300")]), "expected u8"),
-            ("priority", n("5.5"), "expected i64"),
-            ("effect", s("permit"), "unknown variant `permit`"),
+            ("retain", s("yes"), "retain: Expected bool"),
+            ("topics", s("home"), "topics: Expected seq"),
+            ("qos", AttributeValue::L(vec![n("300")]), "qos[0]: Failed to parse '300'"),
+            ("priority", n("5.5"), "priority: Failed to parse '5.5'"),
+            ("effect", s("permit"), "effect: unknown variant `permit`"),
         ] {
             let mut rule = rule_item(&rule(5));
             rule.insert(attribute.into(), value);
