@@ -158,30 +158,54 @@ impl CacheSettings {
 /// The table behind its caches.
 pub struct CachedTable {
     store: TableStore,
-    rules: Refreshing<(), Arc<RuleSet>>,
-    users: Refreshing<String, Option<StoredHash>>,
+    /// The rules and the users in one cache: one instance of moka's code in the binary.
+    entries: Refreshing<Key, Entry>,
+}
+
+/// What the table's cache holds.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Key {
+    Rules,
+    User(String),
+}
+
+#[derive(Clone)]
+enum Entry {
+    Rules(Arc<RuleSet>),
+    User(Option<StoredHash>),
 }
 
 impl CachedTable {
     /// Caches over `store`. Nothing is fetched until first use (or [`ConfigStore::prefetch`]).
     pub fn new(store: TableStore, settings: CacheSettings) -> CachedTable {
-        CachedTable {
-            store,
-            rules: Refreshing::new("rules", settings, 1),
-            users: Refreshing::new("user", settings, USER_CACHE_CAPACITY),
-        }
+        CachedTable { store, entries: Refreshing::new("config", settings, USER_CACHE_CAPACITY + 1) }
     }
 }
 
 impl ConfigStore for CachedTable {
     fn rules(&self) -> StoreFuture<'_, Arc<RuleSet>> {
         let store = self.store.clone();
-        Box::pin(self.rules.get((), move || fetch_rules(store)))
+        Box::pin(async move {
+            match self
+                .entries
+                .get(Key::Rules, move || async move { fetch_rules(store).await.map(Entry::Rules) })
+                .await?
+            {
+                Entry::Rules(rules) => Ok(rules),
+                Entry::User(_) => unreachable!("the rules' key holds the rules"),
+            }
+        })
     }
 
     fn user<'a>(&'a self, username: &'a str) -> StoreFuture<'a, Option<StoredHash>> {
         let (store, name) = (self.store.clone(), username.to_owned());
-        Box::pin(self.users.get(username.to_owned(), move || fetch_user(store, name)))
+        Box::pin(async move {
+            let fetch = move || async move { fetch_user(store, name).await.map(Entry::User) };
+            match self.entries.get(Key::User(username.to_owned()), fetch).await? {
+                Entry::User(user) => Ok(user),
+                Entry::Rules(_) => unreachable!("a user's key holds a user"),
+            }
+        })
     }
 
     fn prefetch(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
@@ -263,7 +287,9 @@ where
             return Err(StoreError(format!("the config table failed recently ({})", self.what)));
         }
         let fetched =
-            self.entries.try_get_with(key, async { Ok(Fetched { value: fetch().await?, at: Instant::now() }) });
+            // Boxed: moka's loading code is built once, not once per kind of fetch.
+            self.entries.try_get_with(key, Box::pin(async { Ok(Fetched { value: fetch().await?, at: Instant::now() }) })
+                as Pin<Box<dyn Future<Output = Result<Fetched<V>, StoreError>> + Send + '_>>);
         fetched.await.map(|f| f.value).map_err(|error: Arc<StoreError>| {
             self.mark_failed();
             StoreError::clone(&error)
