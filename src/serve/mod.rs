@@ -17,7 +17,7 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
-use crate::config::source::{ConfigStore, FileStore, ReloadError};
+use crate::config::source::{ConfigStore, FileStore};
 use crate::config::{ConfigError, Policy};
 use crate::publish::mqtt::{BrokerSettings, MqttPublisher, MQTT_LIMITS};
 use crate::service::Service;
@@ -229,13 +229,14 @@ fn reload_on_hangup(config: Arc<FileStore>) -> Result<(), ServeError> {
     let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
-            match (config.reload(), config.path()) {
-                (Ok(()), Some(path)) => info!(config = %path.display(), "SIGHUP: config reloaded"),
-                (Err(ReloadError::NoFile), _) | (Ok(()), None) => {
-                    warn!("SIGHUP: the demo config has no file to reload")
-                }
-                (Err(e), path) => error!(
-                    config = %path.map(|p| p.display().to_string()).unwrap_or_default(),
+            let Some(path) = config.path() else {
+                warn!("SIGHUP: the demo config has no file to reload");
+                continue;
+            };
+            match config.reload() {
+                Ok(()) => info!(config = %path.display(), "SIGHUP: config reloaded"),
+                Err(e) => error!(
+                    config = %path.display(),
                     error = %e,
                     "SIGHUP: the new config is refused; keeping the old one"
                 ),
