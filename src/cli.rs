@@ -27,6 +27,8 @@ pub struct Cli {
 }
 
 /// The subcommands.
+// `serve`'s options make its variant the largest; the command is parsed once per process.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Read a password on standard input and print its argon2id hash for the config.
@@ -87,6 +89,14 @@ pub struct ServeArgs {
     /// Seconds a client has to send a request's line and headers; then its connection is closed.
     #[arg(long, default_value_t = crate::serve::http::HEADER_READ_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
     pub header_read_timeout: u64,
+    /// Connections to the broker (default: enough to keep 64 publishes per core in
+    /// flight within the Receive Maximum the broker announces). A topic's messages
+    /// always share one connection, so their order is kept.
+    #[arg(long)]
+    pub mqtt_connections: Option<std::num::NonZeroUsize>,
+    /// Address of the admin listener, off by default: /metrics (Prometheus), /healthz, /readyz.
+    #[arg(long)]
+    pub admin_listen: Option<std::net::SocketAddr>,
 }
 
 #[cfg(feature = "serve")]
@@ -104,6 +114,8 @@ impl From<ServeArgs> for crate::serve::ServeOptions {
             tls_key: a.tls_key,
             client_ca: a.client_ca,
             header_read_timeout: std::time::Duration::from_secs(a.header_read_timeout),
+            mqtt_connections: a.mqtt_connections,
+            admin_listen: a.admin_listen,
         }
     }
 }

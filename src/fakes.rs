@@ -31,6 +31,11 @@ impl FakePublisher {
     }
 
     /// From now on, every publish fails with `error`.
+    pub fn with_limits(limits: BackendLimits) -> FakePublisher {
+        FakePublisher { limits, ..FakePublisher::new() }
+    }
+
+    /// Fails every publish from now on with `error`.
     pub fn fail_with(&self, error: PublishError) {
         *self.failure.lock().unwrap() = Some(error);
     }

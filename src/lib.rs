@@ -40,6 +40,7 @@ pub mod contract;
 mod fakes;
 pub mod lambda;
 pub mod logs;
+pub mod metrics;
 pub mod publish;
 pub mod quota;
 #[cfg(feature = "serve")]

@@ -15,6 +15,7 @@ use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
 use mqtt_http_publish::service::Service;
 
 fn main() -> ExitCode {
+    mqtt_http_publish::auth::memory::bound_allocator_retention();
     let cli = Cli::parse();
     let command = match cli.command {
         Some(command) => command,

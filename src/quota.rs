@@ -15,6 +15,8 @@
 //! since the last one (looked at every `PRUNE_CHECK_EVERY` admits): each scan is
 //! paid for by the new users that grew the map, not by every request.
 
+use std::hash::Hash;
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -27,6 +29,7 @@ use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota, RateLimiter};
 
 use crate::config::Limits;
+use crate::metrics::Refusal;
 
 /// Admits to a user limiter between two looks at its size.
 const PRUNE_CHECK_EVERY: u64 = 256;
@@ -37,9 +40,9 @@ const PRUNE_FLOOR: usize = 4096;
 /// The instance limiter.
 type Direct<C> = RateLimiter<NotKeyed, InMemoryState, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
-/// The per-user limiter: a `HashMap` behind a mutex, named rather than governor's
-/// default alias, whose store and clock change with governor's features.
-type Keyed<C> = RateLimiter<String, HashMapStateStore<String>, C, NoOpMiddleware<<C as Clock>::Instant>>;
+/// A keyed limiter (per user, per source address): a `HashMap` behind a mutex, named
+/// rather than governor's default alias, whose store and clock change with its features.
+type Keyed<K, C> = RateLimiter<K, HashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// A limiter and the quota it was built for; none while that quota is off.
 type Slot<T> = RwLock<Option<(Quota, Arc<T>)>>;
@@ -49,7 +52,8 @@ type Slot<T> = RwLock<Option<(Quota, Arc<T>)>>;
 pub struct Quotas<C: Clock = MonotonicClock> {
     clock: C,
     instance: Slot<Direct<C>>,
-    users: Slot<Users<C>>,
+    users: Slot<Users<String, C>>,
+    password_checks: Slot<Users<IpAddr, C>>,
 }
 
 impl Default for Quotas<MonotonicClock> {
@@ -58,10 +62,10 @@ impl Default for Quotas<MonotonicClock> {
     }
 }
 
-/// The per-user limiter and when to next drop the users back to full.
+/// A keyed limiter and when to next drop its keys back to full.
 #[derive(Debug)]
-struct Users<C: Clock> {
-    limiter: Keyed<C>,
+struct Users<K: Hash + Eq + Clone, C: Clock> {
+    limiter: Keyed<K, C>,
     /// Counts admits, to look at the map's size every `PRUNE_CHECK_EVERY`.
     admits: AtomicU64,
     /// The size at which the next look drops the users back to full.
@@ -91,26 +95,37 @@ fn retry_after<P: governor::clock::Reference>(not_until: &NotUntil<P>, now: P) -
 impl<C: Clock + Clone> Quotas<C> {
     /// Quotas that read the time from `clock`.
     pub fn with_clock(clock: C) -> Self {
-        Quotas { clock, instance: RwLock::new(None), users: RwLock::new(None) }
+        Quotas { clock, instance: RwLock::new(None), users: RwLock::new(None), password_checks: RwLock::new(None) }
     }
 
     /// Admits one message for `user` (a username or CN) under `limits`, or
-    /// returns the seconds to wait (at least 1) for `Retry-After`.
-    pub fn admit(&self, limits: &Limits, user: Option<&str>) -> Result<(), u32> {
+    /// returns the quota refusing it and the seconds to wait (at least 1) for `Retry-After`.
+    pub fn admit(&self, limits: &Limits, user: Option<&str>) -> Result<(), (Refusal, u32)> {
         let instance_quota = quota(limits.messages_per_second, limits.burst);
         if let Some(instance) =
             limiter_for(&self.instance, instance_quota, |q| RateLimiter::direct_with_clock(q, self.clock.clone()))
         {
-            instance.check().map_err(|n| retry_after(&n, self.clock.now()))?;
+            instance.check().map_err(|n| (Refusal::Instance, retry_after(&n, self.clock.now())))?;
         }
         let user_quota = quota(limits.user_messages_per_second, limits.user_burst);
-        let users = limiter_for(&self.users, user_quota, |q| Users {
-            limiter: RateLimiter::hashmap_with_clock(q, self.clock.clone()),
-            admits: AtomicU64::new(0),
-            prune_at: AtomicUsize::new(PRUNE_FLOOR),
-        });
+        let users = limiter_for(&self.users, user_quota, |q| Users::new(q, self.clock.clone()));
         match (users, user) {
-            (Some(users), Some(user)) => users.admit(user, &self.clock),
+            (Some(users), Some(user)) => {
+                users.admit(user.to_owned(), &self.clock).map_err(|wait| (Refusal::User, wait))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Admits one slow password hash for a login from `source` under `limits`
+    /// (`password_checks_per_second` per address), or returns the seconds to
+    /// wait. Asked before the hash, so a guessing flood is refused at the cost
+    /// of a map lookup, not of a hash. A verified password is cached, so the
+    /// checks an address spends are, after its first login, its failures.
+    pub fn admit_password_check(&self, limits: &Limits, source: Option<IpAddr>) -> Result<(), u32> {
+        let quota = quota(limits.password_checks_per_second, limits.password_check_burst);
+        match (limiter_for(&self.password_checks, quota, |q| Users::new(q, self.clock.clone())), source) {
+            (Some(sources), Some(source)) => sources.admit(source, &self.clock),
             _ => Ok(()),
         }
     }
@@ -138,9 +153,17 @@ fn limiter_for<T>(slot: &Slot<T>, quota: Option<Quota>, build: impl FnOnce(Quota
     current.as_ref().map(|(_, limiter)| Arc::clone(limiter))
 }
 
-impl<C: Clock> Users<C> {
-    fn admit(&self, user: &str, clock: &C) -> Result<(), u32> {
-        let outcome = self.limiter.check_key(&user.to_owned());
+impl<K: Hash + Eq + Clone, C: Clock> Users<K, C> {
+    fn new(quota: Quota, clock: C) -> Self {
+        Users {
+            limiter: RateLimiter::hashmap_with_clock(quota, clock),
+            admits: AtomicU64::new(0),
+            prune_at: AtomicUsize::new(PRUNE_FLOOR),
+        }
+    }
+
+    fn admit(&self, key: K, clock: &C) -> Result<(), u32> {
+        let outcome = self.limiter.check_key(&key);
         if self.admits.fetch_add(1, Ordering::Relaxed) % PRUNE_CHECK_EVERY == PRUNE_CHECK_EVERY - 1 {
             self.prune_if_doubled();
         }
@@ -180,6 +203,22 @@ mod tests {
     }
 
     #[test]
+    fn each_source_address_has_a_budget_of_password_checks_on_by_default() {
+        let q = Quotas::default();
+        let l = Limits { password_checks_per_second: Some(0.5), password_check_burst: Some(3), ..Limits::default() };
+        let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "2001:db8::1".parse().unwrap());
+        assert!((0..3).all(|_| q.admit_password_check(&l, Some(a)).is_ok()));
+        assert_eq!(q.admit_password_check(&l, Some(a)), Err(2), "one check every 2 s");
+        assert!(q.admit_password_check(&l, Some(b)).is_ok(), "another address has its own budget");
+        assert!(q.admit_password_check(&l, None).is_ok(), "no source address, no budget to keep");
+        let d = Limits::default();
+        assert_eq!(d.password_checks_per_second, Some(crate::config::DEFAULT_PASSWORD_CHECKS_PER_SECOND));
+        let burst = crate::config::DEFAULT_PASSWORD_CHECK_BURST;
+        assert!((0..burst).all(|_| q.admit_password_check(&d, Some(b)).is_ok()));
+        assert!(q.admit_password_check(&d, Some(b)).is_err(), "the default budget is a burst of {burst}");
+    }
+
+    #[test]
     fn no_limits_admit_everything() {
         let q = Quotas::default();
         assert!((0..10_000).all(|_| q.admit(&Limits::default(), Some("u")).is_ok()));
@@ -191,7 +230,7 @@ mod tests {
         let q = Quotas::default();
         let l = limits(Some(0.5), Some(3), None, None);
         assert!((0..3).all(|_| q.admit(&l, None).is_ok()));
-        assert_eq!(q.admit(&l, None), Err(2), "one message every 2 s");
+        assert_eq!(q.admit(&l, None), Err((Refusal::Instance, 2)), "one message every 2 s");
     }
 
     #[test]
@@ -199,7 +238,7 @@ mod tests {
         let q = Quotas::default();
         let l = limits(None, None, Some(1.0), Some(2));
         assert!(q.admit(&l, Some("a")).is_ok() && q.admit(&l, Some("a")).is_ok());
-        assert_eq!(q.admit(&l, Some("a")), Err(1));
+        assert_eq!(q.admit(&l, Some("a")), Err((Refusal::User, 1)));
         assert!(q.admit(&l, Some("b")).is_ok(), "another user is not held back");
         assert!(q.admit(&l, None).is_ok(), "no user, no user quota");
     }
@@ -210,10 +249,10 @@ mod tests {
         let q = Quotas::with_clock(clock.clone());
         let l = limits(Some(5.0), None, None, None);
         assert!((0..5).all(|_| q.admit(&l, None).is_ok()));
-        assert_eq!(q.admit(&l, None), Err(1));
+        assert_eq!(q.admit(&l, None), Err((Refusal::Instance, 1)));
         let l = limits(Some(0.25), None, None, None);
         assert!(q.admit(&l, None).is_ok());
-        assert_eq!(q.admit(&l, None), Err(4), "one message every 4 s, a burst of 1");
+        assert_eq!(q.admit(&l, None), Err((Refusal::Instance, 4)), "one message every 4 s, a burst of 1");
     }
 
     #[test]
@@ -226,7 +265,7 @@ mod tests {
         clock.advance(Duration::from_millis(150));
         assert!(q.admit(&l, Some("u")).is_ok());
         clock.advance(Duration::from_millis(150));
-        assert_eq!(q.admit(&l, Some("u")), Err(2), "the user's quota is one message every 2 s");
+        assert_eq!(q.admit(&l, Some("u")), Err((Refusal::User, 2)), "the user's quota is one message every 2 s");
         clock.advance(Duration::from_millis(1_900));
         assert!(q.admit(&l, Some("u")).is_ok());
     }
@@ -254,7 +293,7 @@ mod tests {
         assert!(q.admit(&slow, None).is_ok());
         let slow = limits(Some(1e-300), Some(1), None, None);
         assert!(q.admit(&slow, None).is_ok());
-        assert!(q.admit(&slow, None).is_err_and(|s| s > 1));
+        assert!(q.admit(&slow, None).is_err_and(|(_, s)| s > 1));
     }
 
     #[test]
@@ -268,7 +307,7 @@ mod tests {
             // WHEN 200 000 users each drain their quota, a thousand users a second,
             let user = format!("user-{i}");
             assert!(q.admit(&l, Some(&user)).is_ok() && q.admit(&l, Some(&user)).is_ok());
-            assert_eq!(q.admit(&l, Some(&user)), Err(1));
+            assert_eq!(q.admit(&l, Some(&user)), Err((Refusal::User, 1)));
             if i % 1_000 == 999 {
                 clock.advance(Duration::from_secs(1));
             }
@@ -279,6 +318,6 @@ mod tests {
         assert!(most_held < 10_000, "{most_held} user states held at once");
         // AND a user dropped starts full, as one never seen does.
         assert!(q.admit(&l, Some("user-0")).is_ok() && q.admit(&l, Some("user-0")).is_ok());
-        assert_eq!(q.admit(&l, Some("user-0")), Err(1));
+        assert_eq!(q.admit(&l, Some("user-0")), Err((Refusal::User, 1)));
     }
 }

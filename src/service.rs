@@ -103,6 +103,7 @@ impl<P: Publisher> Service<P> {
                 .expect("static headers are valid"),
             Err(error) => error.into_response(),
         };
+        crate::metrics::request(response.status().as_u16(), error, started.elapsed());
         span.in_scope(|| {
             info!(
                 status = response.status().as_u16(),
@@ -133,9 +134,18 @@ impl<P: Publisher> Service<P> {
         span.record("step", "authenticating");
         let identity = self
             .authenticator
-            .authenticate(request, &parsed.options, message_id, |name| async move {
-                self.config.user(&name).await.map_err(store_down)
-            })
+            .authenticate(
+                request,
+                &parsed.options,
+                message_id,
+                |name| async move { self.config.user(&name).await.map_err(store_down) },
+                || {
+                    self.quotas.admit_password_check(&rules.limits, request.source_ip).map_err(|retry_after| {
+                        crate::metrics::refused(crate::metrics::Refusal::PasswordChecks);
+                        ApiError::TooManyLoginAttempts { retry_after }
+                    })
+                },
+            )
             .await?;
         let access = Access {
             topic: &parsed.topic,
@@ -155,9 +165,10 @@ impl<P: Publisher> Service<P> {
         }
 
         let quota_user = identity.username.as_deref().or(identity.certificate.then_some(identity.client_id.as_str()));
-        self.quotas
-            .admit(&rules.limits, quota_user)
-            .map_err(|retry_after| ApiError::TooManyRequests { retry_after })?;
+        self.quotas.admit(&rules.limits, quota_user).map_err(|(quota, retry_after)| {
+            crate::metrics::refused(quota);
+            ApiError::TooManyRequests { retry_after }
+        })?;
 
         span.record("step", "publishing");
         let message = Message {
@@ -173,7 +184,9 @@ impl<P: Publisher> Service<P> {
                     ErrorCode::RejectedByBroker,
                     "the message broker rejected the message as invalid",
                 ),
-                PublishError::TooLarge => ApiError::PayloadTooLarge { max: max_payload },
+                PublishError::TooLarge { max_payload: max } => {
+                    ApiError::PayloadTooLarge { max: max.map_or(max_payload, |m| m.min(max_payload)) }
+                }
                 PublishError::Throttled(_) => ApiError::TooManyRequests { retry_after: THROTTLED_RETRY_AFTER },
                 PublishError::Unavailable(_) => ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER },
                 PublishError::Failed(_) => ApiError::Internal,
@@ -195,8 +208,9 @@ mod tests {
 
     use super::*;
     use crate::contract::query::decode_query;
-    use crate::contract::{ClientCertificate, Qos, RequestPath};
+    use crate::contract::{BackendLimits, ClientCertificate, Qos, RequestPath};
     use crate::fakes::{FakePublisher, FakeStore};
+    use crate::publish::iot::IOT_LIMITS;
 
     /// user0 / secret0 (bcrypt at its lowest cost: the unit tests stay fast) may publish
     /// under `home/`, except `home/secret`; each user has one message a second.
@@ -337,10 +351,41 @@ mod tests {
         assert_eq!(publisher.sent().len(), 1);
         reached.insert("too_many_requests".into());
 
+        // A retained message the broker cannot keep (its CONNACK said Retain Available = 0).
+        let publisher = FakePublisher::with_limits(BackendLimits { retain_available: false, ..IOT_LIMITS });
+        let service = Service::with_store(publisher.clone(), FakeStore::new(&config()) as Arc<dyn ConfigStore>);
+        let retained = Case { query: "retained=true", ..POST };
+        assert_eq!(answer(&service, retained.request()).await, (400, "retain_not_supported".to_owned()));
+        assert_eq!(answer(&service, POST.request()).await.0, 200, "without retain it publishes");
+        reached.insert("retain_not_supported".into());
+
+        // Password checks from one address beyond its budget: 429 before the hash.
+        let budget = "password_checks_per_second = 0.01\npassword_check_burst = 1\n";
+        let (publisher, store) = (FakePublisher::new(), FakeStore::new(&(config() + budget)));
+        let service = Service::with_store(publisher.clone(), store as Arc<dyn ConfigStore>);
+        let from = |case: Case, ip: &str| HttpRequest { source_ip: Some(ip.parse().unwrap()), ..case.request() };
+        let wrong = || Case { authorization: Some("Basic dXNlcjA6d3Jvbmc="), ..POST };
+        assert_eq!(answer(&service, from(wrong(), "192.0.2.1")).await.1, "authentication_failed");
+        let response = service.handle(from(wrong(), "192.0.2.1")).await;
+        assert_eq!(
+            (response.status().as_u16(), &response.headers()[header::RETRY_AFTER]),
+            (429, &"100".parse().unwrap())
+        );
+        assert_eq!(
+            answer(&service, from(POST, "192.0.2.1")).await.1,
+            "too_many_login_attempts",
+            "uncached: refused too"
+        );
+        assert_eq!(answer(&service, from(POST, "192.0.2.2")).await.0, 200, "another address is not refused");
+        // The verified password is cached: no check needed, so it passes authentication
+        // (and meets the user's one-a-second quota, which the 200 above spent).
+        assert_eq!(answer(&service, from(POST, "192.0.2.1")).await.1, "too_many_requests");
+        reached.insert("too_many_login_attempts".into());
+
         // What the backend says, mapped.
         for (failure, status, code) in [
             (PublishError::Rejected("bad".into()), 400, "rejected_by_broker"),
-            (PublishError::TooLarge, 413, "payload_too_large"),
+            (PublishError::TooLarge { max_payload: Some(10) }, 413, "payload_too_large"),
             (PublishError::Throttled("slow down".into()), 429, "too_many_requests"),
             (PublishError::Unavailable("gone".into()), 503, "service_unavailable"),
             (PublishError::Failed("AccessDenied".into()), 500, "internal_error"),

@@ -156,6 +156,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::PayloadTooLarge { max: 1 },
         ApiError::HeadersTooLarge { max: 1 },
         ApiError::TooManyRequests { retry_after: 1 },
+        ApiError::TooManyLoginAttempts { retry_after: 1 },
         ApiError::Internal,
         ApiError::Unavailable { retry_after: 5 },
     ];
@@ -168,6 +169,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::PayloadTooLarge { .. }
             | ApiError::HeadersTooLarge { .. }
             | ApiError::TooManyRequests { .. }
+            | ApiError::TooManyLoginAttempts { .. }
             | ApiError::Internal
             | ApiError::Unavailable { .. } => {}
         }

@@ -36,9 +36,15 @@ fn temp_dir(name: &str) -> std::path::PathBuf {
 
 /// Debian's mosquitto on a free loopback port, anonymous, no persistence.
 async fn mosquitto(name: &str) -> (Proc, u16) {
+    mosquitto_with(name, "").await
+}
+
+/// [`mosquitto`] with more lines of mosquitto.conf (a limit it announces in CONNACK).
+async fn mosquitto_with(name: &str, conf_lines: &str) -> (Proc, u16) {
     let port = free_port();
     let conf = temp_dir(name).join("mosquitto.conf");
-    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n")).unwrap();
+    std::fs::write(&conf, format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n{conf_lines}"))
+        .unwrap();
     let child = Command::new("mosquitto")
         .args(["-c", conf.to_str().unwrap()])
         .stdout(Stdio::null())
@@ -715,4 +721,289 @@ async fn over_mqtts_with_credentials_a_broker_refusal_maps_from_its_puback_reaso
     let refused = post(&url, "/topics/forbidden/x", &[USER0], b"no").await;
     assert_eq!(refused.status(), 500, "PUBACK 0x87 (not authorized) is our connection's fault: {refused:?}");
     assert!(!String::from_utf8_lossy(&refused.body).contains("0x87"), "no internals in the body");
+}
+
+/// The `N` of "the payload exceeds the limit of N bytes".
+fn limit_in(message: &str) -> usize {
+    let after = message.split("limit of ").nth(1).unwrap_or_else(|| panic!("no limit in {message:?}"));
+    after.split(' ').next().unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn the_broker_s_maximum_packet_size_is_413_before_sending_and_the_others_are_served() {
+    // GIVEN mosquitto announcing a Maximum Packet Size of 2000 bytes in its CONNACK
+    let (_broker, port) = mosquitto_with("max-packet", "max_packet_size 2000\n").await;
+    let serve = serve(Some(port), &[]).await;
+    let mut rx = subscriber(port, "home/#").await;
+    // WHEN one client sends 5000 bytes while others send small messages
+    let big = post(&serve.url, "/topics/home/big", &[USER0], &[b'x'; 5000]);
+    let small = post(&serve.url, "/topics/home/small", &[USER0], b"alongside");
+    let (big, small) = tokio::join!(big, small);
+    // THEN the big one is 413 with JSON naming the exact payload that would fit, and nothing is sent
+    assert_eq!(big.status(), 413, "{big:?}");
+    let body: serde_json::Value = serde_json::from_slice(&big.body).unwrap();
+    assert_eq!(body["error"], "payload_too_large");
+    let fits = limit_in(body["message"].as_str().unwrap());
+    assert!((1900..2000).contains(&fits), "{body}");
+    // AND everyone else is served, on a connection the broker never dropped
+    assert_eq!(small.status(), 200);
+    for i in 0..5 {
+        assert_eq!(
+            post(&serve.url, "/topics/home/small", &[USER0], format!("after {i}").as_bytes()).await.status(),
+            200
+        );
+    }
+    let arrived: Vec<_> = next_n(&mut rx, 6).await;
+    assert!(arrived.iter().all(|p| &p.topic[..] == b"home/small"), "the big one never reached the broker");
+    // AND the limit is exact: the largest payload fits, one byte more does not
+    assert_eq!(post(&serve.url, "/topics/home/big", &[USER0], &vec![b'x'; fits]).await.status(), 200);
+    assert_eq!(next(&mut rx).await.payload.len(), fits);
+    assert_eq!(post(&serve.url, "/topics/home/big", &[USER0], &vec![b'x'; fits + 1]).await.status(), 413);
+    // AND what counts is the whole packet: a long topic leaves less room for the payload
+    let long_topic = format!("home/{}", "t".repeat(1000));
+    let long = format!("/topics/{long_topic}");
+    let response = post(&serve.url, &long, &[USER0], &vec![b'x'; fits]).await;
+    assert_eq!(response.status(), 413);
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(limit_in(body["message"].as_str().unwrap()), fits - (long_topic.len() - "home/big".len()));
+}
+
+async fn next_n(rx: &mut mpsc::UnboundedReceiver<Publish>, n: usize) -> Vec<Publish> {
+    let mut got = Vec::with_capacity(n);
+    for _ in 0..n {
+        got.push(next(rx).await);
+    }
+    got
+}
+
+#[tokio::test]
+async fn the_broker_s_maximum_qos_0_refuses_qos_1_and_makes_0_the_default() {
+    let (_broker, port) = mosquitto_with("max-qos", "max_qos 0\n").await;
+    let serve = serve(Some(port), &[]).await;
+    let mut rx = subscriber(port, "home/#").await;
+    let response = post(&serve.url, "/topics/home/a?qos=1", &[USER0], b"one").await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["error"], "invalid_qos");
+    assert!(body["message"].as_str().unwrap().contains("Maximum QoS"), "{body}");
+    // Without qos, the default is the most the broker takes.
+    assert_eq!(post(&serve.url, "/topics/home/a", &[USER0], b"zero").await.status(), 200);
+    let p = next(&mut rx).await;
+    assert_eq!((&p.payload[..], p.qos), (&b"zero"[..], QoS::AtMostOnce));
+}
+
+#[tokio::test]
+async fn a_broker_without_retain_refuses_a_retained_publish_with_400_and_keeps_the_connection() {
+    let (_broker, port) = mosquitto_with("no-retain", "retain_available false\n").await;
+    let serve = serve(Some(port), &[]).await;
+    let response = post(&serve.url, "/topics/home/a?retained=true", &[USER0], b"kept?").await;
+    assert_eq!(response.status(), 400);
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["error"], "retain_not_supported");
+    for _ in 0..3 {
+        assert_eq!(post(&serve.url, "/topics/home/a", &[USER0], b"plain").await.status(), 200);
+    }
+}
+
+/// Clients mosquitto counts as connected, from its `$SYS` tree (published every second
+/// here, when it changes): the first count that is `expected`, else the last within 5 s.
+async fn clients_connected(port: u16, expected: u64) -> u64 {
+    let mut rx = subscriber(port, "$SYS/broker/clients/connected").await;
+    let mut count = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
+        count = String::from_utf8_lossy(&p.payload).parse().unwrap();
+        if count == expected {
+            break;
+        }
+    }
+    count
+}
+
+#[tokio::test]
+async fn the_pool_is_sized_from_the_receive_maximum_and_keeps_within_it_on_one_topic() {
+    // GIVEN mosquitto letting each connection have 5 publishes awaiting PUBACK
+    let (_broker, port) = mosquitto_with("receive-max", "max_inflight_messages 5\nsys_interval 1\n").await;
+    let serve = serve(Some(port), &[]).await;
+    // THEN the pool has enough connections for 64 publishes per core in flight
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let expected = mqtt_http_publish::publish::mqtt::pool_size(5, cores) as u64;
+    assert!(expected > 1);
+    assert_eq!(clients_connected(port, expected + 1).await, expected + 1, "the pool and the $SYS subscriber");
+    // AND 100 concurrent publishes to one topic (one connection) stay within its 5:
+    // exceeding them, mosquitto would drop the connection and answers would be 503
+    let mut rx = subscriber(port, "home/one").await;
+    let requests = (0..100).map(|i| {
+        let url = serve.url.clone();
+        tokio::spawn(async move { post(&url, "/topics/home/one", &[USER0], format!("{i}").as_bytes()).await.status() })
+    });
+    for request in requests.collect::<Vec<_>>() {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(next_n(&mut rx, 100).await.len(), 100);
+}
+
+#[tokio::test]
+async fn each_topic_keeps_its_order_across_a_pool_of_connections() {
+    // GIVEN a pool of 8 connections and 16 topics, each published to by one client in
+    // sequence at QoS 0 (a 200 once written, so nothing but the connection orders them)
+    let (_broker, port) = mosquitto("order").await;
+    let serve = serve(Some(port), &["--mqtt-connections", "8"]).await;
+    let mut rx = subscriber(port, "order/#").await;
+    const TOPICS: usize = 16;
+    const EACH: usize = 150;
+    let clients = (0..TOPICS).map(|t| {
+        let url = serve.url.clone();
+        tokio::spawn(async move {
+            for i in 0..EACH {
+                let path = format!("/topics/order/{t}?qos=0");
+                assert_eq!(post(&url, &path, &[USER0], i.to_string().as_bytes()).await.status(), 200);
+            }
+        })
+    });
+    for client in clients.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+    // THEN every topic's messages arrive in the order they were sent
+    let mut last = vec![None::<usize>; TOPICS];
+    for p in next_n(&mut rx, TOPICS * EACH).await {
+        let topic: usize = std::str::from_utf8(&p.topic[6..]).unwrap().parse().unwrap();
+        let n: usize = std::str::from_utf8(&p.payload).unwrap().parse().unwrap();
+        assert_eq!(n, last[topic].map_or(0, |l| l + 1), "order/{topic}: {n} after {:?}", last[topic]);
+        last[topic] = Some(n);
+    }
+}
+
+async fn get(url: &str, path: &str) -> Wire {
+    request(url, "GET", path, &[], b"").await
+}
+
+/// The value of the sample `name` (with its labels) in `/metrics`, 0 if absent.
+fn sample(metrics: &str, name: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
+#[tokio::test]
+async fn the_admin_listener_serves_metrics_that_move_health_and_readiness() {
+    let (broker, port) = mosquitto("admin").await;
+    let admin = format!("127.0.0.1:{}", free_port());
+    let dir = temp_dir("admin");
+    let config = write_config(&dir, "[limits]\npassword_checks_per_second = 0.01\npassword_check_burst = 3\n");
+    let serve = serve(Some(port), &["--admin-listen", &admin, "--config", config.to_str().unwrap()]).await;
+    let admin = format!("http://{admin}");
+    assert_eq!(get(&admin, "/healthz").await.status(), 200);
+    assert_eq!(get(&admin, "/readyz").await.status(), 200);
+    let not_found = get(&admin, "/topics/x").await;
+    assert_eq!(not_found.status(), 404);
+    assert_eq!(serde_json::from_slice::<serde_json::Value>(&not_found.body).unwrap()["error"], "not_found");
+
+    let before = get(&admin, "/metrics").await;
+    assert_eq!(before.headers["content-type"], "application/openmetrics-text; version=1.0.0; charset=utf-8");
+    let before = String::from_utf8(before.body).unwrap();
+    let ok = r#"mqtt_http_publish_requests_total{status="200",code="ok"}"#;
+    let wrong = r#"mqtt_http_publish_requests_total{status="401",code="authentication_failed"}"#;
+    let refused = r#"mqtt_http_publish_requests_total{status="429",code="too_many_login_attempts"}"#;
+    let hits = "mqtt_http_publish_credential_cache_hits_total";
+    let hashes = "mqtt_http_publish_password_hashes_total";
+    // WHEN three requests publish, and one source sends four wrong passwords
+    for _ in 0..3 {
+        assert_eq!(post(&serve.url, "/topics/home", &[USER0], b"m").await.status(), 200);
+    }
+    let bad = ("authorization", "Basic dXNlcjA6d3Jvbmc=");
+    let answers: Vec<u16> = statuses_in_turn(&serve.url, bad, 4).await;
+    // THEN the source's budget of three checks (one spent on the readiness probe's
+    // first login) passes two to the hash and refuses the rest before it
+    assert_eq!(answers, [401, 401, 429, 429]);
+    let after = String::from_utf8(get(&admin, "/metrics").await.body).unwrap();
+    assert_eq!(sample(&after, ok) - sample(&before, ok), 3.0, "{after}");
+    assert_eq!(sample(&after, wrong) - sample(&before, wrong), 2.0);
+    assert_eq!(sample(&after, refused) - sample(&before, refused), 2.0);
+    assert_eq!(sample(&after, hits) - sample(&before, hits), 3.0, "user0 was verified by the readiness probe");
+    assert_eq!(sample(&after, hashes) - sample(&before, hashes), 2.0, "no hash for the refused");
+    assert_eq!(sample(&after, r#"mqtt_http_publish_refusals_total{kind="password_checks"}"#), 2.0);
+    assert!(sample(&after, "mqtt_http_publish_publish_duration_seconds_count") >= 3.0, "{after}");
+    assert_eq!(sample(&after, "mqtt_http_publish_publishes_in_flight"), 0.0);
+    let pool = sample(&after, "mqtt_http_publish_broker_connections");
+    assert!(pool >= 1.0);
+    assert_eq!(sample(&after, "mqtt_http_publish_broker_connections_up"), pool);
+    // No label carries a topic or a user.
+    assert!(!after.contains("home") && !after.contains("user0"), "{after}");
+
+    // WHEN the broker goes away, THEN readiness says so (and liveness does not change)
+    drop(broker);
+    let mut ready = 200;
+    for _ in 0..100 {
+        ready = get(&admin, "/readyz").await.status();
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(ready, 503);
+    assert_eq!(get(&admin, "/healthz").await.status(), 200);
+    let down = String::from_utf8(get(&admin, "/metrics").await.body).unwrap();
+    assert_eq!(sample(&down, "mqtt_http_publish_broker_connections_up"), 0.0, "{down}");
+}
+
+/// The statuses of `n` requests with `authorization`, one after another.
+async fn statuses_in_turn(url: &str, authorization: (&str, &str), n: usize) -> Vec<u16> {
+    let mut statuses = Vec::with_capacity(n);
+    for _ in 0..n {
+        statuses.push(post(url, "/topics/home", &[authorization], b"m").await.status());
+    }
+    statuses
+}
+
+/// VmHWM of a process, in KiB.
+fn peak_rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_flood_of_password_checks_does_not_grow_the_process_beyond_the_hashes_running() {
+    // GIVEN a budget large enough that 96 wrong passwords (argon2id, 19 MiB each) are all hashed
+    let dir = temp_dir("hash-memory");
+    let config = write_config(&dir, "[limits]\npassword_checks_per_second = 1000\npassword_check_burst = 1000\n");
+    let serve = serve_with_config(&config).await;
+    let flood = (0..32).map(|c| {
+        let url = serve.url.clone();
+        tokio::spawn(async move {
+            for i in 0..3 {
+                let auth = format!("Basic {}", base64_of(&format!("user0:wrong-{c}-{i}")));
+                assert_eq!(post(&url, "/topics/home", &[("authorization", &auth)], b"").await.status(), 401);
+            }
+        })
+    });
+    for client in flood.collect::<Vec<_>>() {
+        client.await.unwrap();
+    }
+    // THEN the process peaked at the hashes running at once (one per core) and its steady state,
+    // not at a 19 MiB buffer kept by each thread that ever ran one
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get()) as u64;
+    let peak = peak_rss_kib(serve.proc.0.id());
+    assert!(peak < 32 * 1024 + cores * 20 * 1024, "VmHWM {peak} KiB after 96 argon2id checks");
+}
+
+fn base64_of(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+#[tokio::test]
+async fn a_taken_broker_port_says_how_to_use_the_broker_already_there() {
+    let (_broker, port) = mosquitto("taken").await;
+    let output = Command::new(BIN)
+        .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--broker-listen", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Address already in use"), "{stderr}");
+    assert!(stderr.contains("--mqtt mqtt://127.0.0.1:1883") && stderr.contains("--broker-listen"), "{stderr}");
 }

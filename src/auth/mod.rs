@@ -1,6 +1,7 @@
 //! Who is calling: HTTP Basic against the config's password hashes, or a
 //! verified client certificate whose Common Name is the client_id.
 
+pub mod memory;
 pub mod password;
 
 use std::collections::HashMap;
@@ -43,8 +44,14 @@ const CACHE_IDLE: Duration = Duration::from_secs(3600);
 
 /// Why a password check did not pass. Not cached: only verified credentials are.
 #[derive(Debug, thiserror::Error)]
-#[error("the password does not match the stored hash")]
-struct Mismatch;
+enum Refused {
+    #[error("the password does not match the stored hash")]
+    Mismatch,
+    /// The caller may not cost another slow hash now (its source address is over
+    /// its budget): refused before the hash, with the answer to give.
+    #[error("the password was not checked")]
+    NotChecked(ApiError),
+}
 
 /// Checks credentials; keeps the verdict of recent slow hashes.
 pub struct Authenticator {
@@ -81,13 +88,15 @@ impl Authenticator {
     /// Establishes the caller's identity, or answers 401 (400 for a certificate
     /// whose CN cannot be a client_id). `lookup` finds a user's hash; its error
     /// (a config store outage) is passed through, so an outage never looks like
-    /// a wrong password.
+    /// a wrong password. `admit_hash` is asked before each slow hash (credentials
+    /// not in the cache); its error is the answer instead of the hash.
     pub async fn authenticate<F, Fut>(
         &self,
         request: &HttpRequest,
         options: &PublishOptions,
         message_id: MessageId,
         lookup: F,
+        admit_hash: impl Fn() -> Result<(), ApiError>,
     ) -> Result<Identity, ApiError>
     where
         F: FnOnce(String) -> Fut,
@@ -103,12 +112,7 @@ impl Authenticator {
         }
         if let Some(credentials) = &basic {
             let stored = lookup(credentials.username.clone()).await?;
-            if !self.check_password(credentials, stored.as_ref()).await {
-                return Err(ApiError::unauthorized(
-                    ErrorCode::AuthenticationFailed,
-                    "the user name or password is wrong",
-                ));
-            }
+            self.check_password(credentials, stored.as_ref(), admit_hash).await?;
         }
         Ok(Identity {
             client_id: client_id(certificate_cn, options.client_id.as_ref(), message_id)?,
@@ -119,22 +123,38 @@ impl Authenticator {
     }
 
     /// Verifies a password against the user's hash, or against a dummy hash
-    /// for an unknown user so that both cost one slow hash.
-    async fn check_password(&self, credentials: &BasicCredentials, stored: Option<&StoredHash>) -> bool {
+    /// for an unknown user so that both cost one slow hash (and one admission).
+    async fn check_password(
+        &self,
+        credentials: &BasicCredentials,
+        stored: Option<&StoredHash>,
+        admit_hash: impl Fn() -> Result<(), ApiError>,
+    ) -> Result<(), ApiError> {
+        let wrong = || ApiError::unauthorized(ErrorCode::AuthenticationFailed, "the user name or password is wrong");
         let Some(stored) = stored else {
+            crate::metrics::credential_cache(false);
+            admit_hash()?;
             self.slow_verify(&self.dummy, &credentials.password).await;
-            return false;
+            return Err(wrong());
         };
         // The key is an HMAC under a secret drawn at start: looking it up reveals
         // nothing an attacker could time, and the cache holds no password.
         let fingerprint = self.fingerprint(credentials, stored);
+        let hashed = std::sync::atomic::AtomicBool::new(false);
         let verify = async {
+            hashed.store(true, Ordering::Relaxed);
+            admit_hash().map_err(Refused::NotChecked)?;
             match self.slow_verify(stored, &credentials.password).await {
                 true => Ok(()),
-                false => Err(Mismatch),
+                false => Err(Refused::Mismatch),
             }
         };
-        self.verified.try_get_with(fingerprint, verify).await.is_ok()
+        let verdict = self.verified.try_get_with(fingerprint, verify).await;
+        crate::metrics::credential_cache(!hashed.load(Ordering::Relaxed));
+        verdict.map_err(|refused| match &*refused {
+            Refused::Mismatch => wrong(),
+            Refused::NotChecked(answer) => answer.clone(),
+        })
     }
 
     /// An HMAC of the user, the stored hash and the password: a new password
@@ -157,7 +177,10 @@ impl Authenticator {
         let (hash, password) = (hash.clone(), password.to_owned());
         tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            hash.verify(password.as_bytes())
+            let started = std::time::Instant::now();
+            let verified = hash.verify(password.as_bytes());
+            crate::metrics::password_hash(started.elapsed());
+            verified
         })
         .await
         .unwrap_or(false)
@@ -260,9 +283,13 @@ mod tests {
     async fn auth(request: HttpRequest, client_id: Option<&str>) -> Result<Identity, ApiError> {
         let users = users();
         Authenticator::default()
-            .authenticate(&request, &options(client_id), MessageId::next(), |name| async move {
-                Ok(users.get(&name).cloned())
-            })
+            .authenticate(
+                &request,
+                &options(client_id),
+                MessageId::next(),
+                |name| async move { Ok(users.get(&name).cloned()) },
+                || Ok(()),
+            )
             .await
     }
 
@@ -306,9 +333,13 @@ mod tests {
     async fn a_store_outage_is_passed_through_not_turned_into_401() {
         let outage = ApiError::Unavailable { retry_after: 5 };
         let result = Authenticator::default()
-            .authenticate(&request(Some(USER0), None), &options(None), MessageId::next(), |_| async {
-                Err(ApiError::Unavailable { retry_after: 5 })
-            })
+            .authenticate(
+                &request(Some(USER0), None),
+                &options(None),
+                MessageId::next(),
+                |_| async { Err(ApiError::Unavailable { retry_after: 5 }) },
+                || Ok(()),
+            )
             .await;
         assert_eq!(result, Err(outage));
     }
@@ -333,6 +364,30 @@ mod tests {
         assert_eq!(auth(bad, None).await.unwrap_err().code(), "authentication_failed");
     }
 
+    impl Authenticator {
+        /// Whether the password verifies, with every hash admitted.
+        async fn check(&self, credentials: &BasicCredentials, stored: Option<&StoredHash>) -> bool {
+            self.check_password(credentials, stored, || Ok(())).await.is_ok()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hash_refused_admission_is_not_computed_and_a_cached_password_needs_none() {
+        let auth = Authenticator::default();
+        let stored = StoredHash::parse(&bcrypt::hash("pw", 4).unwrap()).unwrap();
+        let creds = BasicCredentials { username: "u".into(), password: "pw".into() };
+        let refusal = ApiError::TooManyLoginAttempts { retry_after: 3 };
+        let refuse = || Err(refusal.clone());
+        // GIVEN admission refused: the answer is the refusal, for a known and an unknown user, with no hash
+        assert_eq!(auth.check_password(&creds, Some(&stored), refuse).await, Err(refusal.clone()));
+        assert_eq!(auth.check_password(&creds, None, refuse).await, Err(refusal.clone()));
+        assert_eq!(auth.slow_hashes.load(Ordering::Relaxed), 0);
+        // WHEN the password is verified once (admitted), THEN later checks ask no admission
+        assert!(auth.check(&creds, Some(&stored)).await);
+        assert_eq!(auth.check_password(&creds, Some(&stored), refuse).await, Ok(()));
+        assert_eq!(auth.slow_hashes.load(Ordering::Relaxed), 1);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_burst_of_the_same_credentials_pays_one_slow_hash() {
         let auth = Arc::new(Authenticator::default());
@@ -342,7 +397,7 @@ mod tests {
                 let (auth, stored) = (Arc::clone(&auth), stored.clone());
                 tokio::spawn(async move {
                     let creds = BasicCredentials { username: "u".into(), password: "pw".into() };
-                    auth.check_password(&creds, Some(&stored)).await
+                    auth.check(&creds, Some(&stored)).await
                 })
             })
             .collect();
@@ -359,7 +414,7 @@ mod tests {
         let stored = StoredHash::parse(&bcrypt::hash("pw", 10).unwrap()).unwrap();
         for i in 0..4 {
             let creds = BasicCredentials { username: format!("u{i}"), password: "pw".into() };
-            let abandoned = tokio::time::timeout(Duration::from_millis(1), auth.check_password(&creds, Some(&stored)));
+            let abandoned = tokio::time::timeout(Duration::from_millis(1), auth.check(&creds, Some(&stored)));
             assert!(abandoned.await.is_err(), "a cost-10 bcrypt takes longer than 1 ms");
         }
         // THEN the abandoned hashes keep their places in the bound until they end
@@ -372,7 +427,7 @@ mod tests {
         }
         // AND the same credentials verify afterwards: nothing abandoned holds their entry
         let creds = BasicCredentials { username: "u0".into(), password: "pw".into() };
-        let later = tokio::time::timeout(Duration::from_secs(10), auth.check_password(&creds, Some(&stored)));
+        let later = tokio::time::timeout(Duration::from_secs(10), auth.check(&creds, Some(&stored)));
         assert!(later.await.expect("not stuck behind an abandoned check"));
     }
 
@@ -381,15 +436,15 @@ mod tests {
         let auth = Authenticator::default();
         let creds = BasicCredentials { username: "u".into(), password: "p".into() };
         let first = StoredHash::parse(&bcrypt::hash("p", 4).unwrap()).unwrap();
-        assert!(auth.check_password(&creds, Some(&first)).await);
+        assert!(auth.check(&creds, Some(&first)).await);
         assert!(auth.verified.contains_key(&auth.fingerprint(&creds, &first)), "a verified password is cached");
-        assert!(auth.check_password(&creds, Some(&first)).await);
+        assert!(auth.check(&creds, Some(&first)).await);
         assert_eq!(auth.slow_hashes.load(Ordering::Relaxed), 1, "the second check is served by the cache");
         let changed = StoredHash::parse(&bcrypt::hash("q", 4).unwrap()).unwrap();
         assert!(!auth.verified.contains_key(&auth.fingerprint(&creds, &changed)), "a new hash misses");
-        assert!(!auth.check_password(&creds, Some(&changed)).await, "the old password no longer works");
+        assert!(!auth.check(&creds, Some(&changed)).await, "the old password no longer works");
         let wrong = BasicCredentials { username: "u".into(), password: "x".into() };
-        assert!(!auth.check_password(&wrong, Some(&first)).await);
+        assert!(!auth.check(&wrong, Some(&first)).await);
         assert!(!auth.verified.contains_key(&auth.fingerprint(&wrong, &first)), "a failure is not cached");
     }
 }

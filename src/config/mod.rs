@@ -123,6 +123,35 @@ pub struct Limits {
     /// Burst of each user's quota.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub user_burst: Option<u32>,
+    /// Slow password hashes one source address may cost, a second: beyond, its
+    /// logins that need one are 429 before the hash (a verified password is
+    /// cached, so in practice these are its failed logins).
+    #[serde(default = "default_password_checks_per_second", skip_serializing_if = "is_default_password_checks")]
+    pub password_checks_per_second: Option<f64>,
+    /// Burst of each source address's password checks.
+    #[serde(default = "default_password_check_burst", skip_serializing_if = "is_default_password_check_burst")]
+    pub password_check_burst: Option<u32>,
+}
+
+/// Password checks a source address may cost by default: a second, and at once.
+pub const DEFAULT_PASSWORD_CHECKS_PER_SECOND: f64 = 5.0;
+/// See [`DEFAULT_PASSWORD_CHECKS_PER_SECOND`].
+pub const DEFAULT_PASSWORD_CHECK_BURST: u32 = 20;
+
+fn default_password_checks_per_second() -> Option<f64> {
+    Some(DEFAULT_PASSWORD_CHECKS_PER_SECOND)
+}
+
+fn default_password_check_burst() -> Option<u32> {
+    Some(DEFAULT_PASSWORD_CHECK_BURST)
+}
+
+fn is_default_password_checks(v: &Option<f64>) -> bool {
+    *v == default_password_checks_per_second()
+}
+
+fn is_default_password_check_burst(v: &Option<u32>) -> bool {
+    *v == default_password_check_burst()
 }
 
 fn default_max_payload() -> usize {
@@ -137,6 +166,8 @@ impl Default for Limits {
             burst: None,
             user_messages_per_second: None,
             user_burst: None,
+            password_checks_per_second: default_password_checks_per_second(),
+            password_check_burst: default_password_check_burst(),
         }
     }
 }

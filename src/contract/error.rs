@@ -65,6 +65,8 @@ error_codes! {
     InvalidPayload = 400 "invalid_payload",
     /// The body could not be read or decoded.
     InvalidBody = 400 "invalid_body",
+    /// `retained=true`, but the broker takes no retained messages.
+    RetainNotSupported = 400 "retain_not_supported",
     /// The broker refused the message as invalid.
     RejectedByBroker = 400 "rejected_by_broker",
     /// The request is not valid HTTP (`serve`).
@@ -89,6 +91,8 @@ error_codes! {
     PayloadTooLarge = 413 "payload_too_large",
     /// Over a quota, ours or the backend's.
     TooManyRequests = 429 "too_many_requests",
+    /// Too many password checks from this source address: refused before any hash is computed.
+    TooManyLoginAttempts = 429 "too_many_login_attempts",
     /// The request line and headers exceed what `serve` reads.
     HeadersTooLarge = 431 "headers_too_large",
     /// A fault on our side.
@@ -145,6 +149,12 @@ pub enum ApiError {
         /// Seconds after which a retry may succeed.
         retry_after: u32,
     },
+    /// 429: the source address has cost too many slow password hashes (failed
+    /// logins, in practice); refused before computing another.
+    TooManyLoginAttempts {
+        /// Seconds after which a retry may succeed.
+        retry_after: u32,
+    },
     /// 500: a fault on our side; the cause was logged.
     Internal,
     /// 503: the backend is unreachable or timed out; the cause was logged.
@@ -180,6 +190,7 @@ impl ApiError {
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::HeadersTooLarge { .. } => ErrorCode::HeadersTooLarge,
             ApiError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
+            ApiError::TooManyLoginAttempts { .. } => ErrorCode::TooManyLoginAttempts,
             ApiError::Internal => ErrorCode::InternalError,
             ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable,
         }
@@ -200,6 +211,9 @@ impl ApiError {
             ApiError::TooManyRequests { retry_after } => {
                 format!("too many messages in a short time; retry after {retry_after} s")
             }
+            ApiError::TooManyLoginAttempts { retry_after } => format!(
+                "too many logins that needed a password check from this address (failed ones, mostly); retry after {retry_after} s"
+            ),
             ApiError::Internal => "the server failed to publish the message".into(),
             ApiError::Unavailable { retry_after } => {
                 format!("the message broker is unavailable; retry after {retry_after} s")
@@ -229,7 +243,9 @@ impl ApiError {
             ApiError::MethodNotAllowed => {
                 headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
             }
-            ApiError::TooManyRequests { retry_after } | ApiError::Unavailable { retry_after } => {
+            ApiError::TooManyRequests { retry_after }
+            | ApiError::TooManyLoginAttempts { retry_after }
+            | ApiError::Unavailable { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             _ => {}

@@ -66,6 +66,9 @@ pub struct BackendLimits {
     pub max_payload_bytes: usize,
     /// Highest QoS the backend delivers.
     pub max_qos: Qos,
+    /// Whether the backend keeps retained messages (an MQTT 5 broker says so in
+    /// CONNACK's Retain Available); a retained publish it cannot take is a 400.
+    pub retain_available: bool,
 }
 
 /// A request that passed every check of the contract that needs no config.
@@ -94,6 +97,12 @@ pub fn parse_request(
     }
     let topic = parse_topic(&request.path, limits.topic)?;
     let options = query::parse_options(&request.query, limits.max_qos, limits.topic)?;
+    if options.retain && !limits.retain_available {
+        return Err(ApiError::bad_request(
+            ErrorCode::RetainNotSupported,
+            "the message broker does not take retained messages (its CONNACK says Retain Available = 0); publish with retained=false",
+        ));
+    }
     if request.body.len() > max_payload_bytes {
         return Err(ApiError::PayloadTooLarge { max: max_payload_bytes });
     }
@@ -126,6 +135,7 @@ mod tests {
         topic: TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true },
         max_payload_bytes: 131_072,
         max_qos: Qos::AtLeastOnce,
+        retain_available: true,
     };
 
     fn request(method: Method, path: RequestPath, body: &'static [u8]) -> HttpRequest {

@@ -80,7 +80,7 @@ pub fn parse_options(
 ) -> Result<PublishOptions, ApiError> {
     let (scalars, user_props) = gather(pairs)?;
     Ok(PublishOptions {
-        qos: scalars.get("qos").map_or(Ok(Qos::AtLeastOnce), |v| parse_qos(v, max_qos))?,
+        qos: scalars.get("qos").map_or(Ok(Qos::AtLeastOnce.min(max_qos)), |v| parse_qos(v, max_qos))?,
         retain: scalars.get("retained").map_or(Ok(false), |v| parse_retain(v))?,
         client_id: scalars.get("client_id").map(|v| parse_client_id(v)).transpose()?,
         username: scalars.get("username").map(|&v| v.to_owned()),
@@ -135,7 +135,11 @@ fn gather(pairs: &[(String, String)]) -> Result<Gathered<'_>, ApiError> {
 
 fn parse_qos(v: &str, max_qos: Qos) -> Result<Qos, ApiError> {
     Qos::parse(v, max_qos).ok_or_else(|| {
-        let allowed = if max_qos == Qos::ExactlyOnce { "0, 1 or 2" } else { "0 or 1" };
+        let allowed = match max_qos {
+            Qos::ExactlyOnce => "0, 1 or 2",
+            Qos::AtLeastOnce => "0 or 1",
+            Qos::AtMostOnce => "0 (the broker's Maximum QoS)",
+        };
         ApiError::bad_request(ErrorCode::InvalidQos, format!("qos must be {allowed}, not {v:?}"))
     })
 }

@@ -23,6 +23,8 @@ pub const IOT_LIMITS: BackendLimits = BackendLimits {
     topic: TopicLimits { max_bytes: 256, max_slashes: Some(7), basic_ingest: true },
     max_payload_bytes: 128 * 1024,
     max_qos: Qos::AtLeastOnce,
+    // AWS IoT Core keeps retained messages (one per topic).
+    retain_available: true,
 };
 
 /// Where the IoT client sends its publishes.
@@ -235,7 +237,7 @@ fn classify(err: SdkError<SdkPublishError>) -> PublishError {
                 PublishError::Failed(detail)
             }
             other => match (other.meta().code(), service.raw().status().as_u16()) {
-                (Some("RequestEntityTooLargeException"), _) | (_, 413) => PublishError::TooLarge,
+                (Some("RequestEntityTooLargeException"), _) | (_, 413) => PublishError::TooLarge { max_payload: None },
                 (Some("ServiceUnavailableException"), _) | (_, 503 | 504) => PublishError::Unavailable(detail),
                 (Some("ThrottlingException"), _) | (_, 429) => PublishError::Throttled(detail),
                 (Some("InvalidRequestException"), _) | (_, 400) => PublishError::Rejected(detail),

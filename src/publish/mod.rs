@@ -33,9 +33,13 @@ pub enum PublishError {
     /// The backend judged the request invalid (a caller mistake the contract missed).
     #[error("the backend rejected the request: {0}")]
     Rejected(String),
-    /// The payload is over the backend's limit.
+    /// The payload is over the backend's limit: `max_payload` bytes for this
+    /// message when the backend says (the rest of its packet counts too).
     #[error("the backend refused the payload as too large")]
-    TooLarge,
+    TooLarge {
+        /// The largest payload this message could carry, when known.
+        max_payload: Option<usize>,
+    },
     /// The backend throttled us.
     #[error("the backend throttled the publish: {0}")]
     Throttled(String),

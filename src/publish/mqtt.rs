@@ -1,23 +1,45 @@
-//! Any MQTT 5 broker, through one long-lived `rumqttc` connection that
-//! pipelines publishes: a request waits for its own PUBACK (QoS 1) or its own
+//! Any MQTT 5 broker, through a pool of long-lived `rumqttc` connections that
+//! pipeline publishes: a request waits for its own PUBACK (QoS 1) or its own
 //! write (QoS 0), never for another request's.
 //!
-//! rumqttc reports each publish it writes as `Outgoing::Publish(pkid)`, in the
-//! order requests entered its channel, and each PUBACK with that pkid. So a
-//! request queues its waiter and sends its publish under one lock (the
-//! channel's order is the queue's order); the event loop moves the front
-//! waiter to the pkid it was written with, and the PUBACK resolves it.
+//! **The pool.** A broker lets each connection have only its Receive Maximum of
+//! QoS 1 publishes awaiting PUBACK (mosquitto: 20), so one connection would
+//! queue every concurrent request behind those few. The pool holds enough
+//! connections to keep [`IN_FLIGHT_PER_CORE`] publishes per core in flight,
+//! from the Receive Maximum the first connection's CONNACK announces
+//! ([`pool_size`]), or as many as `serve --mqtt-connections` says. All messages
+//! of one topic go on one connection (a hash of the topic picks it): MQTT keeps
+//! order per connection, so a topic's messages arrive in the order they were
+//! accepted. Each connection reconnects on its own; a request gets 503 only if
+//! its topic's connection is down.
 //!
-//! When the connection drops, every waiter fails (503) and whatever rumqttc
-//! still holds for the broken session is dropped, so nothing sent before the
-//! drop can later be mistaken for a newer request's publish. The connection is
-//! re-established with backoff; meanwhile requests get 503 at once.
+//! **What the broker announced** in CONNACK is respected before anything is
+//! sent: a publish whose packet would exceed the Maximum Packet Size is 413 (the
+//! broker would drop the connection, and every request on it, for it); QoS
+//! above the Maximum QoS and `retain` when Retain Available is 0 are 400s (the
+//! contract checks them through [`MqttPublisher::limits`]). rumqttc itself keeps
+//! within the Receive Maximum; topic aliases are never used, so the Topic Alias
+//! Maximum has nothing to bound.
+//!
+//! **One connection.** rumqttc reports each publish it writes as
+//! `Outgoing::Publish(pkid)`, in the order requests entered its channel, and
+//! each PUBACK with that pkid. So a request queues its waiter and sends its
+//! publish under one lock (the channel's order is the queue's order); the event
+//! loop moves the front waiter to the pkid it was written with, and the PUBACK
+//! resolves it. When the connection drops, every waiter fails (503) and
+//! whatever rumqttc still holds for the broken session is dropped, so nothing
+//! sent before the drop can later be mistaken for a newer request's publish.
+//! The connection is re-established with backoff; meanwhile its requests get
+//! 503 at once.
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::num::NonZeroUsize;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{PubAckReason, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, PubAckReason, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming, MqttOptions};
 use rumqttc::{Outgoing, Transport};
@@ -26,23 +48,30 @@ use tracing::{info, warn};
 
 use super::{Message, PublishError, Publisher};
 use crate::contract::{BackendLimits, Qos, TopicLimits};
+use crate::metrics;
 
 /// What any MQTT 5 broker accepts (MQTT 5 §1.5.4, §2.2.2: 65 535-byte names, 256 MB packets).
 pub const MQTT_LIMITS: BackendLimits = BackendLimits {
     topic: TopicLimits { max_bytes: 65_535, max_slashes: None, basic_ingest: false },
     max_payload_bytes: 256 * 1024 * 1024,
     max_qos: Qos::AtLeastOnce,
+    retain_available: true,
 };
 
 /// How long a request waits for its PUBACK before answering 503.
 const ACK_TIMEOUT: Duration = Duration::from_secs(10);
-/// Publishes queued towards the connection at most; beyond, 503.
+/// Publishes queued towards one connection at most; beyond, 503.
 const CHANNEL_CAPACITY: usize = 4096;
-/// QoS 1 publishes awaiting their PUBACK at most (the broker's Receive Maximum,
-/// when lower, wins: mosquitto announces 20, EMQX 32). rumqttc keeps a slot per
-/// possible packet id up to this number: its default, 65 535, costs 13 MB of RSS
-/// for slots no broker lets us fill.
+/// QoS 1 publishes awaiting their PUBACK at most on one connection (the broker's
+/// Receive Maximum, when lower, wins: mosquitto announces 20, EMQX 32). rumqttc
+/// keeps a slot per possible packet id up to this number: its default, 65 535,
+/// costs 13 MB of RSS for slots no broker lets us fill.
 const MAX_INFLIGHT: u16 = 1024;
+/// Publishes in flight the default pool carries per core (64 per core keeps two
+/// cores busy in front of mosquitto: BENCHMARKS.md).
+pub const IN_FLIGHT_PER_CORE: usize = 64;
+/// Connections of a default pool at most, whatever the broker's Receive Maximum.
+pub const MAX_POOL: usize = 64;
 
 /// Where and how to connect.
 #[derive(Debug, Clone)]
@@ -55,11 +84,60 @@ pub struct BrokerSettings {
     pub tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     /// User name and password for the broker connection.
     pub credentials: Option<(String, String)>,
-    /// The MQTT client id of the connection.
+    /// The MQTT client id of the connections, each suffixed with `-N`.
     pub client_id: String,
-    /// Largest payload the broker takes: a bigger one is 413 here, not a packet
-    /// that makes the broker drop the connection every request shares.
+    /// Largest payload the broker takes when it announces no Maximum Packet Size
+    /// (the embedded broker's limit, which rumqttd does not announce).
     pub max_payload_bytes: usize,
+    /// Connections of the pool; `None` sizes it from the broker's Receive Maximum.
+    pub connections: Option<NonZeroUsize>,
+}
+
+/// The default pool: enough connections to carry [`IN_FLIGHT_PER_CORE`] publishes
+/// per core within each connection's `receive_maximum`; at least one per core,
+/// at most [`MAX_POOL`].
+pub fn pool_size(receive_maximum: u16, cores: usize) -> usize {
+    let wanted = (IN_FLIGHT_PER_CORE * cores).div_ceil(usize::from(receive_maximum.max(1)));
+    wanted.clamp(cores.clamp(1, MAX_POOL), MAX_POOL)
+}
+
+/// What the broker announced in its latest CONNACK (MQTT 5 §3.2.2.3); absent
+/// properties mean MQTT's defaults (no packet limit, QoS 2, retain available).
+struct Announced {
+    max_packet_size: AtomicU32,
+    max_qos: AtomicU8,
+    retain_available: AtomicBool,
+    receive_maximum: AtomicU16,
+}
+
+impl Default for Announced {
+    fn default() -> Announced {
+        Announced {
+            max_packet_size: AtomicU32::new(u32::MAX),
+            max_qos: AtomicU8::new(2),
+            retain_available: AtomicBool::new(true),
+            receive_maximum: AtomicU16::new(u16::MAX),
+        }
+    }
+}
+
+impl Announced {
+    fn update(&self, properties: Option<&ConnAckProperties>) {
+        let p = properties;
+        let store = Ordering::Relaxed;
+        self.max_packet_size.store(p.and_then(|p| p.max_packet_size).unwrap_or(u32::MAX), store);
+        self.max_qos.store(p.and_then(|p| p.max_qos).unwrap_or(2), store);
+        self.retain_available.store(p.and_then(|p| p.retain_available).is_none_or(|r| r != 0), store);
+        self.receive_maximum.store(p.and_then(|p| p.receive_max).unwrap_or(u16::MAX), store);
+    }
+
+    fn max_packet_size(&self) -> usize {
+        self.max_packet_size.load(Ordering::Relaxed) as usize
+    }
+
+    fn max_qos(&self) -> Qos {
+        Qos::from_level(self.max_qos.load(Ordering::Relaxed)).unwrap_or(Qos::AtMostOnce)
+    }
 }
 
 type Waiter = oneshot::Sender<Result<(), PublishError>>;
@@ -86,61 +164,134 @@ impl Correlation {
     }
 }
 
-/// Publishes to an MQTT 5 broker over one pipelined connection.
-#[derive(Clone)]
-pub struct MqttPublisher {
+/// One broker connection of the pool.
+struct Connection {
     client: AsyncClient,
     correlation: Arc<Mutex<Correlation>>,
-    /// [`MQTT_LIMITS`], with the broker's own payload limit.
-    limits: BackendLimits,
 }
 
-impl MqttPublisher {
-    /// Starts the connection task; returns at once (requests get 503 until connected).
-    pub fn connect(settings: BrokerSettings) -> MqttPublisher {
-        let limits = BackendLimits {
-            max_payload_bytes: settings.max_payload_bytes.min(MQTT_LIMITS.max_payload_bytes),
-            ..MQTT_LIMITS
-        };
-        let mut options = MqttOptions::new(settings.client_id, settings.host, settings.port);
+impl Connection {
+    /// Starts the connection task; returns at once.
+    fn start(settings: &BrokerSettings, index: usize, announced: &Arc<Announced>) -> Connection {
+        let client_id = format!("{}-{index}", settings.client_id);
+        let mut options = MqttOptions::new(client_id, settings.host.clone(), settings.port);
         options.set_keep_alive(Duration::from_secs(30));
         options.set_clean_start(true);
         options.set_connection_timeout(5);
         options.set_outgoing_inflight_upper_limit(MAX_INFLIGHT);
-        if let Some((user, password)) = settings.credentials {
-            options.set_credentials(user, password);
+        if let Some((user, password)) = &settings.credentials {
+            options.set_credentials(user.clone(), password.clone());
         }
-        if let Some(tls) = settings.tls {
-            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(tls)));
+        if let Some(tls) = &settings.tls {
+            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
         }
         let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
         let correlation = Arc::new(Mutex::new(Correlation::default()));
-        tokio::spawn(drive(eventloop, Arc::clone(&correlation)));
-        MqttPublisher { client, correlation, limits }
+        tokio::spawn(drive(eventloop, Arc::clone(&correlation), Arc::clone(announced)));
+        Connection { client, correlation }
+    }
+
+    fn is_up(&self) -> bool {
+        self.correlation.lock().unwrap_or_else(|e| e.into_inner()).connected
     }
 }
 
+/// Publishes to an MQTT 5 broker over a pool of pipelined connections.
+#[derive(Clone)]
+pub struct MqttPublisher {
+    pool: Arc<Pool>,
+}
+
+struct Pool {
+    connections: Vec<Connection>,
+    announced: Arc<Announced>,
+    /// [`MQTT_LIMITS`], with the payload limit of the settings.
+    limits: BackendLimits,
+}
+
 impl MqttPublisher {
-    /// Waits until the first connection is up, or `patience` has passed; says which.
-    /// `serve` waits before it listens, so the first request after the "serving"
-    /// line does not meet a 503 only because the connection is a moment old.
-    pub async fn wait_connected(&self, patience: Duration) -> bool {
+    /// Starts the pool. Sizing it from the broker's Receive Maximum needs the
+    /// first CONNACK, awaited up to `patience`; then every connection is given
+    /// the rest of `patience` to come up. Requests on a connection that is not
+    /// up get 503 until it is.
+    pub async fn connect(settings: BrokerSettings, patience: Duration) -> MqttPublisher {
         let deadline = tokio::time::Instant::now() + patience;
-        loop {
-            if self.correlation.lock().unwrap_or_else(|e| e.into_inner()).connected {
-                return true;
+        let limits = BackendLimits {
+            max_payload_bytes: settings.max_payload_bytes.min(MQTT_LIMITS.max_payload_bytes),
+            ..MQTT_LIMITS
+        };
+        let announced = Arc::new(Announced::default());
+        let first = Connection::start(&settings, 0, &announced);
+        let size = match settings.connections {
+            Some(n) => n.get(),
+            None => {
+                let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+                if !wait_until(deadline, || first.is_up()).await {
+                    warn!("the broker has not answered yet: sizing the connection pool by the cores alone");
+                }
+                pool_size(announced.receive_maximum.load(Ordering::Relaxed), cores)
             }
-            if tokio::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        let mut connections = vec![first];
+        connections.extend((1..size).map(|index| Connection::start(&settings, index, &announced)));
+        metrics::broker_pool_size(size);
+        let publisher = MqttPublisher { pool: Arc::new(Pool { connections, announced, limits }) };
+        if !wait_until(deadline, || publisher.pool.connections.iter().all(Connection::is_up)).await {
+            warn!(
+                up = publisher.connections_up(),
+                of = size,
+                "not every broker connection is up yet: their topics get 503 until they are"
+            );
         }
+        info!(connections = size, "broker connection pool started");
+        publisher
+    }
+
+    /// Connections of the pool that are up now.
+    pub fn connections_up(&self) -> usize {
+        self.pool.connections.iter().filter(|c| c.is_up()).count()
+    }
+
+    /// Connections of the pool.
+    pub fn connections(&self) -> usize {
+        self.pool.connections.len()
+    }
+
+    /// The connection that carries every message of `topic`.
+    fn connection_for(&self, topic: &str) -> &Connection {
+        let connections = &self.pool.connections;
+        // SipHash with fixed keys: a topic maps to the same connection for the process's life.
+        let mut hasher = DefaultHasher::new();
+        topic.hash(&mut hasher);
+        &connections[(hasher.finish() % connections.len() as u64) as usize]
+    }
+}
+
+/// Polls `ready` until it holds or `deadline` passes; says which.
+async fn wait_until(deadline: tokio::time::Instant, ready: impl Fn() -> bool) -> bool {
+    loop {
+        if ready() {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
 impl Publisher for MqttPublisher {
     fn limits(&self) -> BackendLimits {
-        self.limits
+        let announced = &self.pool.announced;
+        let base = self.pool.limits;
+        // The Maximum Packet Size is not folded into `max_payload_bytes`: the packet
+        // holds the topic and properties too, so `publish` checks it exactly and
+        // names the largest payload this message could carry.
+        BackendLimits {
+            max_qos: base.max_qos.min(announced.max_qos()),
+            retain_available: announced.retain_available.load(Ordering::Relaxed),
+            ..base
+        }
     }
 
     async fn publish(&self, message: Message) -> Result<(), PublishError> {
@@ -161,17 +312,33 @@ impl Publisher for MqttPublisher {
             // Beyond this publisher's max_qos, which the contract enforces; refused, never downgraded.
             Qos::ExactlyOnce => return Err(PublishError::Rejected("QoS 2 is not supported by this publisher".into())),
         };
+        let topic = message.topic.as_str();
+        // The packet as it will be written (a pkid set: QoS 1 carries one), measured
+        // against the broker's Maximum Packet Size before anything is sent.
+        let mut packet = Publish::new(topic, qos, message.payload, Some(properties));
+        packet.retain = message.retain;
+        packet.pkid = 1;
+        let size = packet.size();
+        let max_packet = self.pool.announced.max_packet_size();
+        if size > max_packet {
+            let overhead = size - packet.payload.len();
+            return Err(PublishError::TooLarge { max_payload: Some(max_packet.saturating_sub(overhead)) });
+        }
+        let Publish { payload, properties, .. } = packet;
+        let connection = self.connection_for(topic);
         let (tx, rx) = oneshot::channel();
         {
-            let mut correlation = self.correlation.lock().unwrap_or_else(|e| e.into_inner());
+            let mut correlation = connection.correlation.lock().unwrap_or_else(|e| e.into_inner());
             if !correlation.connected {
                 return Err(PublishError::Unavailable("not connected to the broker".into()));
             }
-            self.client
-                .try_publish_with_properties(message.topic.as_str(), qos, message.retain, message.payload, properties)
+            connection
+                .client
+                .try_publish_with_properties(topic, qos, message.retain, payload, properties.unwrap_or_default())
                 .map_err(|e| PublishError::Unavailable(format!("the publish queue is full: {e}")))?;
             correlation.queued.push_back(tx);
         }
+        let _in_flight = metrics::publish_started();
         match tokio::time::timeout(ACK_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(PublishError::Unavailable("the connection task ended".into())),
@@ -181,17 +348,28 @@ impl Publisher for MqttPublisher {
 }
 
 /// Runs the connection: resolves waiters from events, reconnects with backoff.
-async fn drive(mut eventloop: EventLoop, correlation: Arc<Mutex<Correlation>>) {
+async fn drive(mut eventloop: EventLoop, correlation: Arc<Mutex<Correlation>>, announced: Arc<Announced>) {
     let mut backoff = Duration::from_millis(100);
+    let mut connected_before = false;
     loop {
         match eventloop.poll().await {
             Ok(event) => {
                 let mut c = correlation.lock().unwrap_or_else(|e| e.into_inner());
                 match event {
-                    Event::Incoming(Incoming::ConnAck(_)) => {
+                    Event::Incoming(Incoming::ConnAck(connack)) => {
+                        announced.update(connack.properties.as_ref());
                         c.connected = true;
+                        metrics::broker_connection(true);
+                        if connected_before {
+                            metrics::broker_reconnect();
+                        }
+                        connected_before = true;
                         backoff = Duration::from_millis(100);
-                        info!(broker = %eventloop.options.broker_address().0, "connected to the MQTT broker");
+                        info!(
+                            broker = %eventloop.options.broker_address().0,
+                            client_id = %eventloop.options.client_id(),
+                            "connected to the MQTT broker"
+                        );
                     }
                     Event::Outgoing(Outgoing::Publish(pkid)) => {
                         if let Some(waiter) = c.queued.pop_front() {
@@ -214,7 +392,8 @@ async fn drive(mut eventloop: EventLoop, correlation: Arc<Mutex<Correlation>>) {
                 {
                     let mut c = correlation.lock().unwrap_or_else(|e| e.into_inner());
                     if c.connected {
-                        warn!(%error, "lost the MQTT broker connection; reconnecting");
+                        metrics::broker_connection(false);
+                        warn!(%error, client_id = %eventloop.options.client_id(), "lost the MQTT broker connection; reconnecting");
                     }
                     c.connected = false;
                     // Drop what rumqttc kept of the broken session, including requests that
@@ -254,6 +433,16 @@ fn classify(reason: PubAckReason) -> Result<(), PublishError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_pool_carries_64_publishes_per_core_within_the_receive_maximum() {
+        assert_eq!(pool_size(20, 2), 7, "mosquitto's 20: 128 in flight need 7 connections");
+        assert_eq!(pool_size(32, 2), 4, "EMQX's 32");
+        assert_eq!(pool_size(u16::MAX, 2), 2, "at least one connection per core");
+        assert_eq!(pool_size(u16::MAX, 1), 1);
+        assert_eq!(pool_size(1, 4), MAX_POOL, "never more than MAX_POOL");
+        assert_eq!(pool_size(0, 2), MAX_POOL, "a Receive Maximum of 0 (a protocol error) is taken as 1");
+    }
 
     #[test]
     fn puback_reason_codes_map_to_outcomes() {

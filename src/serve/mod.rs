@@ -2,12 +2,14 @@
 //! of any MQTT 5 broker (`--mqtt`) or the broker it embeds. It runs the same
 //! [`Service`] as the Lambda function; only the edges differ.
 
+pub mod admin;
 pub mod broker;
 pub mod http;
 pub mod parse_errors;
 pub mod tls;
 
 use std::net::SocketAddr;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,10 @@ pub struct ServeOptions {
     pub client_ca: Option<PathBuf>,
     /// Time a client has to send a request's line and headers before its connection is closed.
     pub header_read_timeout: Duration,
+    /// Connections to the broker; `None` sizes the pool from its Receive Maximum.
+    pub mqtt_connections: Option<NonZeroUsize>,
+    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 /// The demo config: `user0` / `secret0` may publish to any topic not starting
@@ -88,7 +94,7 @@ pub enum ServeError {
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
     /// An address to listen on is taken or not ours.
-    #[error("{what} cannot listen on {address}: {source}")]
+    #[error("{what} cannot listen on {address}: {source}{}", advice(what, source))]
     Listen {
         /// The server or the embedded broker.
         what: &'static str,
@@ -100,6 +106,17 @@ pub enum ServeError {
     /// The process cannot receive SIGHUP.
     #[error("cannot watch for SIGHUP: {0}")]
     Signal(std::io::Error),
+}
+
+/// What to do when the embedded broker's port is taken: most often by the
+/// mosquitto a Debian or Homebrew package started on 1883.
+fn advice(what: &str, error: &std::io::Error) -> &'static str {
+    if what == "the embedded broker" && error.kind() == std::io::ErrorKind::AddrInUse {
+        "\n  a broker is probably running there already (Debian's and Homebrew's mosquitto start one on 1883):\n  \
+         publish to it with --mqtt mqtt://127.0.0.1:1883, or move the embedded one with --broker-listen 127.0.0.1:1884"
+    } else {
+        ""
+    }
 }
 
 /// Splits `mqtt://host:port` / `mqtts://host:port` (IPv6 in brackets) into host, port and TLS.
@@ -149,9 +166,18 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     let broker = broker_settings(&options)?;
     let acceptor = tls_acceptor(&options)?;
 
-    let publisher = MqttPublisher::connect(broker);
-    if !publisher.wait_connected(BROKER_PATIENCE).await {
-        warn!("not connected to the MQTT broker yet: answering 503 until the connection is up");
+    let admin = match options.admin_listen {
+        Some(address) => Some(TcpListener::bind(address).await.map_err(|source| ServeError::Listen {
+            what: "the admin listener",
+            address,
+            source,
+        })?),
+        None => None,
+    };
+    let publisher = MqttPublisher::connect(broker, BROKER_PATIENCE).await;
+    if let Some(listener) = admin {
+        info!(listen = %listener.local_addr().unwrap_or(options.admin_listen.unwrap_or(options.listen)), "serving /metrics, /healthz and /readyz");
+        tokio::spawn(admin::serve(listener, Arc::new(Ready { publisher: publisher.clone() })));
     }
     let service = Arc::new(Service::with_store(publisher, Arc::clone(&config) as Arc<dyn ConfigStore>));
     let listener = TcpListener::bind(options.listen).await.map_err(|source| ServeError::Listen {
@@ -168,6 +194,18 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     http::serve(listener, acceptor, service, options.header_read_timeout, shutdown_signal()).await;
     info!("stopped");
     Ok(())
+}
+
+/// `/readyz`'s answer: the config is loaded before the server listens, so
+/// what remains is the broker.
+struct Ready {
+    publisher: MqttPublisher,
+}
+
+impl admin::Readiness for Ready {
+    fn not_ready(&self) -> Option<&'static str> {
+        (self.publisher.connections_up() == 0).then_some("no broker connection is up")
+    }
 }
 
 /// The `--config` file, or the demo config (said loudly).
@@ -197,6 +235,7 @@ fn broker_settings(options: &ServeOptions) -> Result<BrokerSettings, ServeError>
             credentials: None,
             client_id: connection_client_id(),
             max_payload_bytes: broker::EMBEDDED_MAX_PAYLOAD,
+            connections: options.mqtt_connections,
         });
     };
     let (host, port, use_tls) = parse_broker_url(url)?;
@@ -207,6 +246,7 @@ fn broker_settings(options: &ServeOptions) -> Result<BrokerSettings, ServeError>
         credentials: options.mqtt_username.clone().map(|u| (u, options.mqtt_password.clone().unwrap_or_default())),
         client_id: connection_client_id(),
         max_payload_bytes: MQTT_LIMITS.max_payload_bytes,
+        connections: options.mqtt_connections,
     })
 }
 
@@ -233,7 +273,9 @@ fn reload_on_hangup(config: Arc<FileStore>) -> Result<(), ServeError> {
                 warn!("SIGHUP: the demo config has no file to reload");
                 continue;
             };
-            match config.reload() {
+            let result = config.reload();
+            crate::metrics::config_reload(result.is_ok());
+            match result {
                 Ok(()) => info!(config = %path.display(), "SIGHUP: config reloaded"),
                 Err(e) => error!(
                     config = %path.display(),

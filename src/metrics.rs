@@ -1,0 +1,232 @@
+//! What operators watch: the process's counters, gauges and histograms, which
+//! `serve --admin-listen` exposes at `/metrics` (docs/serve.md lists them).
+//!
+//! One registry for the process, recorded into from wherever the event happens
+//! (a request answered, a hash computed, a broker connection lost). Labels are
+//! only ever from small closed sets (a status, an error code, a kind of refusal),
+//! never a topic, a user or a client id: a label per topic would grow the
+//! registry without bound. The Lambda records too (atomic adds, nothing read
+//! them); its figures reach CloudWatch through its log lines instead.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+/// The `Content-Type` of [`encode`]'s text.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    status: u16,
+    /// The error code of the answer's body, `ok` for a 200.
+    code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct KindLabels {
+    kind: &'static str,
+}
+
+/// Why a request was refused before its publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The instance's quota (`[limits] messages_per_second`).
+    Instance,
+    /// A user's quota (`user_messages_per_second`).
+    User,
+    /// Too many slow password checks from the source address.
+    PasswordChecks,
+}
+
+struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_seconds: Histogram,
+    publish_seconds: Histogram,
+    publishes_in_flight: Gauge,
+    broker_connections: Gauge,
+    broker_connections_up: Gauge,
+    broker_reconnects: Counter,
+    credential_cache_hits: Counter,
+    credential_cache_misses: Counter,
+    password_hashes: Counter,
+    password_hash_seconds: Histogram,
+    refusals: Family<KindLabels, Counter>,
+    config_reloads: Family<KindLabels, Counter>,
+}
+
+/// Latency buckets from 100 µs to ~3.3 s, doubling.
+fn latency() -> Histogram {
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
+    let mut m = Metrics {
+        registry: Registry::with_prefix("mqtt_http_publish"),
+        requests: Family::default(),
+        request_seconds: latency(),
+        publish_seconds: latency(),
+        publishes_in_flight: Gauge::default(),
+        broker_connections: Gauge::default(),
+        broker_connections_up: Gauge::default(),
+        broker_reconnects: Counter::default(),
+        credential_cache_hits: Counter::default(),
+        credential_cache_misses: Counter::default(),
+        password_hashes: Counter::default(),
+        password_hash_seconds: latency(),
+        refusals: Family::default(),
+        config_reloads: Family::default(),
+    };
+    let registry = &mut m.registry;
+    registry.register("requests", "Requests answered, by status and error code", m.requests.clone());
+    registry.register(
+        "request_duration_seconds",
+        "Time from a request's arrival to its answer",
+        m.request_seconds.clone(),
+    );
+    registry.register(
+        "publish_duration_seconds",
+        "Time from a publish's start to the broker's acceptance (PUBACK at QoS 1)",
+        m.publish_seconds.clone(),
+    );
+    registry.register("publishes_in_flight", "Publishes awaiting the broker", m.publishes_in_flight.clone());
+    registry.register("broker_connections", "Connections of the broker pool", m.broker_connections.clone());
+    registry.register(
+        "broker_connections_up",
+        "Connections of the broker pool that are up",
+        m.broker_connections_up.clone(),
+    );
+    registry.register("broker_reconnects", "Broker connections lost and re-established", m.broker_reconnects.clone());
+    registry.register(
+        "credential_cache_hits",
+        "Basic credentials verified from the cache",
+        m.credential_cache_hits.clone(),
+    );
+    registry.register(
+        "credential_cache_misses",
+        "Basic credentials not in the cache",
+        m.credential_cache_misses.clone(),
+    );
+    registry.register("password_hashes", "Slow password hashes computed", m.password_hashes.clone());
+    registry.register(
+        "password_hash_duration_seconds",
+        "Time of one slow password hash",
+        m.password_hash_seconds.clone(),
+    );
+    registry.register(
+        "refusals",
+        "Requests refused with 429 before their publish, by kind: instance, user, password_checks",
+        m.refusals.clone(),
+    );
+    registry.register("config_reloads", "Config reloads, by result: ok, failed", m.config_reloads.clone());
+    m
+});
+
+/// A request answered with `status`; `code` is its error code, `None` for a 200.
+pub fn request(status: u16, code: Option<&'static str>, elapsed: Duration) {
+    let m = &*METRICS;
+    m.requests.get_or_create(&RequestLabels { status, code: code.unwrap_or("ok") }).inc();
+    m.request_seconds.observe(elapsed.as_secs_f64());
+}
+
+/// A publish handed to the broker, until the guard is dropped (answered or abandoned).
+pub fn publish_started() -> InFlight {
+    METRICS.publishes_in_flight.inc();
+    InFlight { started: std::time::Instant::now() }
+}
+
+/// One publish awaiting the broker; dropping it records its duration.
+pub struct InFlight {
+    started: std::time::Instant,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        METRICS.publishes_in_flight.dec();
+        METRICS.publish_seconds.observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// The broker pool has `n` connections.
+pub fn broker_pool_size(n: usize) {
+    METRICS.broker_connections.set(i64::try_from(n).unwrap_or(i64::MAX));
+}
+
+/// A broker connection came up (`true`) or went down (`false`).
+pub fn broker_connection(up: bool) {
+    if up {
+        METRICS.broker_connections_up.inc();
+    } else {
+        METRICS.broker_connections_up.dec();
+    }
+}
+
+/// A broker connection came back after it was lost.
+pub fn broker_reconnect() {
+    METRICS.broker_reconnects.inc();
+}
+
+/// Basic credentials found in the cache (`true`) or not.
+pub fn credential_cache(hit: bool) {
+    if hit {
+        METRICS.credential_cache_hits.inc();
+    } else {
+        METRICS.credential_cache_misses.inc();
+    }
+}
+
+/// A slow password hash took `elapsed`.
+pub fn password_hash(elapsed: Duration) {
+    METRICS.password_hashes.inc();
+    METRICS.password_hash_seconds.observe(elapsed.as_secs_f64());
+}
+
+/// A request refused with 429 before its publish.
+pub fn refused(why: Refusal) {
+    let kind = match why {
+        Refusal::Instance => "instance",
+        Refusal::User => "user",
+        Refusal::PasswordChecks => "password_checks",
+    };
+    METRICS.refusals.get_or_create(&KindLabels { kind }).inc();
+}
+
+/// A config reload (SIGHUP) that took effect (`true`) or was refused.
+pub fn config_reload(ok: bool) {
+    METRICS.config_reloads.get_or_create(&KindLabels { kind: if ok { "ok" } else { "failed" } }).inc();
+}
+
+/// Whether at least one broker connection is up.
+pub fn broker_up() -> bool {
+    METRICS.broker_connections_up.get() > 0
+}
+
+/// Everything, in the OpenMetrics text format Prometheus scrapes.
+pub fn encode() -> String {
+    let mut text = String::with_capacity(8192);
+    // Writing into a String cannot fail.
+    let _ = prometheus_client::encoding::text::encode(&mut text, &METRICS.registry);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_move_and_encode_with_their_labels() {
+        request(413, Some("payload_too_large"), Duration::from_millis(2));
+        refused(Refusal::PasswordChecks);
+        let text = encode();
+        assert!(text.contains(r#"mqtt_http_publish_requests_total{status="413",code="payload_too_large"} "#), "{text}");
+        assert!(text.contains(r#"mqtt_http_publish_refusals_total{kind="password_checks"} "#), "{text}");
+        assert!(text.contains("mqtt_http_publish_request_duration_seconds_bucket"), "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}
