@@ -103,6 +103,8 @@ impl<P: Publisher> Service<P> {
                 .expect("static headers are valid"),
             Err(error) => error.into_response(),
         };
+        // On Lambda this line is also the request's CloudWatch metrics, read off
+        // its numeric `status` and `latency_us` and its `error` (src/logs.rs).
         span.in_scope(|| {
             info!(
                 status = response.status().as_u16(),
