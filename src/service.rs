@@ -27,6 +27,21 @@ fn payload_limit(rules: &RuleSet, backend: usize) -> usize {
     rules.limits.max_payload_bytes.min(backend)
 }
 
+/// Logs a request's one line in its `span`: status, message id, error code, latency.
+/// On Lambda this line is also the request's CloudWatch metrics, read off its
+/// numeric `status` and `latency_us` and its `error` (src/logs.rs).
+fn log_answer(span: &Span, status: StatusCode, message_id: MessageId, error: Option<&str>, started: Instant) {
+    span.in_scope(|| {
+        info!(
+            status = status.as_u16(),
+            message_id = %message_id,
+            error = error.unwrap_or(""),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request"
+        )
+    });
+}
+
 /// The publish service, shared by every request of a process.
 pub struct Service<P> {
     publisher: P,
@@ -103,17 +118,19 @@ impl<P: Publisher> Service<P> {
                 .expect("static headers are valid"),
             Err(error) => error.into_response(),
         };
-        // On Lambda this line is also the request's CloudWatch metrics, read off
-        // its numeric `status` and `latency_us` and its `error` (src/logs.rs).
-        span.in_scope(|| {
-            info!(
-                status = response.status().as_u16(),
-                message_id = %message_id,
-                error = error.unwrap_or(""),
-                latency_us = started.elapsed().as_micros() as u64,
-                "request"
-            )
-        });
+        log_answer(&span, response.status(), message_id, error, started);
+        response
+    }
+
+    /// Answers with `error` a request its entry point could not decode (a Lambda
+    /// event whose query or body does not decode), with the log line of
+    /// [`Service::handle_by`]: every request has its line, and its metrics.
+    pub fn refuse(&self, error: ApiError) -> Response<Bytes> {
+        let started = Instant::now();
+        let code = error.code().as_str();
+        let response = error.into_response();
+        let span = info_span!("request", topic = field::Empty, step = field::Empty);
+        log_answer(&span, response.status(), MessageId::next(), Some(code), started);
         response
     }
 

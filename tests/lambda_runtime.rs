@@ -449,12 +449,16 @@ fn assert_emf(line: &Value) {
 
 #[tokio::test]
 async fn each_request_s_log_line_is_a_cloudwatch_embedded_metric_format_document() {
-    // GIVEN the function, with a metrics namespace of its own, answering a 200 and a 401
+    // GIVEN the function, with a metrics namespace of its own, answering a 200, a 401, and a
+    // 400 found while decoding the event (before the service sees a request)
     let moto = moto_url();
     let app = unique_app_name("emf");
+    let mut bad_query: Value = serde_json::from_slice(&event("example-1-basic-auth.json")).unwrap();
+    bad_query["rawQueryString"] = "qos=1&a=%ff".into();
     let events = vec![
         ("emf-200".to_owned(), event("example-1-basic-auth.json")),
         ("emf-401".to_owned(), event("error-401-wrong-password.json")),
+        ("emf-400".to_owned(), serde_json::to_vec(&bad_query).unwrap()),
     ];
     let (runtime_api, state) = start_emulator(events).await;
     let mut child = spawn_function(
@@ -467,8 +471,8 @@ async fn each_request_s_log_line_is_a_cloudwatch_embedded_metric_format_document
         ],
     );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while state.lock().await.responses.len() < 2 {
-        assert!(tokio::time::Instant::now() < deadline, "the function did not answer two invocations in time");
+    while state.lock().await.responses.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the function did not answer three invocations in time");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     child.kill().await.unwrap();
@@ -480,7 +484,7 @@ async fn each_request_s_log_line_is_a_cloudwatch_embedded_metric_format_document
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
         .filter(|line| line["fields"]["message"] == "request")
         .collect();
-    assert_eq!(requests.len(), 2, "one request line per invocation:\n{logs}");
+    assert_eq!(requests.len(), 3, "one request line per invocation:\n{logs}");
     let of = |id: &str| requests.iter().find(|l| l["spans"].to_string().contains(id)).unwrap_or_else(|| panic!("{id}"));
 
     // THEN each is a valid EMF document, counting the request and its latency by status (and error code)
@@ -497,15 +501,16 @@ async fn each_request_s_log_line_is_a_cloudwatch_embedded_metric_format_document
         let latency_us = line["fields"]["latency_us"].as_u64().unwrap();
         assert!((latency_ms - latency_us as f64 / 1000.0).abs() < 1e-9, "{line}");
     }
-    let (ok, denied) = (of("emf-200"), of("emf-401"));
+    let (ok, denied, malformed) = (of("emf-200"), of("emf-401"), of("emf-400"));
     assert_eq!((&ok["status"], ok.get("error")), (&Value::from("200"), None), "{ok}");
     assert_eq!(ok["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["status"]]));
     assert_eq!((&denied["status"], &denied["error"]), (&"401".into(), &"authentication_failed".into()), "{denied}");
     assert_eq!(denied["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["status"], ["error"]]));
+    assert_eq!((&malformed["status"], &malformed["error"]), (&"400".into(), &"invalid_query".into()), "{malformed}");
     // The line keeps what it said before: other readers of the logs find it where it was.
     assert_eq!((&ok["fields"]["status"], &ok["spans"][1]["topic"]), (&200.into(), &"home".into()), "{ok}");
     assert!(ok["fields"]["message_id"].as_str().is_some_and(|id| id.len() == 32), "{ok}");
     // No other line carries metrics.
     let with_metrics = logs.lines().filter(|line| line.contains("\"_aws\"")).count();
-    assert_eq!(with_metrics, 2, "{logs}");
+    assert_eq!(with_metrics, 3, "{logs}");
 }
