@@ -30,6 +30,7 @@ pub struct Cli {
 // `serve`'s options make its variant the largest; the command is parsed once per process.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "one value per process, parsed once: its size costs nothing")]
 pub enum Command {
     /// Read a password on standard input and print its argon2id hash for the config.
     Passwd,
@@ -59,9 +60,14 @@ pub struct ServeArgs {
     /// Address of the HTTP(S) listener.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: std::net::SocketAddr,
-    /// TOML config of users and rules; without it a demo config runs (user0 / secret0).
+    /// TOML config of users and rules; without it (or --config-table) a demo config runs (user0 / secret0).
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// The DynamoDB config table to read users and rules from, through the Lambda function's
+    /// caches (AWS region, credentials and endpoint from the usual AWS environment); not with --config.
+    // Not a clap conflict: clap would count an empty CONFIG_TABLE, which means none, as on Lambda.
+    #[arg(long, env = "CONFIG_TABLE", value_name = "NAME")]
+    pub config_table: Option<String>,
     /// The MQTT 5 broker, mqtt://HOST:PORT or mqtts://HOST:PORT; without it a broker is embedded.
     #[arg(long)]
     pub mqtt: Option<String>,
@@ -105,6 +111,7 @@ impl From<ServeArgs> for crate::serve::ServeOptions {
         crate::serve::ServeOptions {
             listen: a.listen,
             config: a.config,
+            config_table: a.config_table.filter(|table| !table.is_empty()),
             mqtt: a.mqtt,
             mqtt_ca: a.mqtt_ca,
             mqtt_username: a.mqtt_username,

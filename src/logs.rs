@@ -10,10 +10,22 @@
 //! burst of lines costs one write. The writer is lossless: lines keep their
 //! order, and nothing is dropped; when the queue is full (stderr slower than the
 //! requests), a worker waits, as it would on a blocking write.
+//!
+//! On Lambda the per-request line is also a CloudWatch Embedded Metric Format
+//! document (`Emf`): CloudWatch Logs turns it into request counts and
+//! latencies by status and error code, with no API call and no permission.
 
+use std::fmt;
 use std::io;
 #[cfg(feature = "serve")]
 use std::io::Write;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::registry::LookupSpan;
 
 #[cfg(feature = "serve")]
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
@@ -22,7 +34,8 @@ use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuar
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Output {
     /// JSON lines on stdout, written in place (Lambda: CloudWatch parses them, and
-    /// an invocation's lines must be out before the next `next` call).
+    /// an invocation's lines must be out before the next `next` call); the
+    /// per-request line carries the request's metrics (CloudWatch Embedded Metric Format).
     LambdaJson,
     /// Plain text on stderr, written in place (the short-lived commands).
     Text,
@@ -62,7 +75,14 @@ pub fn init(output: Output) -> Guard {
     let ansi = io::stderr().is_terminal();
     match output {
         Output::LambdaJson => {
-            builder.json().with_current_span(false).with_span_list(true).without_time().init();
+            let json = tracing_subscriber::fmt::format()
+                .json()
+                .with_target(false)
+                .with_current_span(false)
+                .with_span_list(true)
+                .without_time();
+            let namespace = metrics_namespace(std::env::var("METRICS_NAMESPACE").ok());
+            builder.json().event_format(Emf { inner: json, namespace }).init();
             Guard::in_place()
         }
         Output::Text => {
@@ -76,6 +96,120 @@ pub fn init(output: Output) -> Guard {
             Guard { _background: Some(guard) }
         }
     }
+}
+
+/// The CloudWatch namespace of the request metrics, from `METRICS_NAMESPACE`:
+/// unset, `mqtt-http-publish`; set but empty, no metrics.
+fn metrics_namespace(variable: Option<String>) -> Option<String> {
+    match variable {
+        None => Some(DEFAULT_METRICS_NAMESPACE.to_owned()),
+        Some(namespace) if namespace.is_empty() => None,
+        Some(namespace) => Some(namespace),
+    }
+}
+
+/// The request metrics' CloudWatch namespace when `METRICS_NAMESPACE` is unset.
+pub const DEFAULT_METRICS_NAMESPACE: &str = "mqtt-http-publish";
+
+/// The JSON formatter, with the per-request line made a CloudWatch Embedded
+/// Metric Format document (AWS's specification: "Specification: Embedded metric
+/// format", CloudWatch user guide).
+///
+/// The request line is the event with numeric `status` and `latency_us` fields
+/// (the service's one line per request, src/service.rs). Its JSON is written as
+/// before, and the members EMF reads are added at its root, where EMF looks for
+/// them (never under `fields` or `spans`):
+///
+/// - `_aws`: `Timestamp` (milliseconds since the Unix epoch) and one metric
+///   directive: namespace, dimension sets `[["status"]]`, and `[["status"],
+///   ["error"]]` for an error, metrics `Requests` (Count) and `Latency` (Milliseconds);
+/// - `status` (the HTTP status as a string: a dimension value is a string) and,
+///   for an error, `error` (its code);
+/// - `Requests` (always 1) and `Latency` (the request's latency in milliseconds).
+///
+/// Only those two dimensions: each value of a dimension is a metric of its
+/// own, billed as one, so topics, users and client ids never become one.
+/// Every other line is the JSON formatter's, unchanged.
+struct Emf<F> {
+    /// The JSON formatter that writes every line.
+    inner: F,
+    /// The metrics' namespace; `None` writes the request line without metrics.
+    namespace: Option<String>,
+}
+
+impl<S, N, F> FormatEvent<S, N> for Emf<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(&self, ctx: &FmtContext<'_, S, N>, mut writer: Writer<'_>, event: &Event<'_>) -> fmt::Result {
+        let mut request = RequestFields::default();
+        event.record(&mut request);
+        let (Some(namespace), Some(status), Some(latency_us)) = (&self.namespace, request.status, request.latency_us)
+        else {
+            return self.inner.format_event(ctx, writer, event);
+        };
+        let mut line = String::new();
+        self.inner.format_event(ctx, Writer::new(&mut line), event)?;
+        let Some(object) = line.trim_end().strip_suffix('}') else {
+            return writer.write_str(&line);
+        };
+        let timestamp = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+        let error = request.error.filter(|code| !code.is_empty());
+        let dimensions = match error {
+            None => serde_json::json!([["status"]]),
+            Some(_) => serde_json::json!([["status"], ["error"]]),
+        };
+        let mut metrics = serde_json::json!({
+            "_aws": {
+                "Timestamp": timestamp,
+                "CloudWatchMetrics": [{
+                    "Namespace": namespace,
+                    "Dimensions": dimensions,
+                    "Metrics": [{"Name": "Requests", "Unit": "Count"}, {"Name": "Latency", "Unit": "Milliseconds"}],
+                }],
+            },
+            "status": status.to_string(),
+            "Requests": 1,
+            "Latency": latency_us as f64 / 1000.0,
+        });
+        if let Some(error) = error {
+            metrics["error"] = error.into();
+        }
+        // `{...}` of the JSON formatter, then the members above, in one object.
+        let members = metrics.to_string();
+        writeln!(writer, "{object},{}", &members[1..])
+    }
+}
+
+/// The request line's fields that EMF needs, read off the event.
+#[derive(Default)]
+struct RequestFields {
+    /// The HTTP status: the `status` dimension.
+    status: Option<u64>,
+    /// The `Latency` metric, in microseconds.
+    latency_us: Option<u64>,
+    /// The error code, empty for a 200: the `error` dimension.
+    error: Option<String>,
+}
+
+impl Visit for RequestFields {
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        match field.name() {
+            "status" => self.status = Some(value),
+            "latency_us" => self.latency_us = Some(value),
+            _ => {}
+        }
+    }
+
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "error" {
+            self.error = Some(value.to_owned());
+        }
+    }
+
+    fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
 }
 
 /// Lines queued for the writer thread beyond which a logging thread waits.
@@ -102,10 +236,12 @@ pub fn background(out: impl Write + Send + 'static) -> (NonBlocking, WorkerGuard
         .finish(io::BufWriter::with_capacity(WRITE_BUFFER_BYTES, out))
 }
 
-#[cfg(all(test, feature = "serve"))]
+#[cfg(test)]
 mod tests {
+    use std::io::Write;
     use std::sync::{Arc, Mutex};
 
+    #[cfg(feature = "serve")]
     use tracing_subscriber::fmt::MakeWriter;
 
     use super::*;
@@ -113,6 +249,14 @@ mod tests {
     /// An `io::Write` the test can read back.
     #[derive(Clone, Default)]
     struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Captured {
+        /// What was written, as JSON lines.
+        fn json_lines(&self) -> Vec<serde_json::Value> {
+            let text = String::from_utf8(self.0.lock().unwrap().clone()).unwrap();
+            text.lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))).collect()
+        }
+    }
 
     impl Write for Captured {
         fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
@@ -124,6 +268,64 @@ mod tests {
         }
     }
 
+    /// The Lambda's lines, as `init(Output::LambdaJson)` formats them with `namespace`, for
+    /// a request line (a 401 in its span), then a warning.
+    fn lambda_lines(namespace: Option<&str>) -> Vec<serde_json::Value> {
+        let out = Captured::default();
+        let writer = out.clone();
+        let json = tracing_subscriber::fmt::format().json().with_target(false).with_span_list(true).without_time();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .event_format(Emf { inner: json.with_current_span(false), namespace: namespace.map(str::to_owned) })
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || {
+            let _span = tracing::info_span!("request", topic = "home/kitchen").entered();
+            tracing::info!(
+                status = 401u16,
+                message_id = "0123456789ABCDEF0123456789ABCDEF",
+                error = "authentication_failed",
+                latency_us = 1_250u64,
+                "request"
+            );
+            tracing::warn!(error = "boom", "the config store is unavailable");
+        });
+        out.json_lines()
+    }
+
+    #[test]
+    fn the_request_line_carries_its_metrics_at_its_root_and_keeps_its_fields() {
+        let lines = lambda_lines(Some("my-namespace"));
+        let line = &lines[0];
+        let directive = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "my-namespace");
+        assert_eq!(directive["Dimensions"], serde_json::json!([["status"], ["error"]]));
+        assert_eq!((&line["status"], &line["error"]), (&"401".into(), &"authentication_failed".into()));
+        assert_eq!((&line["Requests"], &line["Latency"]), (&1.into(), &1.25.into()));
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+        let timestamp = line["_aws"]["Timestamp"].as_u64().expect("an integer of milliseconds");
+        assert!(now - timestamp < 60_000, "{timestamp} is not milliseconds since the epoch, now");
+        // What the line said before, where it said it.
+        assert_eq!(line["fields"]["status"], 401);
+        assert_eq!(line["fields"]["message_id"], "0123456789ABCDEF0123456789ABCDEF");
+        assert_eq!(line["spans"][0]["topic"], "home/kitchen");
+        assert_eq!(line["level"], "INFO");
+    }
+
+    #[test]
+    fn other_lines_and_an_empty_namespace_carry_no_metrics() {
+        let lines = lambda_lines(Some("mqtt-http-publish"));
+        assert_eq!(lines[1]["fields"]["error"], "boom");
+        assert!(lines[1].get("_aws").is_none(), "{}", lines[1]);
+        let lines = lambda_lines(None);
+        assert!(lines[0].get("_aws").is_none() && lines[0].get("Requests").is_none(), "{}", lines[0]);
+        assert_eq!(lines[0]["fields"]["status"], 401);
+        assert_eq!(metrics_namespace(None).as_deref(), Some(DEFAULT_METRICS_NAMESPACE));
+        assert_eq!(metrics_namespace(Some(String::new())), None);
+        assert_eq!(metrics_namespace(Some("team/mqtt".into())).as_deref(), Some("team/mqtt"));
+    }
+
+    #[cfg(feature = "serve")]
     #[test]
     fn every_line_from_every_thread_is_written_whole_and_in_each_threads_order() {
         let out = Captured::default();
@@ -156,6 +358,7 @@ mod tests {
         assert_eq!(next, [5_000; 4]);
     }
 
+    #[cfg(feature = "serve")]
     #[test]
     fn dropping_the_guard_writes_what_is_pending() {
         let out = Captured::default();

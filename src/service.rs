@@ -3,7 +3,7 @@
 //! turn their input into an [`HttpRequest`] and the answer back.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::{header, Response, StatusCode};
@@ -27,6 +27,22 @@ fn payload_limit(rules: &RuleSet, backend: usize) -> usize {
     rules.limits.max_payload_bytes.min(backend)
 }
 
+/// Logs a request's one line in its `span`: status, message id, error code, latency.
+/// On Lambda this line is also the request's CloudWatch metrics, read off its
+/// numeric `status` and `latency_us` and its `error` (src/logs.rs).
+fn log_answer(span: &Span, status: StatusCode, message_id: MessageId, error: Option<&'static str>, started: Instant) {
+    crate::metrics::request(status.as_u16(), error, started.elapsed());
+    span.in_scope(|| {
+        info!(
+            status = status.as_u16(),
+            message_id = %message_id,
+            error = error.unwrap_or(""),
+            latency_us = started.elapsed().as_micros() as u64,
+            "request"
+        )
+    });
+}
+
 /// The publish service, shared by every request of a process.
 pub struct Service<P> {
     publisher: P,
@@ -34,6 +50,8 @@ pub struct Service<P> {
     config: Arc<dyn ConfigStore>,
     authenticator: Authenticator,
     quotas: Quotas,
+    /// How long a 429 `too_many_login_attempts` is held before it is sent.
+    login_refusal_delay: Duration,
 }
 
 impl<P: Publisher> Service<P> {
@@ -44,7 +62,25 @@ impl<P: Publisher> Service<P> {
 
     /// A service publishing through `publisher` with its config from `config`.
     pub fn with_store(publisher: P, config: Arc<dyn ConfigStore>) -> Service<P> {
-        Service { publisher, config, authenticator: Authenticator::default(), quotas: Quotas::default() }
+        Service {
+            publisher,
+            config,
+            authenticator: Authenticator::default(),
+            quotas: Quotas::default(),
+            login_refusal_delay: Duration::ZERO,
+        }
+    }
+
+    /// Holds each 429 `too_many_login_attempts` for `delay` before answering
+    /// (`serve`: a tarpit). Refused at once, a guesser on keep-alive connections
+    /// would send the next guess at once too, and its flood of cheap refusals
+    /// would take the cores from everyone else; held, each of its connections
+    /// makes one guess per `delay`. The request's body is dropped first, so a
+    /// held refusal costs a timer and the connection, nothing more. Not on
+    /// Lambda, where the wait would be billed time.
+    pub fn with_login_refusal_delay(mut self, delay: Duration) -> Service<P> {
+        self.login_refusal_delay = delay;
+        self
     }
 
     /// The publisher (to look up its endpoint before the first request).
@@ -94,6 +130,7 @@ impl<P: Publisher> Service<P> {
             }),
         };
         let error = result.as_ref().err().map(|e| e.code().as_str());
+        let refused_login = matches!(result, Err(ApiError::TooManyLoginAttempts { .. }));
         let response = match result {
             Ok(()) => Response::builder()
                 .status(StatusCode::OK)
@@ -103,16 +140,23 @@ impl<P: Publisher> Service<P> {
                 .expect("static headers are valid"),
             Err(error) => error.into_response(),
         };
-        crate::metrics::request(response.status().as_u16(), error, started.elapsed());
-        span.in_scope(|| {
-            info!(
-                status = response.status().as_u16(),
-                message_id = %message_id,
-                error = error.unwrap_or(""),
-                latency_us = started.elapsed().as_micros() as u64,
-                "request"
-            )
-        });
+        log_answer(&span, response.status(), message_id, error, started);
+        if refused_login && !self.login_refusal_delay.is_zero() {
+            drop(request);
+            tokio::time::sleep(self.login_refusal_delay).await;
+        }
+        response
+    }
+
+    /// Answers with `error` a request its entry point could not decode (a Lambda
+    /// event whose query or body does not decode), with the log line of
+    /// [`Service::handle_by`]: every request has its line, and its metrics.
+    pub fn refuse(&self, error: ApiError) -> Response<Bytes> {
+        let started = Instant::now();
+        let code = error.code().as_str();
+        let response = error.into_response();
+        let span = info_span!("request", topic = field::Empty, step = field::Empty);
+        log_answer(&span, response.status(), MessageId::next(), Some(code), started);
         response
     }
 
@@ -428,6 +472,28 @@ mod tests {
         let everything: BTreeSet<String> = ErrorCode::ALL.iter().map(|c| c.as_str().to_owned()).collect();
         let connection_layer = BTreeSet::from(["malformed_request".to_owned(), "headers_too_large".to_owned()]);
         assert_eq!(&everything - &connection_layer, reached, "every code the service answers with is reached here");
+    }
+
+    #[tokio::test]
+    async fn a_refused_login_is_held_for_the_delay_and_nothing_else_is() {
+        let budget = "password_checks_per_second = 0.01\npassword_check_burst = 1\n";
+        let delay = Duration::from_millis(300);
+        let service =
+            Service::with_store(FakePublisher::new(), FakeStore::new(&(config() + budget)) as Arc<dyn ConfigStore>)
+                .with_login_refusal_delay(delay);
+        let from = |case: Case| HttpRequest { source_ip: Some("192.0.2.1".parse().unwrap()), ..case.request() };
+        let wrong = || Case { authorization: Some("Basic dXNlcjA6d3Jvbmc="), ..POST };
+        let timed = |request| async {
+            let started = Instant::now();
+            let answer = answer(&service, request).await;
+            (answer.1, started.elapsed())
+        };
+        let (code, took) = timed(from(wrong())).await;
+        assert!(code == "authentication_failed" && took < delay, "{code} in {took:?}");
+        let (code, took) = timed(from(wrong())).await;
+        assert!(code == "too_many_login_attempts" && took >= delay, "{code} in {took:?}");
+        let (code, took) = timed(from(Case { authorization: None, ..POST })).await;
+        assert!(code == "missing_credentials" && took < delay, "{code} in {took:?}");
     }
 
     #[tokio::test]

@@ -362,3 +362,155 @@ async fn a_hanging_table_and_a_hanging_iot_lookup_in_one_invocation_get_the_func
     assert!(took < time, "answered {took:?} after the event was handed out; the deadline was {time:?}");
     assert!(logs.contains("time is running out") && logs.contains("reading the rules"), "{logs}");
 }
+
+/// Holds `line` to AWS's "Specification: Embedded metric format" (CloudWatch user guide):
+/// `_aws` holds exactly `Timestamp` (integer milliseconds since the epoch) and
+/// `CloudWatchMetrics`; each directive exactly `Namespace` (1–255 characters),
+/// `Dimensions` (at least one set of at most 9 keys) and `Metrics` (at most 100,
+/// each a `Name` and a known `Unit`); every dimension key names a root member
+/// with a non-empty string value, every metric name a root member with a number
+/// (or an array of at most 100 numbers). Nested members do not count.
+fn assert_emf(line: &Value) {
+    const UNITS: &[&str] = &[
+        "Seconds",
+        "Microseconds",
+        "Milliseconds",
+        "Bytes",
+        "Kilobytes",
+        "Megabytes",
+        "Gigabytes",
+        "Terabytes",
+        "Bits",
+        "Kilobits",
+        "Megabits",
+        "Gigabits",
+        "Terabits",
+        "Percent",
+        "Count",
+        "Bytes/Second",
+        "Kilobytes/Second",
+        "Megabytes/Second",
+        "Gigabytes/Second",
+        "Terabytes/Second",
+        "Bits/Second",
+        "Kilobits/Second",
+        "Megabits/Second",
+        "Gigabits/Second",
+        "Terabits/Second",
+        "Count/Second",
+        "None",
+    ];
+    let keys = |object: &Value| -> Vec<String> {
+        let mut keys: Vec<String> =
+            object.as_object().unwrap_or_else(|| panic!("an object: {object}")).keys().cloned().collect();
+        keys.sort();
+        keys
+    };
+    let name = |value: &Value| -> String {
+        let name = value.as_str().unwrap_or_else(|| panic!("a string: {value}"));
+        assert!((1..=255).contains(&name.chars().count()), "1 to 255 characters: {name:?}");
+        name.to_owned()
+    };
+    let root = line.as_object().unwrap_or_else(|| panic!("the line is a JSON object: {line}"));
+    let metadata = &root["_aws"];
+    assert_eq!(keys(metadata), ["CloudWatchMetrics", "Timestamp"], "{line}");
+    let timestamp = metadata["Timestamp"].as_u64().unwrap_or_else(|| panic!("an integer Timestamp: {line}"));
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    assert!(now.abs_diff(timestamp) < 120_000, "Timestamp {timestamp} is not milliseconds since the epoch, now");
+    let directives = metadata["CloudWatchMetrics"].as_array().unwrap_or_else(|| panic!("an array: {line}"));
+    assert!(!directives.is_empty(), "{line}");
+    for directive in directives {
+        assert_eq!(keys(directive), ["Dimensions", "Metrics", "Namespace"], "{line}");
+        name(&directive["Namespace"]);
+        let sets = directive["Dimensions"].as_array().unwrap_or_else(|| panic!("an array: {line}"));
+        assert!(!sets.is_empty(), "at least one dimension set: {line}");
+        for set in sets {
+            let set = set.as_array().unwrap_or_else(|| panic!("a dimension set is an array: {line}"));
+            assert!(set.len() <= 9, "{line}");
+            for key in set {
+                let value = &root.get(&name(key)).unwrap_or_else(|| panic!("dimension {key} at the root: {line}"));
+                assert!(value.as_str().is_some_and(|v| !v.is_empty()), "dimension {key} is a non-empty string: {line}");
+            }
+        }
+        let metrics = directive["Metrics"].as_array().unwrap_or_else(|| panic!("an array: {line}"));
+        assert!((1..=100).contains(&metrics.len()), "{line}");
+        for metric in metrics {
+            assert!(keys(metric).iter().all(|k| k == "Name" || k == "Unit"), "{line}");
+            let metric_name = name(&metric["Name"]);
+            let value = root.get(&metric_name).unwrap_or_else(|| panic!("metric {metric_name} at the root: {line}"));
+            let numbers = value.as_array().map_or(vec![value], |values| values.iter().collect());
+            assert!(numbers.len() <= 100 && numbers.iter().all(|n| n.is_number()), "metric {metric_name}: {line}");
+            if let Some(unit) = metric.get("Unit") {
+                assert!(UNITS.contains(&name(unit).as_str()), "unit {unit}: {line}");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn each_request_s_log_line_is_a_cloudwatch_embedded_metric_format_document() {
+    // GIVEN the function, with a metrics namespace of its own, answering a 200, a 401, and a
+    // 400 found while decoding the event (before the service sees a request)
+    let moto = moto_url();
+    let app = unique_app_name("emf");
+    let mut bad_query: Value = serde_json::from_slice(&event("example-1-basic-auth.json")).unwrap();
+    bad_query["rawQueryString"] = "qos=1&a=%ff".into();
+    let events = vec![
+        ("emf-200".to_owned(), event("example-1-basic-auth.json")),
+        ("emf-401".to_owned(), event("error-401-wrong-password.json")),
+        ("emf-400".to_owned(), serde_json::to_vec(&bad_query).unwrap()),
+    ];
+    let (runtime_api, state) = start_emulator(events).await;
+    let mut child = spawn_function(
+        &runtime_api,
+        &[
+            ("CONFIG_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml")),
+            ("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &moto),
+            ("AWS_SDK_UA_APP_ID", &app),
+            ("METRICS_NAMESPACE", "mqtt-http-publish/test"),
+        ],
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while state.lock().await.responses.len() < 3 {
+        assert!(tokio::time::Instant::now() < deadline, "the function did not answer three invocations in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    child.kill().await.unwrap();
+    let logs = logs_of(&mut child).await;
+
+    // WHEN its request lines are read as CloudWatch Logs reads them: each line one JSON object
+    let requests: Vec<Value> = logs
+        .lines()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter(|line| line["fields"]["message"] == "request")
+        .collect();
+    assert_eq!(requests.len(), 3, "one request line per invocation:\n{logs}");
+    let of = |id: &str| requests.iter().find(|l| l["spans"].to_string().contains(id)).unwrap_or_else(|| panic!("{id}"));
+
+    // THEN each is a valid EMF document, counting the request and its latency by status (and error code)
+    for line in &requests {
+        assert_emf(line);
+        let directive = &line["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "mqtt-http-publish/test");
+        assert_eq!(
+            directive["Metrics"],
+            serde_json::json!([{"Name": "Requests", "Unit": "Count"}, {"Name": "Latency", "Unit": "Milliseconds"}])
+        );
+        assert_eq!(line["Requests"], 1);
+        let latency_ms = line["Latency"].as_f64().unwrap();
+        let latency_us = line["fields"]["latency_us"].as_u64().unwrap();
+        assert!((latency_ms - latency_us as f64 / 1000.0).abs() < 1e-9, "{line}");
+    }
+    let (ok, denied, malformed) = (of("emf-200"), of("emf-401"), of("emf-400"));
+    assert_eq!((&ok["status"], ok.get("error")), (&Value::from("200"), None), "{ok}");
+    assert_eq!(ok["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["status"]]));
+    assert_eq!((&denied["status"], &denied["error"]), (&"401".into(), &"authentication_failed".into()), "{denied}");
+    assert_eq!(denied["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["status"], ["error"]]));
+    assert_eq!((&malformed["status"], &malformed["error"]), (&"400".into(), &"invalid_query".into()), "{malformed}");
+    // The line keeps what it said before: other readers of the logs find it where it was.
+    assert_eq!((&ok["fields"]["status"], &ok["spans"][1]["topic"]), (&200.into(), &"home".into()), "{ok}");
+    assert!(ok["fields"]["message_id"].as_str().is_some_and(|id| id.len() == 32), "{ok}");
+    // No other line carries metrics.
+    let with_metrics = logs.lines().filter(|line| line.contains("\"_aws\"")).count();
+    assert_eq!(with_metrics, 3, "{logs}");
+}

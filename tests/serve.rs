@@ -64,11 +64,16 @@ struct Serve {
 }
 
 async fn serve(mqtt_port: Option<u16>, args: &[&str]) -> Serve {
+    serve_with_env(mqtt_port, args, &[]).await
+}
+
+/// As [`serve`], with `env` added to its environment.
+async fn serve_with_env(mqtt_port: Option<u16>, args: &[&str], env: &[(&str, &str)]) -> Serve {
     let http = free_port();
     let embedded = free_port();
     let listen = format!("127.0.0.1:{http}");
     let mut command = Command::new(BIN);
-    command.args(["serve", "--listen", &listen]).args(args);
+    command.args(["serve", "--listen", &listen]).args(args).envs(env.iter().copied());
     let broker_port = match mqtt_port {
         Some(port) => {
             command.args(["--mqtt", &format!("mqtt://127.0.0.1:{port}")]);
@@ -1006,4 +1011,77 @@ async fn a_taken_broker_port_says_how_to_use_the_broker_already_there() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("Address already in use"), "{stderr}");
     assert!(stderr.contains("--mqtt mqtt://127.0.0.1:1883") && stderr.contains("--broker-listen"), "{stderr}");
+}
+
+/// Writes `config` into `table` on moto, whole.
+async fn push_to_table(moto: &str, table: &str, config: &std::path::Path) {
+    use mqtt_http_publish::config::table::{config_items, TableStore};
+    let text = std::fs::read_to_string(config).unwrap();
+    let items = config_items(&mqtt_http_publish::config::parse_toml(&text).unwrap());
+    let store = TableStore::new(&common::sdk_config_for(moto).await, table);
+    store.write(items.into_values().collect(), Vec::new()).await.unwrap();
+}
+
+#[tokio::test]
+async fn with_config_table_serve_authorizes_from_the_table_and_sees_its_changes_after_the_ttl() {
+    // GIVEN a config table on moto where user0 may publish under home/, and mosquitto
+    let moto = common::moto_url();
+    let table = format!("{}-serve", common::unique_app_name("serve-table"));
+    common::create_config_table(&moto, &table).await;
+    let dir = temp_dir("table");
+    push_to_table(&moto, &table, &write_config(&dir, "")).await;
+    let (_broker, port) = mosquitto("table").await;
+
+    // WHEN serve reads that table, DynamoDB's endpoint and the TTL from the usual variables
+    let env = [("AWS_ENDPOINT_URL_DYNAMODB", moto.as_str()), ("CONFIG_CACHE_TTL_SECONDS", "1")];
+    let serve = serve_with_env(Some(port), &["--config-table", &table], &env).await;
+    let mut rx = subscriber(serve.mqtt_port, "home/#").await;
+
+    // THEN the table's user publishes, and the message arrives
+    let response = post(&serve.url, "/topics/home/hall", &[USER0], b"from the table").await;
+    assert_eq!(response.status(), 200, "{response:?}");
+    assert_eq!(&next(&mut rx).await.payload[..], b"from the table");
+    // a wrong password, and a topic outside the table's rules, are 401
+    let wrong = ("authorization", "Basic dXNlcjA6d3Jvbmc=");
+    assert_eq!(post(&serve.url, "/topics/home/hall", &[wrong], b"no").await.status(), 401);
+    assert_eq!(post(&serve.url, "/topics/office", &[USER0], b"").await.status(), 401);
+
+    // and a rule added to the table (by another instance's operator) is in force after the TTL;
+    // a SIGHUP meanwhile changes nothing and stops nothing
+    push_to_table(
+        &moto,
+        &table,
+        &write_config(&dir, "[[rules]]\npriority = 2\neffect = \"allow\"\ntopics = [\"office\"]\n"),
+    )
+    .await;
+    Command::new("kill").args(["-HUP", &serve.proc.0.id().to_string()]).status().unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while post(&serve.url, "/topics/office", &[USER0], b"").await.status() != 200 {
+        assert!(tokio::time::Instant::now() < deadline, "the table's new rule was never used");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn config_and_config_table_exclude_each_other_and_an_empty_config_table_is_none() {
+    let dir = temp_dir("exclusive");
+    let config = write_config(&dir, "");
+    let config = config.to_str().unwrap();
+    // Both, given as options or one of them from the environment: refused, saying why, before listening.
+    for (args, env) in [(&["--config", config, "--config-table", "t"][..], ""), (&["--config", config][..], "t")] {
+        let out = Command::new(BIN)
+            .args(["serve", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--broker-listen", &format!("127.0.0.1:{}", free_port())])
+            .args(args)
+            .env("CONFIG_TABLE", env)
+            .output()
+            .unwrap();
+        common::keep_log("serve-config-conflict", &out.stderr);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("--config and --config-table (or CONFIG_TABLE) exclude each other"), "{stderr}");
+    }
+    // An empty CONFIG_TABLE is no table, as on Lambda: the file is served.
+    let serve = serve_with_env(None, &["--config", config], &[("CONFIG_TABLE", "")]).await;
+    assert_eq!(post(&serve.url, "/topics/home", &[USER0], b"").await.status(), 200);
 }

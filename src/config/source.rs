@@ -180,6 +180,11 @@ impl CachedTable {
     pub fn new(store: TableStore, settings: CacheSettings) -> CachedTable {
         CachedTable { store, entries: Refreshing::new("config", settings, USER_CACHE_CAPACITY + 1) }
     }
+
+    /// Whether the rules have been read (and are not yet too old to serve).
+    pub fn has_rules(&self) -> bool {
+        self.entries.entries.contains_key(&Key::Rules)
+    }
 }
 
 impl ConfigStore for CachedTable {

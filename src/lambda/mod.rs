@@ -17,7 +17,7 @@ pub use self::event::{decode, decode_event, encode, DecodeError, Event, LambdaRe
 /// would end it, so a caller never meets API Gateway's own 5xx for a timeout.
 pub const DEADLINE_RESERVE: Duration = Duration::from_millis(500);
 
-/// Answers one event. A 400 found while decoding is answered like any other.
+/// Answers one event. A 400 found while decoding is answered (and logged) like any other.
 pub async fn handle<P: Publisher>(
     service: &Service<P>,
     event: Event,
@@ -36,7 +36,7 @@ pub async fn handle_by<P: Publisher>(
     let (request, origin) = decode_event(event, base_path)?;
     let response = match request {
         Ok(request) => service.handle_by(request, answer_by).await,
-        Err(error) => error.into_response(),
+        Err(error) => service.refuse(error),
     };
     Ok(encode(origin, response))
 }

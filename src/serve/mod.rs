@@ -19,7 +19,8 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
-use crate::config::source::{ConfigStore, FileStore};
+use crate::config::source::{CacheSettings, CachedTable, ConfigStore, FileStore};
+use crate::config::table::TableStore;
 use crate::config::{ConfigError, Policy};
 use crate::publish::mqtt::{BrokerSettings, MqttPublisher, MQTT_LIMITS};
 use crate::service::Service;
@@ -29,8 +30,10 @@ use crate::service::Service;
 pub struct ServeOptions {
     /// The HTTP(S) listen address.
     pub listen: SocketAddr,
-    /// The TOML config; `None` runs the demo config.
+    /// The TOML config; `None` (and no table) runs the demo config.
     pub config: Option<PathBuf>,
+    /// The DynamoDB config table, read through the Lambda function's caches; excludes `config`.
+    pub config_table: Option<String>,
     /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`; `None` embeds a broker.
     pub mqtt: Option<String>,
     /// CA file to trust for `mqtts://` (else the system's roots).
@@ -157,12 +160,15 @@ fn connection_client_id() -> String {
     format!("mqtt-http-publish-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
 }
 
+/// How long a 429 `too_many_login_attempts` is held (see [`Service::with_login_refusal_delay`]).
+const LOGIN_REFUSAL_DELAY: Duration = Duration::from_secs(1);
+
 /// How long `serve` waits for its broker connection before it listens anyway.
 const BROKER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Runs the server until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
-    let config = Arc::new(load_config(&options)?);
+    let config = load_config(&options).await?;
     let broker = broker_settings(&options)?;
     let acceptor = tls_acceptor(&options)?;
 
@@ -177,9 +183,14 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     let publisher = MqttPublisher::connect(broker, BROKER_PATIENCE).await;
     if let Some(listener) = admin {
         info!(listen = %listener.local_addr().unwrap_or(options.admin_listen.unwrap_or(options.listen)), "serving /metrics, /healthz and /readyz");
-        tokio::spawn(admin::serve(listener, Arc::new(Ready { publisher: publisher.clone() })));
+        let table = match &config {
+            Config::Table { store, .. } => Some(Arc::clone(store)),
+            Config::File(_) => None,
+        };
+        tokio::spawn(admin::serve(listener, Arc::new(Ready { publisher: publisher.clone(), table })));
     }
-    let service = Arc::new(Service::with_store(publisher, Arc::clone(&config) as Arc<dyn ConfigStore>));
+    let service =
+        Arc::new(Service::with_store(publisher, config.store()).with_login_refusal_delay(LOGIN_REFUSAL_DELAY));
     let listener = TcpListener::bind(options.listen).await.map_err(|source| ServeError::Listen {
         what: "the server",
         address: options.listen,
@@ -196,25 +207,76 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     Ok(())
 }
 
-/// `/readyz`'s answer: the config is loaded before the server listens, so
-/// what remains is the broker.
+/// `/readyz`'s answer: a broker connection is up, and the config is loaded (a
+/// file is, before the server listens; a table once its rules have been read).
 struct Ready {
     publisher: MqttPublisher,
+    table: Option<Arc<CachedTable>>,
 }
 
 impl admin::Readiness for Ready {
     fn not_ready(&self) -> Option<&'static str> {
-        (self.publisher.connections_up() == 0).then_some("no broker connection is up")
+        if self.publisher.connections_up() == 0 {
+            return Some("no broker connection is up");
+        }
+        if self.table.as_ref().is_some_and(|table| !table.has_rules()) {
+            return Some("the rules have not been read from the config table");
+        }
+        None
     }
 }
 
-/// The `--config` file, or the demo config (said loudly).
-fn load_config(options: &ServeOptions) -> Result<FileStore, ServeError> {
-    match &options.config {
-        Some(path) => FileStore::load(path.clone()).map_err(|source| ServeError::Config { path: path.clone(), source }),
-        None => {
+/// Where `serve` reads users and rules.
+enum Config {
+    /// `--config`, or the demo config: in memory, reloaded on SIGHUP.
+    File(Arc<FileStore>),
+    /// `--config-table`: the table behind the caches the Lambda function uses, so
+    /// that every instance of a fleet serves the same config.
+    Table {
+        /// The caches over the table.
+        store: Arc<CachedTable>,
+        /// The table's name, for log lines.
+        name: String,
+    },
+}
+
+impl Config {
+    /// The store requests read.
+    fn store(&self) -> Arc<dyn ConfigStore> {
+        match self {
+            Config::File(file) => Arc::clone(file) as Arc<dyn ConfigStore>,
+            Config::Table { store, .. } => Arc::clone(store) as Arc<dyn ConfigStore>,
+        }
+    }
+}
+
+/// The `--config` file, the `--config-table` table (its rules read in the background
+/// from now on, as the Lambda function does), or the demo config (said loudly).
+async fn load_config(options: &ServeOptions) -> Result<Config, ServeError> {
+    match (&options.config, &options.config_table) {
+        (Some(_), Some(_)) => Err(ServeError::Options(
+            "--config and --config-table (or CONFIG_TABLE) exclude each other: give a file or a table",
+        )),
+        (Some(path), None) => FileStore::load(path.clone())
+            .map(|file| Config::File(Arc::new(file)))
+            .map_err(|source| ServeError::Config { path: path.clone(), source }),
+        (None, Some(name)) => {
+            // Region, credentials and endpoints (AWS_ENDPOINT_URL_DYNAMODB) as for the Lambda function.
+            let sdk = crate::aws::sdk_config().await;
+            if sdk.region().is_none() {
+                return Err(ServeError::Options("--config-table needs an AWS region: set AWS_REGION"));
+            }
+            let settings = CacheSettings::from_env();
+            let store = Arc::new(CachedTable::new(TableStore::new(&sdk, name), settings));
+            let prefetch = Arc::clone(&store);
+            tokio::spawn(async move { prefetch.prefetch().await });
+            info!(table = %name, ttl_seconds = settings.ttl.as_secs(), "reading users and rules from the config table");
+            Ok(Config::Table { store, name: name.clone() })
+        }
+        (None, None) => {
             warn!("NO --config GIVEN: running the DEMO config. user0 / secret0 (and any client certificate the --client-ca trusts) may publish to every topic not starting with '$'. Do not expose this server.");
-            Ok(FileStore::new(Policy::from_toml(DEMO_CONFIG).expect("the demo config is valid")))
+            let demo = Policy::from_toml(DEMO_CONFIG).expect("the demo config is valid");
+            Ok(Config::File(Arc::new(FileStore::new(demo))))
         }
     }
 }
@@ -265,10 +327,22 @@ fn tls_acceptor(options: &ServeOptions) -> Result<Option<TlsAcceptor>, ServeErro
 }
 
 /// Reloads the config file on each SIGHUP; a refused file leaves the old one in force.
-fn reload_on_hangup(config: Arc<FileStore>) -> Result<(), ServeError> {
+/// A table needs no reload: its entries are fetched again once their TTL has passed.
+fn reload_on_hangup(config: Config) -> Result<(), ServeError> {
     let mut hangup = signal(SignalKind::hangup()).map_err(ServeError::Signal)?;
     tokio::spawn(async move {
         while hangup.recv().await.is_some() {
+            let config = match &config {
+                Config::File(file) => file,
+                Config::Table { name, .. } => {
+                    info!(
+                        table = %name,
+                        "SIGHUP: nothing to reload; the config table's entries are read again once their TTL \
+                         (CONFIG_CACHE_TTL_SECONDS) has passed"
+                    );
+                    continue;
+                }
+            };
             let Some(path) = config.path() else {
                 warn!("SIGHUP: the demo config has no file to reload");
                 continue;
