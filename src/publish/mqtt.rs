@@ -64,9 +64,11 @@ const ACK_TIMEOUT: Duration = Duration::from_secs(10);
 const CHANNEL_CAPACITY: usize = 4096;
 /// QoS 1 publishes awaiting their PUBACK at most on one connection (the broker's
 /// Receive Maximum, when lower, wins: mosquitto announces 20, EMQX 32). rumqttc
-/// keeps a slot per possible packet id up to this number: its default, 65 535,
-/// costs 13 MB of RSS for slots no broker lets us fill.
-const MAX_INFLIGHT: u16 = 1024;
+/// keeps a ~250-byte slot per possible packet id up to this number, in each
+/// connection of the pool: its default, 65 535, would cost 16 MB a connection
+/// for slots no broker lets us fill. A broker that allows more gets more
+/// connections instead ([`pool_size`]).
+pub const MAX_INFLIGHT: u16 = 128;
 /// Publishes in flight the default pool carries per core (64 per core keeps two
 /// cores busy in front of mosquitto: BENCHMARKS.md).
 pub const IN_FLIGHT_PER_CORE: usize = 64;
@@ -94,10 +96,11 @@ pub struct BrokerSettings {
 }
 
 /// The default pool: enough connections to carry [`IN_FLIGHT_PER_CORE`] publishes
-/// per core within each connection's `receive_maximum`; at least one per core,
-/// at most [`MAX_POOL`].
+/// per core within each connection's `receive_maximum` (and [`MAX_INFLIGHT`]); at
+/// least one per core, at most [`MAX_POOL`].
 pub fn pool_size(receive_maximum: u16, cores: usize) -> usize {
-    let wanted = (IN_FLIGHT_PER_CORE * cores).div_ceil(usize::from(receive_maximum.max(1)));
+    let per_connection = receive_maximum.clamp(1, MAX_INFLIGHT);
+    let wanted = (IN_FLIGHT_PER_CORE * cores).div_ceil(usize::from(per_connection));
     wanted.clamp(cores.clamp(1, MAX_POOL), MAX_POOL)
 }
 
@@ -440,6 +443,12 @@ mod tests {
         assert_eq!(pool_size(32, 2), 4, "EMQX's 32");
         assert_eq!(pool_size(u16::MAX, 2), 2, "at least one connection per core");
         assert_eq!(pool_size(u16::MAX, 1), 1);
+        assert_eq!(
+            pool_size(u16::MAX, 4),
+            4,
+            "a broker allowing more than MAX_INFLIGHT: 256 / 128 = 2, one per core wins"
+        );
+        assert_eq!(pool_size(u16::MAX, 16), 16);
         assert_eq!(pool_size(1, 4), MAX_POOL, "never more than MAX_POOL");
         assert_eq!(pool_size(0, 2), MAX_POOL, "a Receive Maximum of 0 (a protocol error) is taken as 1");
     }
