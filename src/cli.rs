@@ -27,8 +27,6 @@ pub struct Cli {
 }
 
 /// The subcommands.
-// `serve`'s options make its variant the largest; the command is parsed once per process.
-#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 #[allow(clippy::large_enum_variant, reason = "one value per process, parsed once: its size costs nothing")]
 pub enum Command {
