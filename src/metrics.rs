@@ -135,6 +135,12 @@ pub fn request(status: u16, code: Option<&'static str>, elapsed: Duration) {
     m.request_seconds.observe(elapsed.as_secs_f64());
 }
 
+/// A request the connection layer answered itself (malformed HTTP, oversized
+/// headers): counted, with no latency to observe (it never became a request).
+pub fn refused_by_connection(status: u16, code: &'static str) {
+    METRICS.requests.get_or_create(&RequestLabels { status, code }).inc();
+}
+
 /// A publish handed to the broker, until the guard is dropped (answered or abandoned).
 pub fn publish_started() -> InFlight {
     METRICS.publishes_in_flight.inc();

@@ -149,7 +149,8 @@ impl<P: Publisher> Service<P> {
     }
 
     /// Answers with `error` a request its entry point could not decode (a Lambda
-    /// event whose query or body does not decode), with the log line of
+    /// event whose query or body does not decode; for `serve`, a body over the
+    /// limit or a query that does not decode), with the log line of
     /// [`Service::handle_by`]: every request has its line, and its metrics.
     pub fn refuse(&self, error: ApiError) -> Response<Bytes> {
         let started = Instant::now();

@@ -126,7 +126,9 @@ async fn answer<P: Publisher>(
 ) -> Response<Full<Bytes>> {
     let response = match read_request(request, peer, certificate, service.max_payload_bytes().await).await {
         Ok(request) => service.handle(request).await,
-        Err(error) => error.into_response(),
+        // Refused before the service (a body over the limit, a query that does not
+        // decode): the same log line and metrics as every other answer.
+        Err(error) => service.refuse(error),
     };
     response.map(Full::new)
 }

@@ -85,6 +85,7 @@ impl<IO> JsonParseErrors<IO> {
             }
             Bare::TooLarge => ApiError::HeadersTooLarge { max: self.max_header_bytes },
         };
+        crate::metrics::refused_by_connection(error.status().as_u16(), error.code().as_str());
         let response = error.into_response();
         let status = response.status();
         let mut bytes = format!("HTTP/1.1 {} {}\r\n", status.as_str(), status.canonical_reason().unwrap_or(""));
