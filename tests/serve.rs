@@ -924,8 +924,8 @@ async fn the_admin_listener_serves_metrics_that_move_health_and_readiness() {
     assert_eq!(answers, [401, 401, 429, 429]);
     // AND answers given before the service are counted too: malformed HTTP, a body over the limit
     assert_eq!(last_json_error(&raw(&serve.url, b"GARBAGE\r\n\r\n").await).0, 400);
-    let head = format!("POST /topics/home HTTP/1.1\r\nhost: x\r\ncontent-length: 999999999\r\n\r\n");
-    assert_eq!(last_json_error(&raw(&serve.url, head.as_bytes()).await).0, 413);
+    let head = b"POST /topics/home HTTP/1.1\r\nhost: x\r\ncontent-length: 999999999\r\n\r\n";
+    assert_eq!(last_json_error(&raw(&serve.url, head).await).0, 413);
     let malformed = r#"mqtt_http_publish_requests_total{status="400",code="malformed_request"}"#;
     let too_large = r#"mqtt_http_publish_requests_total{status="413",code="payload_too_large"}"#;
     let after = String::from_utf8(get(&admin, "/metrics").await.body).unwrap();
