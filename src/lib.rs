@@ -19,7 +19,9 @@
 //! - [`publish`]: the edge towards a broker: the [`publish::Publisher`] trait
 //!   and its AWS IoT Core adapter.
 //! - [`aws`]: the AWS SDK config the IoT publisher and the config table share.
-//! - [`quota`]: the `[limits]` rate limits (429).
+//! - [`quota`]: the `[limits]` rate limits (429), and each source address's
+//!   budget of password checks.
+//! - [`metrics`]: the process's counters and histograms (`serve --admin-listen`).
 //! - [`service`]: the one code path that strings them together.
 //! - `serve` (cargo feature `serve`, on by default): the entry point as an
 //!   HTTP(S) server of its own, in front of an MQTT 5 broker (`publish::mqtt`)
