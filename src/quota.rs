@@ -16,7 +16,7 @@
 //! paid for by the new users that grew the map, not by every request.
 
 use std::hash::Hash;
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -125,7 +125,7 @@ impl<C: Clock + Clone> Quotas<C> {
     pub fn admit_password_check(&self, limits: &Limits, source: Option<IpAddr>) -> Result<(), u32> {
         let quota = quota(limits.password_checks_per_second, limits.password_check_burst);
         match (limiter_for(&self.password_checks, quota, |q| Users::new(q, self.clock.clone())), source) {
-            (Some(sources), Some(source)) => sources.admit(source, &self.clock),
+            (Some(sources), Some(source)) => sources.admit(budget_key(source), &self.clock),
             _ => Ok(()),
         }
     }
@@ -151,6 +151,16 @@ fn limiter_for<T>(slot: &Slot<T>, quota: Option<Quota>, build: impl FnOnce(Quota
         *current = quota.map(|q| (q, Arc::new(build(q))));
     }
     current.as_ref().map(|(_, limiter)| Arc::clone(limiter))
+}
+
+/// Whose budget a source address spends: an IPv4 address its own (an IPv4-mapped
+/// IPv6 address too), an IPv6 address its /64, the block one subscriber or host
+/// is given: one budget per address there would give a guesser 2^64 of them.
+fn budget_key(source: IpAddr) -> IpAddr {
+    match source.to_canonical() {
+        IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & (u128::MAX << 64))),
+        v4 => v4,
+    }
 }
 
 impl<K: Hash + Eq + Clone, C: Clock> Users<K, C> {
@@ -210,6 +220,13 @@ mod tests {
         assert!((0..3).all(|_| q.admit_password_check(&l, Some(a)).is_ok()));
         assert_eq!(q.admit_password_check(&l, Some(a)), Err(2), "one check every 2 s");
         assert!(q.admit_password_check(&l, Some(b)).is_ok(), "another address has its own budget");
+        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap();
+        assert!(q.admit_password_check(&l, Some(mapped)).is_err(), "an IPv4-mapped address is the IPv4 one");
+        let b_same_64: IpAddr = "2001:db8::ffff:1".parse().unwrap();
+        let b_other_64: IpAddr = "2001:db8:0:1::1".parse().unwrap();
+        assert!((0..2).all(|_| q.admit_password_check(&l, Some(b_same_64)).is_ok()), "b's /64 had 2 left");
+        assert!(q.admit_password_check(&l, Some(b)).is_err(), "one budget for the whole /64");
+        assert!(q.admit_password_check(&l, Some(b_other_64)).is_ok(), "another /64, another budget");
         assert!(q.admit_password_check(&l, None).is_ok(), "no source address, no budget to keep");
         let d = Limits::default();
         assert_eq!(d.password_checks_per_second, Some(crate::config::DEFAULT_PASSWORD_CHECKS_PER_SECOND));

@@ -44,14 +44,8 @@ const CACHE_IDLE: Duration = Duration::from_secs(3600);
 
 /// Why a password check did not pass. Not cached: only verified credentials are.
 #[derive(Debug, thiserror::Error)]
-enum Refused {
-    #[error("the password does not match the stored hash")]
-    Mismatch,
-    /// The caller may not cost another slow hash now (its source address is over
-    /// its budget): refused before the hash, with the answer to give.
-    #[error("the password was not checked")]
-    NotChecked(ApiError),
-}
+#[error("the password does not match the stored hash")]
+struct Mismatch;
 
 /// Checks credentials; keeps the verdict of recent slow hashes.
 pub struct Authenticator {
@@ -140,21 +134,22 @@ impl Authenticator {
         // The key is an HMAC under a secret drawn at start: looking it up reveals
         // nothing an attacker could time, and the cache holds no password.
         let fingerprint = self.fingerprint(credentials, stored);
-        let hashed = std::sync::atomic::AtomicBool::new(false);
+        let cached = self.verified.contains_key(&fingerprint);
+        crate::metrics::credential_cache(cached);
+        // Admitted here, by this caller, not inside the shared load below: moka hands a
+        // load's error to every caller waiting on the same key, and one address's refusal
+        // must not become another's. Callers that miss together each spend a check, and
+        // share one hash.
+        if !cached {
+            admit_hash()?;
+        }
         let verify = async {
-            hashed.store(true, Ordering::Relaxed);
-            admit_hash().map_err(Refused::NotChecked)?;
             match self.slow_verify(stored, &credentials.password).await {
                 true => Ok(()),
-                false => Err(Refused::Mismatch),
+                false => Err(Mismatch),
             }
         };
-        let verdict = self.verified.try_get_with(fingerprint, verify).await;
-        crate::metrics::credential_cache(!hashed.load(Ordering::Relaxed));
-        verdict.map_err(|refused| match &*refused {
-            Refused::Mismatch => wrong(),
-            Refused::NotChecked(answer) => answer.clone(),
-        })
+        self.verified.try_get_with(fingerprint, verify).await.map_err(|_| wrong())
     }
 
     /// An HMAC of the user, the stored hash and the password: a new password
@@ -386,6 +381,35 @@ mod tests {
         assert!(auth.check(&creds, Some(&stored)).await);
         assert_eq!(auth.check_password(&creds, Some(&stored), refuse).await, Ok(()));
         assert_eq!(auth.slow_hashes.load(Ordering::Relaxed), 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_caller_s_refusal_is_never_another_caller_s_answer() {
+        // Two callers with the same credentials at once, from an address over its budget
+        // and from one within it: only the first is refused.
+        let auth = Arc::new(Authenticator::default());
+        let stored = StoredHash::parse(&bcrypt::hash("pw", 8).unwrap()).unwrap();
+        let refusal = ApiError::TooManyLoginAttempts { retry_after: 3 };
+        let callers: Vec<_> = (0..16)
+            .map(|i| {
+                let (auth, stored, refusal) = (Arc::clone(&auth), stored.clone(), refusal.clone());
+                tokio::spawn(async move {
+                    let creds = BasicCredentials { username: "u".into(), password: "pw".into() };
+                    let refused = i % 2 == 0;
+                    let admit = || if refused { Err(refusal.clone()) } else { Ok(()) };
+                    (refused, auth.check_password(&creds, Some(&stored), admit).await)
+                })
+            })
+            .collect();
+        for caller in callers {
+            let (refused, answer) = caller.await.unwrap();
+            if refused {
+                // Refused, unless the others' hash had verified the password by then (cached: no check).
+                assert!(answer == Err(refusal.clone()) || answer == Ok(()), "{answer:?}");
+            } else {
+                assert_eq!(answer, Ok(()), "an admitted caller never gets another's refusal");
+            }
+        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

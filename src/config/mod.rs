@@ -104,7 +104,8 @@ pub enum AuthEntry {
     Certificate,
 }
 
-/// `[limits]`: every field optional; quotas are off unless set.
+/// `[limits]`: every field optional; quotas are off unless set (the budget of
+/// password checks has a default).
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -325,12 +326,17 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
     for (name, rate) in [
         ("messages_per_second", limits.messages_per_second),
         ("user_messages_per_second", limits.user_messages_per_second),
+        ("password_checks_per_second", limits.password_checks_per_second),
     ] {
         if rate.is_some_and(|r| !(r.is_finite() && r > 0.0)) {
             return invalid(&format!("{name} must be a positive number"));
         }
     }
-    for (name, burst) in [("burst", limits.burst), ("user_burst", limits.user_burst)] {
+    for (name, burst) in [
+        ("burst", limits.burst),
+        ("user_burst", limits.user_burst),
+        ("password_check_burst", limits.password_check_burst),
+    ] {
         if burst == Some(0) {
             return invalid(&format!("{name} must be positive"));
         }
@@ -382,6 +388,9 @@ mod tests {
         assert!(refused("[[rules]]\npriority = 1\neffect = \"permit\"\ntopics = [\"a\"]\n").contains("permit"));
         assert!(refused("[[rules]]\npriority = 1\neffect = \"allow\"\ntopic = [\"a\"]\n").contains("topic"));
         assert!(refused("[limits]\nmessages_per_second = 0\n").contains("messages_per_second"));
+        assert!(refused("[limits]\npassword_checks_per_second = -1\n").contains("password_checks_per_second"));
+        assert!(refused("[limits]\npassword_checks_per_second = nan\n").contains("password_checks_per_second"));
+        assert!(refused("[limits]\npassword_check_burst = 0\n").contains("password_check_burst"));
         assert!(refused(&format!(
             "[[users]]\nusername = \"a\"\npassword_hash = \"{HASH}\"\n\
                                   [[users]]\nusername = \"a\"\npassword_hash = \"{HASH}\"\n"

@@ -104,10 +104,11 @@ pub fn pool_size(receive_maximum: u16, cores: usize) -> usize {
     wanted.clamp(cores.clamp(1, MAX_POOL), MAX_POOL)
 }
 
-/// What the broker announced in its latest CONNACK (MQTT 5 §3.2.2.3); absent
-/// properties mean MQTT's defaults (no packet limit, QoS 2, retain available).
+/// What the broker announced in its latest CONNACK (MQTT 5 §3.2.2.3) on any
+/// connection of the pool; absent properties mean MQTT's defaults (QoS 2, retain
+/// available). The Maximum Packet Size is each connection's own ([`Connection`]):
+/// rumqttc enforces the one its connection was given.
 struct Announced {
-    max_packet_size: AtomicU32,
     max_qos: AtomicU8,
     retain_available: AtomicBool,
     receive_maximum: AtomicU16,
@@ -116,7 +117,6 @@ struct Announced {
 impl Default for Announced {
     fn default() -> Announced {
         Announced {
-            max_packet_size: AtomicU32::new(u32::MAX),
             max_qos: AtomicU8::new(2),
             retain_available: AtomicBool::new(true),
             receive_maximum: AtomicU16::new(u16::MAX),
@@ -128,14 +128,9 @@ impl Announced {
     fn update(&self, properties: Option<&ConnAckProperties>) {
         let p = properties;
         let store = Ordering::Relaxed;
-        self.max_packet_size.store(p.and_then(|p| p.max_packet_size).unwrap_or(u32::MAX), store);
         self.max_qos.store(p.and_then(|p| p.max_qos).unwrap_or(2), store);
         self.retain_available.store(p.and_then(|p| p.retain_available).is_none_or(|r| r != 0), store);
         self.receive_maximum.store(p.and_then(|p| p.receive_max).unwrap_or(u16::MAX), store);
-    }
-
-    fn max_packet_size(&self) -> usize {
-        self.max_packet_size.load(Ordering::Relaxed) as usize
     }
 
     fn max_qos(&self) -> Qos {
@@ -167,10 +162,16 @@ impl Correlation {
     }
 }
 
+/// The largest packet MQTT can frame at all: its Remaining Length tops out at
+/// 268 435 455 (§1.5.5), plus the fixed header's 1 + 4 bytes.
+const MQTT_MAX_PACKET: u32 = 268_435_460;
+
 /// One broker connection of the pool.
 struct Connection {
     client: AsyncClient,
     correlation: Arc<Mutex<Correlation>>,
+    /// The Maximum Packet Size of this connection's CONNACK (MQTT's own limit if none).
+    max_packet_size: Arc<AtomicU32>,
 }
 
 impl Connection {
@@ -190,8 +191,10 @@ impl Connection {
         }
         let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
         let correlation = Arc::new(Mutex::new(Correlation::default()));
-        tokio::spawn(drive(eventloop, Arc::clone(&correlation), Arc::clone(announced)));
-        Connection { client, correlation }
+        let max_packet_size = Arc::new(AtomicU32::new(MQTT_MAX_PACKET));
+        let limits = Arc::clone(&max_packet_size);
+        tokio::spawn(drive(eventloop, Arc::clone(&correlation), Arc::clone(announced), limits));
+        Connection { client, correlation, max_packet_size }
     }
 
     fn is_up(&self) -> bool {
@@ -322,13 +325,13 @@ impl Publisher for MqttPublisher {
         packet.retain = message.retain;
         packet.pkid = 1;
         let size = packet.size();
-        let max_packet = self.pool.announced.max_packet_size();
+        let connection = self.connection_for(topic);
+        let max_packet = connection.max_packet_size.load(Ordering::Relaxed) as usize;
         if size > max_packet {
             let overhead = size - packet.payload.len();
             return Err(PublishError::TooLarge { max_payload: Some(max_packet.saturating_sub(overhead)) });
         }
         let Publish { payload, properties, .. } = packet;
-        let connection = self.connection_for(topic);
         let (tx, rx) = oneshot::channel();
         {
             let mut correlation = connection.correlation.lock().unwrap_or_else(|e| e.into_inner());
@@ -351,7 +354,12 @@ impl Publisher for MqttPublisher {
 }
 
 /// Runs the connection: resolves waiters from events, reconnects with backoff.
-async fn drive(mut eventloop: EventLoop, correlation: Arc<Mutex<Correlation>>, announced: Arc<Announced>) {
+async fn drive(
+    mut eventloop: EventLoop,
+    correlation: Arc<Mutex<Correlation>>,
+    announced: Arc<Announced>,
+    max_packet_size: Arc<AtomicU32>,
+) {
     let mut backoff = Duration::from_millis(100);
     let mut connected_before = false;
     loop {
@@ -361,6 +369,8 @@ async fn drive(mut eventloop: EventLoop, correlation: Arc<Mutex<Correlation>>, a
                 match event {
                     Event::Incoming(Incoming::ConnAck(connack)) => {
                         announced.update(connack.properties.as_ref());
+                        let limit = connack.properties.as_ref().and_then(|p| p.max_packet_size);
+                        max_packet_size.store(limit.unwrap_or(MQTT_MAX_PACKET).min(MQTT_MAX_PACKET), Ordering::Relaxed);
                         c.connected = true;
                         metrics::broker_connection(true);
                         if connected_before {
