@@ -6,7 +6,7 @@ pub mod password;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,8 +44,14 @@ const CACHE_IDLE: Duration = Duration::from_secs(3600);
 
 /// Why a password check did not pass. Not cached: only verified credentials are.
 #[derive(Debug, thiserror::Error)]
-#[error("the password does not match the stored hash")]
-struct Mismatch;
+enum Refused {
+    #[error("the password does not match the stored hash")]
+    Mismatch,
+    /// The caller whose load this was may not cost another slow hash now (its
+    /// source address is over its budget): refused before the hash.
+    #[error("the password was not checked")]
+    NotChecked(ApiError),
+}
 
 /// Checks credentials; keeps the verdict of recent slow hashes.
 pub struct Authenticator {
@@ -134,22 +140,47 @@ impl Authenticator {
         // The key is an HMAC under a secret drawn at start: looking it up reveals
         // nothing an attacker could time, and the cache holds no password.
         let fingerprint = self.fingerprint(credentials, stored);
-        let cached = self.verified.contains_key(&fingerprint);
-        crate::metrics::credential_cache(cached);
-        // Admitted here, by this caller, not inside the shared load below: moka hands a
-        // load's error to every caller waiting on the same key, and one address's refusal
-        // must not become another's. Callers that miss together each spend a check, and
-        // share one hash.
-        if !cached {
-            admit_hash()?;
-        }
-        let verify = async {
-            match self.slow_verify(stored, &credentials.password).await {
-                true => Ok(()),
-                false => Err(Mismatch),
+        // Concurrent checks of the same credentials share one load, and so one hash
+        // and one admission: the first caller's. moka hands that load's error to every
+        // caller that joined it, so a refusal is an answer only for the caller whose
+        // admission refused; one that joined another's refused load tries once more,
+        // then (another refused load in its way again) is admitted on its own.
+        let mut hashed = false;
+        for _ in 0..2 {
+            let ran = AtomicBool::new(false);
+            let verify = async {
+                ran.store(true, Ordering::Relaxed);
+                admit_hash().map_err(Refused::NotChecked)?;
+                self.verify(stored, &credentials.password).await
+            };
+            let verdict = self.verified.try_get_with(fingerprint, verify).await;
+            hashed |= ran.load(Ordering::Relaxed);
+            match verdict.as_ref().map_err(|e| &**e) {
+                Ok(()) => return self.counted(hashed, Ok(())),
+                Err(Refused::Mismatch) => return self.counted(hashed, Err(wrong())),
+                Err(Refused::NotChecked(answer)) if ran.load(Ordering::Relaxed) => {
+                    return self.counted(hashed, Err(answer.clone()))
+                }
+                Err(Refused::NotChecked(_)) => {}
             }
-        };
-        self.verified.try_get_with(fingerprint, verify).await.map_err(|_| wrong())
+        }
+        admit_hash()?;
+        let verify = self.verify(stored, &credentials.password);
+        self.counted(true, self.verified.try_get_with(fingerprint, verify).await.map(|_| ()).map_err(|_| wrong()))
+    }
+
+    /// A slow check's verdict as the cache keeps it: only a match is cached.
+    async fn verify(&self, stored: &StoredHash, password: &str) -> Result<(), Refused> {
+        match self.slow_verify(stored, password).await {
+            true => Ok(()),
+            false => Err(Refused::Mismatch),
+        }
+    }
+
+    /// Counts a check as a cache hit, unless this caller started a load (`hashed`).
+    fn counted<T>(&self, hashed: bool, result: T) -> T {
+        crate::metrics::credential_cache(!hashed);
+        result
     }
 
     /// An HMAC of the user, the stored hash and the password: a new password
@@ -410,6 +441,32 @@ mod tests {
                 assert_eq!(answer, Ok(()), "an admitted caller never gets another's refusal");
             }
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_burst_of_the_same_credentials_from_one_address_spends_one_check() {
+        // A fleet's first requests with one user, at once, from one address with one check left.
+        let auth = Arc::new(Authenticator::default());
+        let stored = StoredHash::parse(&bcrypt::hash("pw", 8).unwrap()).unwrap();
+        let spent = Arc::new(AtomicUsize::new(0));
+        let callers: Vec<_> = (0..16)
+            .map(|_| {
+                let (auth, stored, spent) = (Arc::clone(&auth), stored.clone(), Arc::clone(&spent));
+                tokio::spawn(async move {
+                    let creds = BasicCredentials { username: "u".into(), password: "pw".into() };
+                    let admit = || match spent.fetch_add(1, Ordering::SeqCst) {
+                        0 => Ok(()),
+                        _ => Err(ApiError::TooManyLoginAttempts { retry_after: 1 }),
+                    };
+                    auth.check_password(&creds, Some(&stored), admit).await
+                })
+            })
+            .collect();
+        for caller in callers {
+            assert_eq!(caller.await.unwrap(), Ok(()), "every caller shares the one admitted hash");
+        }
+        assert_eq!(spent.load(Ordering::SeqCst), 1, "one check spent for the burst");
+        assert_eq!(auth.slow_hashes.load(Ordering::Relaxed), 1);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
