@@ -208,11 +208,6 @@ pub fn config_reload(ok: bool) {
     METRICS.config_reloads.get_or_create(&KindLabels { kind: if ok { "ok" } else { "failed" } }).inc();
 }
 
-/// Whether at least one broker connection is up.
-pub fn broker_up() -> bool {
-    METRICS.broker_connections_up.get() > 0
-}
-
 /// Everything, in the OpenMetrics text format Prometheus scrapes.
 pub fn encode() -> String {
     let mut text = String::with_capacity(8192);

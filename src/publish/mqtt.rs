@@ -258,11 +258,6 @@ impl MqttPublisher {
         self.pool.connections.iter().filter(|c| c.is_up()).count()
     }
 
-    /// Connections of the pool.
-    pub fn connections(&self) -> usize {
-        self.pool.connections.len()
-    }
-
     /// The connection that carries every message of `topic`.
     fn connection_for(&self, topic: &str) -> &Connection {
         let connections = &self.pool.connections;
