@@ -116,7 +116,7 @@ async fn run(endpoint: &str) {
     let (mut loads, mut builds) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let started = Instant::now();
-        let (rules, limits) = store.rules().await.unwrap();
+        let (rules, limits, _cors) = store.rules().await.unwrap();
         let fetched = started.elapsed();
         let set = RuleSet::new(rules, limits).unwrap();
         loads.push(started.elapsed());

@@ -107,7 +107,7 @@ async fn build_service() -> anyhow::Result<Service<IotPublisher>> {
             }
         };
     let publisher = IotPublisher::new(&sdk, &IotSettings::from_env());
-    Ok(Service::with_store(publisher, store))
+    Ok(Service::with_store(publisher, store).with_amzn_trace_id())
 }
 
 fn exit_logged(result: anyhow::Result<()>) -> ExitCode {

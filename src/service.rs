@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use tracing::{field, info, info_span, warn, Instrument, Span};
 
 use crate::acl::{Access, Effect};
 use crate::auth::Authenticator;
 use crate::config::source::{ConfigStore, FileStore};
 use crate::config::{Policy, RuleSet, StoreError};
-use crate::contract::{parse_request, ApiError, ErrorCode, HttpRequest, MessageId};
+use crate::contract::{cors, parse_request, ApiError, ErrorCode, HttpRequest, MessageId, TraceContext};
 use crate::publish::{Message, PublishError, Publisher};
 use crate::quota::Quotas;
 
@@ -43,6 +43,33 @@ fn log_answer(span: &Span, status: StatusCode, message_id: MessageId, error: Opt
     });
 }
 
+/// The span of a request's log lines; its fields are filled in as they become known.
+fn request_span() -> Span {
+    info_span!(
+        "request",
+        topic = field::Empty,
+        step = field::Empty,
+        trace_id = field::Empty,
+        xray_trace_id = field::Empty
+    )
+}
+
+/// What a request answers when the config store is unavailable; the cause is logged.
+fn store_down(message_id: MessageId) -> impl Fn(StoreError) -> ApiError + Copy {
+    move |error| {
+        warn!(message_id = %message_id, %error, "the config store is unavailable");
+        ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }
+    }
+}
+
+/// The X-Ray trace id (`Root=1-...`) of the `X-Amzn-Trace-Id` header that API
+/// Gateway and ALB add, for the log line only.
+fn xray_trace_id(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get("x-amzn-trace-id")?.to_str().ok()?;
+    let root = value.split(';').find_map(|part| part.trim().strip_prefix("Root="))?;
+    (root.len() <= 64 && root.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')).then_some(root)
+}
+
 /// The publish service, shared by every request of a process.
 pub struct Service<P> {
     publisher: P,
@@ -52,6 +79,9 @@ pub struct Service<P> {
     quotas: Quotas,
     /// How long a 429 `too_many_login_attempts` is held before it is sent.
     login_refusal_delay: Duration,
+    /// Whether the log line carries `X-Amzn-Trace-Id`'s root (on Lambda, where
+    /// API Gateway sets it; a client of `serve` could write anything there).
+    read_amzn_trace_id: bool,
 }
 
 impl<P: Publisher> Service<P> {
@@ -68,7 +98,15 @@ impl<P: Publisher> Service<P> {
             authenticator: Authenticator::default(),
             quotas: Quotas::default(),
             login_refusal_delay: Duration::ZERO,
+            read_amzn_trace_id: false,
         }
+    }
+
+    /// Logs the X-Ray trace id of the `X-Amzn-Trace-Id` header that API Gateway
+    /// adds (the Lambda function).
+    pub fn with_amzn_trace_id(mut self) -> Service<P> {
+        self.read_amzn_trace_id = true;
+        self
     }
 
     /// Holds each 429 `too_many_login_attempts` for `delay` before answering
@@ -114,9 +152,28 @@ impl<P: Publisher> Service<P> {
     pub async fn handle_by(&self, request: HttpRequest, answer_by: Option<tokio::time::Instant>) -> Response<Bytes> {
         let started = Instant::now();
         let message_id = MessageId::next();
-        // The request's log lines carry the topic, once parsed, and the step it is at.
-        let span = info_span!("request", topic = field::Empty, step = field::Empty);
-        let work = self.publish(&request, message_id).instrument(span.clone());
+        // The request's log lines carry the topic, once parsed, the step it is
+        // at, and the trace ids it came with.
+        let span = request_span();
+        if let Some(trace) = TraceContext::from_headers(&request.headers) {
+            span.record("trace_id", trace.trace_id());
+        }
+        if self.read_amzn_trace_id {
+            if let Some(root) = xray_trace_id(&request.headers) {
+                span.record("xray_trace_id", root);
+            }
+        }
+        let mut rules_read = None;
+        let work = async {
+            Span::current().record("step", "reading the rules");
+            let rules = self.config.rules().await.map_err(store_down(message_id))?;
+            rules_read = Some(Arc::clone(&rules));
+            if let Some(preflight) = cors::preflight(rules.cors.as_ref(), &request) {
+                return Ok(Some(preflight));
+            }
+            self.publish(&request, &rules, message_id).await.map(|()| None)
+        }
+        .instrument(span.clone());
         let result = match answer_by {
             None => work.await,
             Some(answer_by) => tokio::time::timeout_at(answer_by, work).await.unwrap_or_else(|_| {
@@ -131,8 +188,9 @@ impl<P: Publisher> Service<P> {
         };
         let error = result.as_ref().err().map(|e| e.code().as_str());
         let refused_login = matches!(result, Err(ApiError::TooManyLoginAttempts { .. }));
-        let response = match result {
-            Ok(()) => Response::builder()
+        let mut response = match result {
+            Ok(Some(preflight)) => preflight,
+            Ok(None) => Response::builder()
                 .status(StatusCode::OK)
                 .header("X-Message-Id", message_id.to_string())
                 .header(header::CONTENT_LENGTH, "0")
@@ -140,6 +198,8 @@ impl<P: Publisher> Service<P> {
                 .expect("static headers are valid"),
             Err(error) => error.into_response(),
         };
+        let cors = rules_read.as_ref().and_then(|rules| rules.cors.as_ref());
+        cors::decorate(cors, cors::allowed_origin(cors, request.headers.get(header::ORIGIN)), &mut response);
         log_answer(&span, response.status(), message_id, error, started);
         if refused_login && !self.login_refusal_delay.is_zero() {
             drop(request);
@@ -152,27 +212,28 @@ impl<P: Publisher> Service<P> {
     /// event whose query or body does not decode; for `serve`, a body over the
     /// limit or a query that does not decode), with the log line of
     /// [`Service::handle_by`]: every request has its line, and its metrics.
-    pub fn refuse(&self, error: ApiError) -> Response<Bytes> {
+    /// The request's `Origin`, when the entry point has it, earns the answer its
+    /// CORS headers, so a page can read why it was refused.
+    pub async fn refuse(&self, error: ApiError, origin: Option<&HeaderValue>) -> Response<Bytes> {
         let started = Instant::now();
         let code = error.code().as_str();
-        let response = error.into_response();
-        let span = info_span!("request", topic = field::Empty, step = field::Empty);
-        log_answer(&span, response.status(), MessageId::next(), Some(code), started);
+        let mut response = error.into_response();
+        if let Ok(rules) = self.config.rules().await {
+            let cors = rules.cors.as_ref();
+            cors::decorate(cors, cors::allowed_origin(cors, origin), &mut response);
+        }
+        log_answer(&request_span(), response.status(), MessageId::next(), Some(code), started);
         response
     }
 
-    /// Parses, authenticates, authorizes, admits and publishes: the steps are
-    /// recorded in the current span, for the log line of a request cut short.
-    async fn publish(&self, request: &HttpRequest, message_id: MessageId) -> Result<(), ApiError> {
+    /// Parses, authenticates, authorizes, admits and publishes under `rules`:
+    /// the steps are recorded in the current span, for the log line of a
+    /// request cut short.
+    async fn publish(&self, request: &HttpRequest, rules: &RuleSet, message_id: MessageId) -> Result<(), ApiError> {
         let span = Span::current();
-        let store_down = |error: StoreError| {
-            warn!(message_id = %message_id, %error, "the config store is unavailable");
-            ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }
-        };
-        span.record("step", "reading the rules");
-        let rules = self.config.rules().await.map_err(store_down)?;
+        let store_down = store_down(message_id);
         let limits = self.publisher.limits();
-        let max_payload = payload_limit(&rules, limits.max_payload_bytes);
+        let max_payload = payload_limit(rules, limits.max_payload_bytes);
         let parsed = parse_request(request, limits, max_payload)?;
         span.record("topic", parsed.topic.as_str());
 
@@ -292,6 +353,8 @@ mod tests {
         certificate: Option<Option<&'static str>>,
         method: Method,
         body: &'static [u8],
+        /// Headers besides Authorization.
+        headers: &'static [(&'static str, &'static str)],
     }
 
     const POST: Case = Case {
@@ -301,6 +364,7 @@ mod tests {
         certificate: None,
         method: Method::POST,
         body: b"21.5",
+        headers: &[],
     };
 
     impl Case {
@@ -308,6 +372,9 @@ mod tests {
             let mut headers = HeaderMap::new();
             if let Some(value) = self.authorization {
                 headers.insert(header::AUTHORIZATION, HeaderValue::from_static(value));
+            }
+            for (name, value) in self.headers {
+                headers.append(*name, HeaderValue::from_static(value));
             }
             HttpRequest {
                 method: self.method.clone(),
@@ -354,6 +421,7 @@ mod tests {
             (Case { query: "PayloadFormatIndicator=2", ..POST }, 400, "invalid_payload_format_indicator"),
             (Case { query: "MessageExpiryInterval=-1", ..POST }, 400, "invalid_message_expiry_interval"),
             (Case { query: "ResponseTopic=a/%2B", ..POST }, 400, "invalid_response_topic"),
+            (Case { headers: &[("x-amz-mqtt5-correlation-data", "!!")], ..POST }, 400, "invalid_correlation_data"),
             (Case { query: "PayloadFormatIndicator=1", body: b"\xff", ..POST }, 400, "invalid_payload"),
             (Case { authorization: None, ..POST }, 401, "missing_credentials"),
             (Case { authorization: Some("Basic xx"), ..POST }, 401, "invalid_authorization_header"),
@@ -509,6 +577,80 @@ mod tests {
         assert_eq!(message.payload, Bytes::from_static(b"21.5"));
         assert_eq!(message.properties.content_type.as_deref(), Some("text/plain"));
         assert_eq!(message.properties.user_properties, [("k".to_owned(), "v".to_owned())]);
+    }
+
+    #[tokio::test]
+    async fn aws_iot_headers_and_trace_context_become_user_properties_in_order() {
+        let (service, publisher, _) = fake_service();
+        // base64 of [{"deviceName":"alpha"},{"deviceCnt":"45"}]
+        let case = Case {
+            query: "messageExpiry=60&contentType=application%2Fjson&UserProp.1.Key=k&UserProp.1.Value=v",
+            headers: &[
+                ("x-amz-mqtt5-user-properties", "W3siZGV2aWNlTmFtZSI6ImFscGhhIn0seyJkZXZpY2VDbnQiOiI0NSJ9XQ=="),
+                ("x-amz-mqtt5-correlation-data", "cmVxLTE="),
+                ("x-amz-mqtt5-payload-format-indicator", "UTF8_DATA"),
+                ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                ("tracestate", "congo=t61rcWkgMzE"),
+            ],
+            ..POST
+        };
+        assert_eq!(answer(&service, case.request()).await.0, 200);
+        let p = publisher.sent()[0].properties.clone();
+        let props: Vec<(&str, &str)> = p.user_properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        assert_eq!(
+            props,
+            [
+                ("deviceName", "alpha"),
+                ("deviceCnt", "45"),
+                ("k", "v"),
+                ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+                ("tracestate", "congo=t61rcWkgMzE"),
+            ]
+        );
+        assert_eq!(p.correlation_data.as_deref(), Some(&b"req-1"[..]));
+        assert_eq!((p.payload_format_indicator, p.message_expiry_interval), (Some(1), Some(60)));
+        assert_eq!(p.content_type.as_deref(), Some("application/json"));
+        let broken_trace = Case { headers: &[("traceparent", "00-zz-00f067aa0ba902b7-01")], ..POST };
+        let (service, publisher, _) = fake_service();
+        assert_eq!(answer(&service, broken_trace.request()).await.0, 200, "an invalid traceparent is no error");
+        assert!(publisher.sent()[0].properties.user_properties.is_empty(), "and is not forwarded");
+    }
+
+    #[tokio::test]
+    async fn cors_preflights_and_answers_follow_the_config() {
+        const PAGE: &str = "http://127.0.0.1:9090";
+        let with_cors = format!("{}\n[cors]\nallowed_origins = [\"{PAGE}\"]\nmax_age_seconds = 60\n", config());
+        let publisher = FakePublisher::new();
+        let service = Service::with_store(publisher.clone(), FakeStore::new(&with_cors) as Arc<dyn ConfigStore>);
+        let preflight = Case {
+            method: Method::OPTIONS,
+            authorization: None,
+            headers: &[("origin", PAGE), ("access-control-request-method", "POST")],
+            ..POST
+        };
+        let response = service.handle(preflight.request()).await;
+        assert_eq!(response.status(), StatusCode::NO_CONTENT, "no credentials needed");
+        assert_eq!(response.headers()["access-control-max-age"], "60");
+        let elsewhere = Case {
+            method: Method::OPTIONS,
+            authorization: None,
+            headers: &[("origin", "http://localhost:9090"), ("access-control-request-method", "POST")],
+            ..POST
+        };
+        assert_eq!(service.handle(elsewhere.request()).await.status(), StatusCode::METHOD_NOT_ALLOWED);
+        for (case, status) in [
+            (Case { headers: &[("origin", PAGE)], ..POST }, StatusCode::OK),
+            (Case { headers: &[("origin", PAGE)], authorization: None, ..POST }, StatusCode::UNAUTHORIZED),
+        ] {
+            let response = service.handle(case.request()).await;
+            assert_eq!(response.status(), status);
+            assert_eq!(response.headers()["access-control-allow-origin"], PAGE, "{status}");
+            assert_eq!(response.headers()["access-control-expose-headers"], "X-Message-Id, Retry-After");
+            assert!(!response.headers().contains_key("access-control-allow-credentials"));
+        }
+        assert_eq!(publisher.sent().len(), 1, "only the 200 published");
+        let (service, ..) = fake_service();
+        assert_eq!(service.handle(preflight.request()).await.status(), StatusCode::METHOD_NOT_ALLOWED, "no [cors]");
     }
 
     #[tokio::test]

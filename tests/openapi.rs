@@ -244,10 +244,13 @@ fn every_status_and_code_the_code_answers_with_is_documented_with_its_headers() 
     let mut post_statuses = statuses.clone();
     post_statuses.remove(&405);
     assert_eq!(documented_statuses(post), post_statuses, "POST documents exactly what it can answer");
-    for responses in others {
+    for responses in &others {
         assert!(documented_statuses(responses).contains(&405));
         assert!(documented_statuses(responses).is_subset(&statuses));
     }
+    // OPTIONS: the preflight's 204, else what GET answers.
+    let options = &operation(&doc, "options")["responses"];
+    assert_eq!(&documented_statuses(options) - &BTreeSet::from([204]), documented_statuses(others[0]));
     let published = resolve(&doc, status_of(post, 200).unwrap());
     assert_eq!(
         resolve(&doc, &published["headers"]["X-Message-Id"])["schema"]["pattern"].as_str(),
@@ -258,4 +261,36 @@ fn every_status_and_code_the_code_answers_with_is_documented_with_its_headers() 
 /// The response documented for `status` in a `responses` map.
 fn status_of(responses: &Yaml, status: u16) -> Option<&Yaml> {
     responses.as_hash()?.get(&Yaml::String(status.to_string()))
+}
+
+#[test]
+fn the_headers_the_contract_reads_and_the_preflight_sends_are_documented() {
+    use mqtt_http_publish::contract::{cors, headers, trace};
+    let doc = document();
+    let documented: BTreeSet<String> = operation(&doc, "post")["parameters"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .map(|p| resolve(&doc, p))
+        .filter(|p| p["in"].as_str() == Some("header"))
+        .map(|p| p["name"].as_str().unwrap().to_owned())
+        .collect();
+    let read = [
+        headers::USER_PROPERTIES,
+        headers::CORRELATION_DATA,
+        headers::PAYLOAD_FORMAT_INDICATOR,
+        trace::TRACEPARENT,
+        trace::TRACESTATE,
+    ];
+    assert_eq!(documented, read.iter().map(|h| h.to_string()).collect::<BTreeSet<_>>());
+    let preflight = resolve(&doc, status_of(&operation(&doc, "options")["responses"], 204).unwrap());
+    assert_eq!(
+        preflight["headers"]["Access-Control-Allow-Headers"]["schema"]["const"].as_str(),
+        Some(cors::ALLOW_HEADERS)
+    );
+    let payload_format = resolve(&doc, &doc["components"]["parameters"]["AmzPayloadFormatIndicator"]);
+    assert_eq!(
+        strings(&payload_format["schema"]["enum"]),
+        BTreeSet::from(["UNSPECIFIED_BYTES".into(), "UTF8_DATA".into()])
+    );
 }

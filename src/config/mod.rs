@@ -42,6 +42,27 @@ pub struct ConfigFile {
     /// Quotas and sizes.
     #[serde(default)]
     pub limits: Limits,
+    /// Which web pages may call the API from a browser; absent, none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cors: Option<CorsEntry>,
+}
+
+/// `[cors]`: the origins whose pages may publish from a browser.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsEntry {
+    /// Exact origins (`https://app.example.com`, `http://127.0.0.1:9090`), or `"*"` for any.
+    pub allowed_origins: Vec<String>,
+    /// How long a browser may cache a preflight's answer.
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_seconds: u32,
+}
+
+/// Seconds a browser may cache a preflight unless `[cors] max_age_seconds` says otherwise.
+pub const DEFAULT_CORS_MAX_AGE: u32 = 600;
+
+fn default_cors_max_age() -> u32 {
+    DEFAULT_CORS_MAX_AGE
 }
 
 /// A `[[users]]` entry.
@@ -199,6 +220,54 @@ pub struct RuleSet {
     pub acl: Acl,
     /// Quotas and sizes.
     pub limits: Limits,
+    /// The browser origins allowed to call the API; `None` without `[cors]`.
+    pub cors: Option<Cors>,
+}
+
+/// A validated `[cors]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// `None` when any origin is allowed (`"*"`), else the exact origins.
+    origins: Option<HashSet<String>>,
+    /// Seconds a preflight's answer may be cached.
+    pub max_age_seconds: u32,
+}
+
+impl Cors {
+    /// Validates `[cors]`: each origin is `"*"` or `scheme://host[:port]`, nothing more.
+    pub fn new(entry: &CorsEntry) -> Result<Cors, ConfigError> {
+        let mut origins = HashSet::new();
+        let mut any = false;
+        for origin in &entry.allowed_origins {
+            if origin == "*" {
+                any = true;
+            } else if is_origin(origin) {
+                origins.insert(origin.clone());
+            } else {
+                return Err(ConfigError::Invalid(format!(
+                    "[cors]: allowed_origins holds {origin:?}, which is not \"*\" or an origin like \"https://app.example.com\" or \"http://127.0.0.1:9090\" (scheme, host and port only, lower case, no path)"
+                )));
+            }
+        }
+        Ok(Cors { origins: (!any).then_some(origins), max_age_seconds: entry.max_age_seconds })
+    }
+
+    /// Whether a page from `origin` (a request's `Origin` header) may call the API.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.as_ref().is_none_or(|origins| origins.contains(origin))
+    }
+}
+
+/// `scheme://host[:port]` as a browser serializes an origin: lower case, no
+/// trailing slash, no path, no user info.
+fn is_origin(origin: &str) -> bool {
+    let Ok(uri) = origin.parse::<http::Uri>() else { return false };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.authority().is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        && uri.path() == "/"
+        && uri.query().is_none()
+        && !origin.ends_with('/')
+        && !origin.bytes().any(|b| b.is_ascii_uppercase())
 }
 
 impl RuleSet {
@@ -216,7 +285,13 @@ impl RuleSet {
             rules.push(validate_rule(entry)?);
         }
         check_limits(&limits)?;
-        Ok(RuleSet { acl: Acl::new(rules), limits })
+        Ok(RuleSet { acl: Acl::new(rules), limits, cors: None })
+    }
+
+    /// Adds a validated `[cors]`.
+    pub fn with_cors(mut self, cors: Option<&CorsEntry>) -> Result<RuleSet, ConfigError> {
+        self.cors = cors.map(Cors::new).transpose()?;
+        Ok(self)
     }
 }
 
@@ -258,7 +333,7 @@ impl Policy {
                 return Err(ConfigError::Invalid(format!("user {:?} is defined twice", user.username)));
             }
         }
-        Ok(Policy { users, rules: Arc::new(RuleSet::new(file.rules, file.limits)?) })
+        Ok(Policy { users, rules: Arc::new(RuleSet::new(file.rules, file.limits)?.with_cors(file.cors.as_ref())?) })
     }
 }
 
@@ -396,6 +471,31 @@ mod tests {
                                   [[users]]\nusername = \"a\"\npassword_hash = \"{HASH}\"\n"
         ))
         .contains("defined twice"));
+    }
+
+    #[test]
+    fn cors_origins_are_exact_origins_or_a_star() {
+        let p =
+            Policy::from_toml("[cors]\nallowed_origins = [\"https://app.example.com\", \"http://127.0.0.1:9090\"]\n")
+                .unwrap();
+        let cors = p.rules.cors.as_ref().unwrap();
+        assert!(cors.allows("https://app.example.com") && cors.allows("http://127.0.0.1:9090"));
+        assert!(!cors.allows("https://app.example.com:443") && !cors.allows("http://app.example.com"));
+        assert_eq!(cors.max_age_seconds, DEFAULT_CORS_MAX_AGE);
+        let any = Policy::from_toml("[cors]\nallowed_origins = [\"*\"]\nmax_age_seconds = 5\n").unwrap();
+        assert!(any.rules.cors.as_ref().unwrap().allows("http://anything.example"));
+        for bad in [
+            "https://app.example.com/",
+            "https://app.example.com/path",
+            "HTTPS://APP.example.com",
+            "app.example.com",
+            "ftp://x",
+            "https://u@x",
+        ] {
+            let message = refused(&format!("[cors]\nallowed_origins = [\"{bad}\"]\n"));
+            assert!(message.contains("[cors]") && message.contains(bad), "{bad}: {message}");
+        }
+        assert!(Policy::from_toml("").unwrap().rules.cors.is_none(), "absent, no page may call");
     }
 
     #[test]

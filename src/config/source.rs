@@ -223,8 +223,8 @@ impl ConfigStore for CachedTable {
 }
 
 async fn fetch_rules(store: TableStore) -> Result<Arc<RuleSet>, StoreError> {
-    let (rules, limits) = store.rules().await?;
-    RuleSet::new(rules, limits).map(Arc::new).map_err(|e| {
+    let (rules, limits, cors) = store.rules().await?;
+    RuleSet::new(rules, limits).and_then(|set| set.with_cors(cors.as_ref())).map(Arc::new).map_err(|e| {
         error!(error = %e, "the table's rules are refused; keeping the last good copy");
         StoreError(format!("invalid rules in the table: {e}"))
     })

@@ -59,6 +59,8 @@ error_codes! {
     InvalidPayloadFormatIndicator = 400 "invalid_payload_format_indicator",
     /// `MessageExpiryInterval` is not a number of seconds the broker takes.
     InvalidMessageExpiryInterval = 400 "invalid_message_expiry_interval",
+    /// The `x-amz-mqtt5-correlation-data` header is not base64.
+    InvalidCorrelationData = 400 "invalid_correlation_data",
     /// `ResponseTopic` is not a valid topic name.
     InvalidResponseTopic = 400 "invalid_response_topic",
     /// The payload is not what its format indicator says.

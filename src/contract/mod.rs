@@ -4,10 +4,13 @@
 //! [`PublishRequest`] or the 4xx that explains why not.
 
 pub mod basic;
+pub mod cors;
 pub mod error;
+pub mod headers;
 pub mod message_id;
 pub mod query;
 pub mod topic;
+pub mod trace;
 pub mod values;
 
 use std::net::IpAddr;
@@ -20,6 +23,7 @@ pub use self::error::{ApiError, ErrorCode};
 pub use self::message_id::MessageId;
 pub use self::query::{Properties, PublishOptions};
 pub use self::topic::{Topic, TopicLimits};
+pub use self::trace::TraceContext;
 pub use self::values::{ClientId, Qos};
 
 /// The path as the entry point received it: the contract decodes it exactly once.
@@ -85,8 +89,9 @@ pub struct PublishRequest {
 /// The only path prefix the API serves.
 const TOPICS_PREFIX: &[u8] = b"/topics/";
 
-/// Checks method, path, query and payload. `max_payload_bytes` is the
-/// smaller of the config's limit and the backend's.
+/// Checks method, path, query, the property headers and payload, and forwards
+/// a valid trace context after the request's own user properties.
+/// `max_payload_bytes` is the smaller of the config's limit and the backend's.
 pub fn parse_request(
     request: &HttpRequest,
     limits: BackendLimits,
@@ -96,7 +101,11 @@ pub fn parse_request(
         return Err(ApiError::MethodNotAllowed);
     }
     let topic = parse_topic(&request.path, limits.topic)?;
-    let options = query::parse_options(&request.query, limits.max_qos, limits.topic)?;
+    let mut options = query::parse_options(&request.query, limits.max_qos, limits.topic)?;
+    headers::merge(&request.headers, &mut options.properties)?;
+    if let Some(trace) = TraceContext::from_headers(&request.headers) {
+        options.properties.user_properties.extend(trace.user_properties());
+    }
     if options.retain && !limits.retain_available {
         return Err(ApiError::bad_request(
             ErrorCode::RetainNotSupported,

@@ -1,8 +1,10 @@
 //! The query string: QoS, retain, identity hints and MQTT 5 properties.
 //!
 //! Names match case-insensitively (`qos`, `QoS`); unknown names are ignored; a
-//! name given twice with different values is refused, as is `retained`
-//! disagreeing with its AWS IoT spelling `retain`.
+//! name given twice with different values is refused, as is a parameter
+//! disagreeing with its AWS IoT spelling (`retain` for `retained`,
+//! `messageExpiry` for `MessageExpiryInterval`; `contentType` and
+//! `responseTopic` are the same names in another case).
 
 use std::collections::BTreeMap;
 
@@ -106,7 +108,7 @@ fn gather(pairs: &[(String, String)]) -> Result<Gathered<'_>, ApiError> {
     let conflict = |name: &str| {
         ApiError::bad_request(ErrorCode::ConflictingParameter, format!("{name} is given twice with different values"))
     };
-    let mut scalars: BTreeMap<&'static str, &str> = BTreeMap::new();
+    let mut scalars: BTreeMap<&'static str, (&str, &str)> = BTreeMap::new();
     let mut user_props: BTreeMap<u32, UserPropSlot> = BTreeMap::new();
     for (name, value) in pairs {
         let lower = name.to_ascii_lowercase();
@@ -119,18 +121,20 @@ fn gather(pairs: &[(String, String)]) -> Result<Gathered<'_>, ApiError> {
                 _ => *field = Some(value.clone()),
             }
         } else if let Some(canonical) = canonical_name(&lower) {
-            match scalars.insert(canonical, value) {
-                Some(existing) if existing != value => {
-                    return Err(ApiError::bad_request(
-                        ErrorCode::ConflictingParameter,
-                        format!("{canonical} is given more than once with different values"),
-                    ))
+            match scalars.insert(canonical, (name, value)) {
+                Some((first, existing)) if existing != value => {
+                    let message = if first == name {
+                        format!("{name} is given more than once with different values")
+                    } else {
+                        format!("{first} and {name} are the same parameter, given with different values")
+                    };
+                    return Err(ApiError::bad_request(ErrorCode::ConflictingParameter, message));
                 }
                 _ => {}
             }
         }
     }
-    Ok((scalars, user_props))
+    Ok((scalars.into_iter().map(|(canonical, (_, value))| (canonical, value)).collect(), user_props))
 }
 
 fn parse_qos(v: &str, max_qos: Qos) -> Result<Qos, ApiError> {
@@ -211,7 +215,7 @@ fn pair_user_properties(user_props: BTreeMap<u32, UserPropSlot>) -> Result<Vec<(
 /// Every query parameter read (lower-cased: names match case-insensitively),
 /// with the one name it is read as (`retain` is AWS IoT's `retained`).
 /// `UserProp.N.Key` and `UserProp.N.Value` ([`USER_PROPERTY_PREFIX`]) come on top.
-pub const PARAMETERS: [(&str, &str); 10] = [
+pub const PARAMETERS: [(&str, &str); 11] = [
     ("qos", "qos"),
     ("retained", "retained"),
     ("retain", "retained"),
@@ -222,6 +226,7 @@ pub const PARAMETERS: [(&str, &str); 10] = [
     ("contenttype", "contenttype"),
     ("payloadformatindicator", "payloadformatindicator"),
     ("messageexpiryinterval", "messageexpiryinterval"),
+    ("messageexpiry", "messageexpiryinterval"),
 ];
 
 /// The lower-cased prefix of the user property parameters, `UserProp.N.Key` and `UserProp.N.Value`.
@@ -317,6 +322,23 @@ mod tests {
         assert_eq!(code("qos=1&QOS=0"), "conflicting_parameter");
         assert_eq!(code("retained=true&retain=false"), "conflicting_parameter");
         assert!(parse("retained=true&retain=true").unwrap().retain);
+        let differs = parse("messageExpiry=5&MessageExpiryInterval=6").unwrap_err();
+        assert_eq!(differs.code(), "conflicting_parameter");
+        assert!(differs.message().contains("messageExpiry and MessageExpiryInterval"), "{}", differs.message());
+        assert_eq!(
+            parse("messageExpiry=5&MessageExpiryInterval=5").unwrap().properties.message_expiry_interval,
+            Some(5)
+        );
+    }
+
+    #[test]
+    fn the_aws_iot_query_spelling_is_read() {
+        let o =
+            parse("qos=1&retain=false&contentType=application%2Fjson&responseTopic=home%2Freplies&messageExpiry=3600")
+                .unwrap();
+        assert_eq!(o.properties.content_type.as_deref(), Some("application/json"));
+        assert_eq!(o.properties.response_topic.as_deref(), Some("home/replies"));
+        assert_eq!(o.properties.message_expiry_interval, Some(3600));
     }
 
     #[test]

@@ -124,11 +124,12 @@ async fn answer<P: Publisher>(
     certificate: Option<ClientCertificate>,
     service: &Service<P>,
 ) -> Response<Full<Bytes>> {
+    let origin = request.headers().get(header::ORIGIN).cloned();
     let response = match read_request(request, peer, certificate, service.max_payload_bytes().await).await {
         Ok(request) => service.handle(request).await,
         // Refused before the service (a body over the limit, a query that does not
-        // decode): the same log line and metrics as every other answer.
-        Err(error) => service.refuse(error),
+        // decode): the same log line, metrics and CORS headers as every other answer.
+        Err(error) => service.refuse(error, origin.as_ref()).await,
     };
     response.map(Full::new)
 }

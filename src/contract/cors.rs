@@ -1,0 +1,161 @@
+//! Browsers: the CORS answers `[cors]` allows (docs/api.md, "Browsers").
+//!
+//! A preflight (`OPTIONS /topics/...` with `Origin` and
+//! `Access-Control-Request-Method: POST`) from an allowed origin is 204 with what
+//! the page may send, and needs no credentials; every other `OPTIONS` stays 405.
+//! Every answer to an allowed origin names it in `Access-Control-Allow-Origin`
+//! and exposes `X-Message-Id` and `Retry-After`. Credentials travel in the
+//! `Authorization` header, never cookies: `Access-Control-Allow-Credentials` is
+//! never sent.
+
+use bytes::Bytes;
+use http::header::{
+    ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, ORIGIN, VARY,
+};
+use http::{HeaderValue, Method, Response, StatusCode};
+
+use super::{HttpRequest, RequestPath};
+use crate::config::Cors;
+
+/// The request headers a page may send: credentials, the body's type, trace
+/// context, an idempotency key and AWS IoT's property headers.
+pub const ALLOW_HEADERS: &str = "Authorization, Content-Type, traceparent, tracestate, Idempotency-Key, \
+     x-amz-mqtt5-user-properties, x-amz-mqtt5-correlation-data, x-amz-mqtt5-payload-format-indicator";
+/// The answer headers a page may read.
+pub const EXPOSE_HEADERS: &str = "X-Message-Id, Retry-After";
+
+/// The request's `Origin` header, if `cors` allows it.
+pub fn allowed_origin<'a>(cors: Option<&Cors>, origin: Option<&'a HeaderValue>) -> Option<&'a HeaderValue> {
+    let origin = origin?;
+    cors?.allows(origin.to_str().ok()?).then_some(origin)
+}
+
+/// The 204 for a preflight from an allowed origin; `None` for any other
+/// request, which the contract answers as usual (an `OPTIONS`: 405).
+pub fn preflight(cors: Option<&Cors>, request: &HttpRequest) -> Option<Response<Bytes>> {
+    if request.method != Method::OPTIONS || !is_topics_path(&request.path) {
+        return None;
+    }
+    let asks_post = request.headers.get(ACCESS_CONTROL_REQUEST_METHOD).is_some_and(|m| m == "POST");
+    let origin = allowed_origin(cors, request.headers.get(ORIGIN)).filter(|_| asks_post)?;
+    let max_age = cors.map_or(0, |c| c.max_age_seconds);
+    let mut response = Response::builder()
+        .status(StatusCode::NO_CONTENT)
+        .header(ACCESS_CONTROL_ALLOW_ORIGIN, origin)
+        .header(ACCESS_CONTROL_ALLOW_METHODS, "POST")
+        .header(ACCESS_CONTROL_ALLOW_HEADERS, ALLOW_HEADERS)
+        .header(ACCESS_CONTROL_MAX_AGE, max_age)
+        .header(CONTENT_LENGTH, "0")
+        .body(Bytes::new())
+        .expect("the headers are valid");
+    response.headers_mut().append(VARY, HeaderValue::from_static("Origin"));
+    Some(response)
+}
+
+/// Adds the CORS headers to an answer: with `[cors]`, `Vary: Origin` always (the
+/// answer depends on it); for an allowed origin, that origin and the headers
+/// the page may read.
+pub fn decorate<B>(cors: Option<&Cors>, origin: Option<&HeaderValue>, response: &mut Response<B>) {
+    if cors.is_none() || response.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN) {
+        return;
+    }
+    let headers = response.headers_mut();
+    headers.append(VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = origin {
+        headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        headers.insert(ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static(EXPOSE_HEADERS));
+    }
+}
+
+/// `/topics/...`, encoded or not: the only paths a preflight is answered on.
+fn is_topics_path(path: &RequestPath) -> bool {
+    let (RequestPath::Encoded(p) | RequestPath::Decoded(p)) = path;
+    p.starts_with("/topics/")
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderMap;
+
+    use super::*;
+    use crate::config::CorsEntry;
+
+    fn cors(origins: &[&str]) -> Cors {
+        Cors::new(&CorsEntry { allowed_origins: origins.iter().map(|o| o.to_string()).collect(), max_age_seconds: 300 })
+            .unwrap()
+    }
+
+    fn options(path: &str, headers: &[(&'static str, &'static str)]) -> HttpRequest {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.insert(*name, HeaderValue::from_static(value));
+        }
+        HttpRequest {
+            method: Method::OPTIONS,
+            path: RequestPath::Encoded(path.into()),
+            query: Vec::new(),
+            headers: map,
+            body: Bytes::new(),
+            source_ip: None,
+            client_certificate: None,
+        }
+    }
+
+    const PAGE: &str = "http://127.0.0.1:9090";
+
+    #[test]
+    fn a_preflight_from_an_allowed_origin_is_204_with_what_the_page_may_send() {
+        let c = cors(&[PAGE]);
+        let r = options("/topics/home", &[("origin", PAGE), ("access-control-request-method", "POST")]);
+        let response = preflight(Some(&c), &r).expect("a 204");
+        assert_eq!(response.status(), StatusCode::NO_CONTENT);
+        let h = response.headers();
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_ORIGIN], PAGE);
+        assert_eq!(h[ACCESS_CONTROL_ALLOW_METHODS], "POST");
+        assert_eq!(h[ACCESS_CONTROL_MAX_AGE], "300");
+        assert_eq!(h[VARY], "Origin");
+        assert!(h[ACCESS_CONTROL_ALLOW_HEADERS].to_str().unwrap().contains("x-amz-mqtt5-user-properties"));
+        assert!(!h.contains_key("access-control-allow-credentials"));
+    }
+
+    #[test]
+    fn every_other_options_is_left_to_the_contract() {
+        let (c, any) = (cors(&[PAGE]), cors(&["*"]));
+        let post = ("access-control-request-method", "POST");
+        for (cors, request) in [
+            (None, options("/topics/home", &[("origin", PAGE), post])),
+            (Some(&c), options("/topics/home", &[("origin", "http://localhost:9090"), post])),
+            (Some(&c), options("/topics/home", &[("origin", PAGE), ("access-control-request-method", "PUT")])),
+            (Some(&c), options("/topics/home", &[("origin", PAGE)])),
+            (Some(&c), options("/topics/home", &[post])),
+            (Some(&c), options("/other", &[("origin", PAGE), post])),
+        ] {
+            assert!(preflight(cors, &request).is_none(), "{:?}", request.headers);
+        }
+        let anywhere = options("/topics/home", &[("origin", "https://anywhere.example"), post]);
+        assert_eq!(
+            preflight(Some(&any), &anywhere).unwrap().headers()[ACCESS_CONTROL_ALLOW_ORIGIN],
+            "https://anywhere.example"
+        );
+    }
+
+    #[test]
+    fn answers_to_allowed_origins_name_them_and_expose_the_message_id() {
+        let c = cors(&[PAGE]);
+        let mut headers = HeaderMap::new();
+        headers.insert(ORIGIN, HeaderValue::from_static(PAGE));
+        let mut response = Response::new(());
+        decorate(Some(&c), allowed_origin(Some(&c), headers.get(ORIGIN)), &mut response);
+        assert_eq!(response.headers()[ACCESS_CONTROL_ALLOW_ORIGIN], PAGE);
+        assert_eq!(response.headers()[ACCESS_CONTROL_EXPOSE_HEADERS], EXPOSE_HEADERS);
+        headers.insert(ORIGIN, HeaderValue::from_static("http://evil.example"));
+        let mut response = Response::new(());
+        decorate(Some(&c), allowed_origin(Some(&c), headers.get(ORIGIN)), &mut response);
+        assert!(!response.headers().contains_key(ACCESS_CONTROL_ALLOW_ORIGIN));
+        assert_eq!(response.headers()[VARY], "Origin");
+        let mut response = Response::new(());
+        decorate(None, None, &mut response);
+        assert!(response.headers().is_empty(), "without [cors], nothing");
+    }
+}

@@ -1,0 +1,150 @@
+//! W3C Trace Context: a valid `traceparent` (and its `tracestate`) travels on
+//! as MQTT 5 user properties of the same names, the W3C's trace-context-mqtt
+//! convention, so a subscriber continues the caller's trace. An invalid
+//! `traceparent` is dropped, never an error: tracing must not break publishing.
+
+use http::HeaderMap;
+
+/// The `traceparent` header (and user property).
+pub const TRACEPARENT: &str = "traceparent";
+/// The `tracestate` header (and user property).
+pub const TRACESTATE: &str = "tracestate";
+/// Longest `tracestate` forwarded: the length the W3C asks every vendor to
+/// propagate. A longer one is dropped (its `traceparent` still travels).
+const MAX_TRACESTATE_BYTES: usize = 512;
+/// Most list members a `tracestate` may hold (W3C).
+const MAX_TRACESTATE_MEMBERS: usize = 32;
+
+/// A request's valid trace context.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    /// The `traceparent` as sent.
+    pub traceparent: String,
+    /// The `tracestate` as sent (several headers joined with `,`), if valid.
+    pub tracestate: Option<String>,
+}
+
+impl TraceContext {
+    /// The request's trace context, if it sent exactly one valid `traceparent`.
+    pub fn from_headers(headers: &HeaderMap) -> Option<TraceContext> {
+        let mut values = headers.get_all(TRACEPARENT).iter();
+        let (Some(value), None) = (values.next(), values.next()) else { return None };
+        let traceparent = value.to_str().ok().filter(|v| is_traceparent(v))?;
+        Some(TraceContext { traceparent: traceparent.to_owned(), tracestate: tracestate(headers) })
+    }
+
+    /// The 32 hex digits of the trace id, for the log line.
+    pub fn trace_id(&self) -> &str {
+        &self.traceparent[3..35]
+    }
+
+    /// The user properties that carry it, in order.
+    pub fn user_properties(&self) -> impl Iterator<Item = (String, String)> + '_ {
+        std::iter::once((TRACEPARENT.to_owned(), self.traceparent.clone()))
+            .chain(self.tracestate.iter().map(|state| (TRACESTATE.to_owned(), state.clone())))
+    }
+}
+
+/// `version-traceid-parentid-flags` in lower-case hex: version `ff` is invalid,
+/// version `00` is exactly 55 characters, a later version may append `-...`;
+/// all-zero trace and parent ids are invalid.
+fn is_traceparent(value: &str) -> bool {
+    let hex =
+        |s: &str, len: usize| s.len() == len && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let zero = |s: &str| s.bytes().all(|b| b == b'0');
+    if value.len() < 55 || !value.is_ascii() {
+        return false;
+    }
+    let (version, trace_id, parent_id, flags) = (&value[0..2], &value[3..35], &value[36..52], &value[53..55]);
+    let dashes = [2, 35, 52].iter().all(|&i| value.as_bytes()[i] == b'-');
+    let length_ok = match version {
+        "00" => value.len() == 55,
+        _ => value.len() == 55 || value.as_bytes()[55] == b'-',
+    };
+    dashes
+        && length_ok
+        && hex(version, 2)
+        && version != "ff"
+        && hex(trace_id, 32)
+        && !zero(trace_id)
+        && hex(parent_id, 16)
+        && !zero(parent_id)
+        && hex(flags, 2)
+}
+
+/// Every `tracestate` header joined with `,`, if it is printable ASCII within
+/// the W3C's bounds; else none.
+fn tracestate(headers: &HeaderMap) -> Option<String> {
+    let mut joined = String::new();
+    for value in headers.get_all(TRACESTATE) {
+        let value = value.to_str().ok()?;
+        if !joined.is_empty() {
+            joined.push(',');
+        }
+        joined.push_str(value);
+    }
+    let members = joined.split(',').filter(|m| !m.trim().is_empty()).count();
+    let printable = joined.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    (members > 0 && members <= MAX_TRACESTATE_MEMBERS && joined.len() <= MAX_TRACESTATE_BYTES && printable)
+        .then_some(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    const VALID: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn context(pairs: &[(&'static str, &str)]) -> Option<TraceContext> {
+        let mut headers = HeaderMap::new();
+        for (name, value) in pairs {
+            headers.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        TraceContext::from_headers(&headers)
+    }
+
+    #[test]
+    fn a_valid_traceparent_travels_with_its_tracestate() {
+        let c =
+            context(&[(TRACEPARENT, VALID), (TRACESTATE, "congo=t61rcWkgMzE"), (TRACESTATE, "rojo=00f067aa0ba902b7")])
+                .unwrap();
+        assert_eq!(c.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        let props: Vec<(String, String)> = c.user_properties().collect();
+        assert_eq!(
+            props,
+            [(TRACEPARENT.into(), VALID.into()), (TRACESTATE.into(), "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7".into())]
+        );
+        assert_eq!(context(&[(TRACEPARENT, VALID)]).unwrap().tracestate, None);
+    }
+
+    #[test]
+    fn invalid_traceparents_are_dropped() {
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00_4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(context(&[(TRACEPARENT, bad)]), None, "{bad:?}");
+        }
+        assert_eq!(context(&[(TRACEPARENT, VALID), (TRACEPARENT, VALID)]), None, "two traceparents");
+        let later = "01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-what-comes-next";
+        assert!(context(&[(TRACEPARENT, later)]).is_some(), "a later version may append fields");
+    }
+
+    #[test]
+    fn an_oversized_tracestate_is_dropped_and_the_traceparent_kept() {
+        let long = format!("k={}", "v".repeat(MAX_TRACESTATE_BYTES));
+        let c = context(&[(TRACEPARENT, VALID), (TRACESTATE, &long)]).unwrap();
+        assert_eq!(c.tracestate, None);
+        let many = (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
+        assert_eq!(context(&[(TRACEPARENT, VALID), (TRACESTATE, &many)]).unwrap().tracestate, None);
+    }
+}
