@@ -122,10 +122,12 @@ async fn the_handler_authenticates_and_authorizes_from_a_pushed_table() {
     assert!(ok, "{err}");
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
-        ["add limits", "add rule 10", "add rule 20", "add rule 30", "add user user0"]
+        ["add cors", "add limits", "add rule 10", "add rule 20", "add rule 30", "add user user0"]
     );
 
     let service = table_service(&moto, &table, CacheSettings::default()).await;
+    let rules = service.config().rules().await.unwrap();
+    assert!(rules.cors.as_ref().is_some_and(|c| c.allows("http://localhost:9090")), "[cors] from its item");
     assert_eq!(status(&service, event("user0", "secret0", "home/kitchen")).await, 200);
     assert_eq!(status(&service, event("user0", "wrong", "home")).await, 401);
     assert_eq!(status(&service, event("nobody", "secret0", "home")).await, 401);

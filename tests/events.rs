@@ -157,6 +157,38 @@ async fn every_mqtt5_property_reaches_aws_iot() {
 }
 
 #[tokio::test]
+async fn a_request_as_boto3_sends_it_reaches_aws_iot_as_the_same_publish() {
+    // tests/fixtures/boto3-iot-data-publish.http, as API Gateway's REST API delivers it
+    let (response, sent) = run("aws-iot-publish-boto3.json").await;
+    let call = published(&response, sent);
+    assert_eq!(call.topic(), "home/kitchen");
+    assert_eq!((call.query("qos").as_deref(), call.query("retain").as_deref()), (Some("1"), Some("false")));
+    assert_eq!(call.query("contentType").as_deref(), Some("application/json"));
+    assert_eq!(call.query("responseTopic").as_deref(), Some("home/kitchen/replies"));
+    assert_eq!(call.query("messageExpiry").as_deref(), Some("3600"));
+    assert_eq!(header(&call, "x-amz-mqtt5-payload-format-indicator"), Some("UTF8_DATA"));
+    assert_eq!(header(&call, "x-amz-mqtt5-correlation-data"), Some("cmVxLTAwMDE="), "the bytes boto3 sent");
+    // boto3 sent the array as a JSON string (it encodes its string argument once more); AWS IoT
+    // reads both as the same three pairs, in order.
+    let props =
+        String::from_utf8(common::base64_decode(header(&call, "x-amz-mqtt5-user-properties").unwrap())).unwrap();
+    assert_eq!(props, r#"[{"deviceName":"alpha"},{"deviceCnt":"45"},{"deviceName":"beta"}]"#);
+    assert_eq!(call.body, br#"{"temperature": 21.5}"#);
+}
+
+#[tokio::test]
+async fn a_browser_s_preflight_from_an_allowed_origin_is_204_without_credentials() {
+    let (response, sent) = run("cors-preflight.json").await;
+    assert_eq!(response["statusCode"], 204, "{response}");
+    let headers = &response["headers"];
+    assert_eq!(headers["access-control-allow-origin"], "http://localhost:9090");
+    assert_eq!(headers["access-control-allow-methods"], "POST");
+    assert_eq!(headers["vary"], "Origin");
+    assert!(headers.get("access-control-allow-credentials").is_none(), "{response}");
+    assert!(sent.is_empty(), "a preflight publishes nothing");
+}
+
+#[tokio::test]
 async fn a_binary_payload_arrives_byte_for_byte() {
     let (response, sent) = run("binary-payload.json").await;
     assert_eq!(published(&response, sent).body, [0, 1, 2, 0xfe, 0xff, 0x80, 0x0a, 0x0d]);

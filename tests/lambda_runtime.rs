@@ -510,6 +510,8 @@ async fn each_request_s_log_line_is_a_cloudwatch_embedded_metric_format_document
     // The line keeps what it said before: other readers of the logs find it where it was.
     assert_eq!((&ok["fields"]["status"], &ok["spans"][1]["topic"]), (&200.into(), &"home".into()), "{ok}");
     assert!(ok["fields"]["message_id"].as_str().is_some_and(|id| id.len() == 32), "{ok}");
+    // The X-Ray trace id API Gateway added (events/example-1-basic-auth.json) is in the line.
+    assert_eq!(ok["spans"][1]["xray_trace_id"], "1-5e9f0c65-1de4d666d4dd26aced652b6c", "{ok}");
     // No other line carries metrics.
     let with_metrics = logs.lines().filter(|line| line.contains("\"_aws\"")).count();
     assert_eq!(with_metrics, 3, "{logs}");

@@ -61,6 +61,8 @@ struct Serve {
     url: String,
     /// The MQTT port subscribers use: the external broker's or the embedded one's.
     mqtt_port: u16,
+    /// Where its standard output and error go.
+    log: std::path::PathBuf,
 }
 
 async fn serve(mqtt_port: Option<u16>, args: &[&str]) -> Serve {
@@ -84,9 +86,9 @@ async fn serve_with_env(mqtt_port: Option<u16>, args: &[&str], env: &[(&str, &st
             embedded
         }
     };
-    let (stdout, stderr) = common::child_logs("serve");
+    let (stdout, stderr, log) = common::child_logs_at("serve");
     let child = command.stdout(stdout).stderr(stderr).spawn().unwrap();
-    let serve = Serve { proc: Proc(child), url: format!("http://{listen}"), mqtt_port: broker_port };
+    let serve = Serve { proc: Proc(child), url: format!("http://{listen}"), mqtt_port: broker_port, log };
     wait_for_port(http, "serve").await;
     for _ in 0..200 {
         if post(&serve.url, "/topics/ready", &[USER0], b"").await.status() == 200 {
@@ -1092,4 +1094,253 @@ async fn config_and_config_table_exclude_each_other_and_an_empty_config_table_is
     // An empty CONFIG_TABLE is no table, as on Lambda: the file is served.
     let serve = serve_with_env(None, &["--config", config], &[("CONFIG_TABLE", "")]).await;
     assert_eq!(post(&serve.url, "/topics/home", &[USER0], b"").await.status(), 200);
+}
+
+/// Sends `bytes` as they are and reads one whole answer (the connection may stay open).
+async fn exchange(url: &str, bytes: &[u8]) -> Wire {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(url.trim_start_matches("http://")).await.unwrap();
+    stream.write_all(bytes).await.unwrap();
+    let mut raw = Vec::new();
+    let read = async {
+        loop {
+            let mut chunk = [0u8; 4096];
+            let n = stream.read(&mut chunk).await.unwrap();
+            raw.extend_from_slice(&chunk[..n]);
+            if let Some(split) = raw.windows(4).position(|w| w == b"\r\n\r\n") {
+                let wire = common::parse_head(std::str::from_utf8(&raw[..split + 4]).unwrap());
+                let length: usize = wire.headers.get("content-length").map_or(0, |l| l.parse().unwrap());
+                if n == 0 || raw.len() >= split + 4 + length {
+                    return Wire { body: raw[split + 4..].to_vec(), ..wire };
+                }
+            }
+            assert!(n > 0, "the connection closed before a whole answer");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read).await.expect("an answer")
+}
+
+/// The exact bytes boto3's `iot-data` client sends for `publish()` with every
+/// MQTT 5 argument (captured once by scripts/capture-boto3-publish, with the
+/// demo's Basic credentials in place of a signature).
+const BOTO3_PUBLISH: &[u8] = include_bytes!("fixtures/boto3-iot-data-publish.http");
+
+#[tokio::test]
+async fn the_bytes_boto3_sends_publish_the_message_aws_iot_would() {
+    let (_broker, port) = mosquitto("boto3").await;
+    let serve = serve(Some(port), &[]).await;
+    let mut rx = subscriber(port, "home/#").await;
+    let answer = exchange(&serve.url, BOTO3_PUBLISH).await;
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    assert_eq!(answer.headers["x-message-id"].len(), 32);
+    let p = next(&mut rx).await;
+    assert_eq!((&p.topic[..], &p.payload[..]), (&b"home/kitchen"[..], &br#"{"temperature": 21.5}"#[..]));
+    assert_eq!((p.qos, p.retain), (QoS::AtLeastOnce, false));
+    let props = p.properties.expect("MQTT 5 properties");
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    assert_eq!(props.response_topic.as_deref(), Some("home/kitchen/replies"));
+    assert!(props.message_expiry_interval.is_some_and(|e| (3590..=3600).contains(&e)), "{props:?}");
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"req-0001"[..]));
+    assert_eq!(props.payload_format_indicator, Some(1));
+    let pairs = [("deviceName", "alpha"), ("deviceCnt", "45"), ("deviceName", "beta")];
+    assert_eq!(props.user_properties, pairs.map(|(k, v)| (k.to_owned(), v.to_owned())));
+}
+
+#[tokio::test]
+async fn a_traceparent_travels_after_the_request_s_user_properties_and_its_trace_id_is_logged() {
+    let (_broker, port) = mosquitto("trace").await;
+    let serve = serve(Some(port), &[]).await;
+    let mut rx = subscriber(port, "home/#").await;
+    let traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let headers = [USER0, ("traceparent", traceparent), ("tracestate", "rojo=00f067aa0ba902b7")];
+    let answer = post(&serve.url, "/topics/home/traced?UserProp.1.Key=k&UserProp.1.Value=v", &headers, b"x").await;
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    let props = next(&mut rx).await.properties.expect("MQTT 5 properties");
+    let expected = [("k", "v"), ("traceparent", traceparent), ("tracestate", "rojo=00f067aa0ba902b7")];
+    assert_eq!(props.user_properties, expected.map(|(k, v)| (k.to_owned(), v.to_owned())));
+
+    let invalid = [USER0, ("traceparent", "00-0af7651916cd43dd8448eb211c80319c-0000000000000000-01")];
+    assert_eq!(post(&serve.url, "/topics/home/untraced", &invalid, b"x").await.status(), 200, "no error");
+    assert!(next(&mut rx).await.properties.is_none_or(|p| p.user_properties.is_empty()), "nor forwarded");
+
+    let id = &answer.headers["x-message-id"];
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    let line = log.lines().find(|l| l.contains(id.as_str()) && l.contains("status=200")).expect("the request's line");
+    assert!(line.contains(r#"trace_id="0af7651916cd43dd8448eb211c80319c""#), "{line}");
+}
+
+/// Debian's Chromium, headless, driven over the DevTools protocol on a pipe
+/// (`--remote-debugging-pipe`: JSON messages ended by NUL, the browser reading
+/// fd 3 and writing fd 4), so no port and no download are involved.
+struct Chromium {
+    _proc: Proc,
+    to_browser: std::fs::File,
+    from_browser: std::sync::mpsc::Receiver<serde_json::Value>,
+    next_id: u64,
+    _profile: std::path::PathBuf,
+}
+
+impl Chromium {
+    fn launch(name: &str) -> Chromium {
+        use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+        use std::os::unix::process::CommandExt;
+        let pipe = || {
+            let mut fds = [0; 2];
+            assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+            unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+        };
+        let ((browser_reads, we_write), (we_read, browser_writes)) = (pipe(), pipe());
+        let profile = temp_dir(&format!("chromium-{name}"));
+        let (stdout, stderr) = common::child_logs("chromium");
+        let (r, w) = (browser_reads.into_raw_fd(), browser_writes.into_raw_fd());
+        let mut command = Command::new("chromium");
+        command
+            .args(["--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe", "--no-first-run"])
+            .args(["--no-default-browser-check", "--disable-extensions", "--disable-background-networking"])
+            .arg(format!("--user-data-dir={}", profile.display()))
+            .arg("about:blank")
+            .stdout(stdout)
+            .stderr(stderr);
+        // SAFETY: dup2 and close are async-signal-safe; fds 3 and 4 are the protocol's.
+        unsafe {
+            command.pre_exec(move || {
+                let (high_r, high_w) = (libc::dup(r), libc::dup(w));
+                if high_r < 0 || high_w < 0 || libc::dup2(high_r, 3) < 0 || libc::dup2(high_w, 4) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = command.spawn().expect("chromium (scripts/test installs it)");
+        unsafe {
+            libc::close(r);
+            libc::close(w);
+        }
+        let (tx, from_browser) = std::sync::mpsc::channel();
+        let reader = std::fs::File::from(we_read);
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut reader = std::io::BufReader::new(reader);
+            let mut message = Vec::new();
+            while reader.read_until(0, &mut message).is_ok_and(|n| n > 0) {
+                message.pop();
+                if let Ok(value) = serde_json::from_slice(&message) {
+                    if tx.send(value).is_err() {
+                        return;
+                    }
+                }
+                message.clear();
+            }
+        });
+        Chromium { _proc: Proc(child), to_browser: we_write.into(), from_browser, next_id: 0, _profile: profile }
+    }
+
+    /// Sends one command (to a page's `session`, or to the browser) and returns its result.
+    fn call(&mut self, method: &str, params: serde_json::Value, session: Option<&str>) -> serde_json::Value {
+        use std::io::Write;
+        self.next_id += 1;
+        let mut message = serde_json::json!({ "id": self.next_id, "method": method, "params": params });
+        if let Some(session) = session {
+            message["sessionId"] = session.into();
+        }
+        let mut bytes = serde_json::to_vec(&message).unwrap();
+        bytes.push(0);
+        self.to_browser.write_all(&bytes).unwrap();
+        loop {
+            let answer = self.from_browser.recv_timeout(Duration::from_secs(20)).expect("chromium answers");
+            if answer["id"] == self.next_id {
+                assert!(answer["error"].is_null(), "{method}: {answer}");
+                return answer["result"].clone();
+            }
+        }
+    }
+
+    /// Opens `url` in a new tab and returns the tab's session once the page has loaded.
+    fn open(&mut self, url: &str) -> String {
+        let target = self.call("Target.createTarget", serde_json::json!({ "url": url }), None)["targetId"].clone();
+        let attached =
+            self.call("Target.attachToTarget", serde_json::json!({ "targetId": target, "flatten": true }), None);
+        let session = attached["sessionId"].as_str().unwrap().to_owned();
+        for _ in 0..200 {
+            let state = self.evaluate(&session, "location.href + ' ' + document.readyState");
+            if state == format!("{url} complete") {
+                return session;
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        panic!("{url} did not load");
+    }
+
+    /// The value of a JavaScript expression in the page (awaited if a promise).
+    fn evaluate(&mut self, session: &str, expression: &str) -> serde_json::Value {
+        let params = serde_json::json!({ "expression": expression, "awaitPromise": true, "returnByValue": true });
+        let result = self.call("Runtime.evaluate", params, Some(session));
+        assert!(result["exceptionDetails"].is_null(), "{expression}: {result}");
+        result["result"]["value"].clone()
+    }
+}
+
+/// Fills in the try-it page as a person would, sends, and returns what the page shows.
+const TRY_IT: &str = r#"(async () => {
+    const set = (id, value) => { document.getElementById(id).value = value; };
+    set("topic", "home/browser"); set("props", "from=chromium"); set("body", "hello from a page");
+    set("username", "user0"); set("password", PASSWORD);
+    document.getElementById("send").click();
+    while (!["done", "failed"].includes(document.body.dataset.state)) await new Promise(r => setTimeout(r, 20));
+    const text = id => document.getElementById(id).textContent;
+    return { state: document.body.dataset.state, status: text("status"), id: text("message-id"), answer: text("answer") };
+})()"#;
+
+#[tokio::test]
+async fn a_page_from_an_allowed_origin_publishes_from_a_real_browser_and_another_origin_is_blocked() {
+    let (_broker, port) = mosquitto("browser").await;
+    let admin = free_port();
+    let dir = temp_dir("browser");
+    let page = format!("http://127.0.0.1:{admin}");
+    let config = write_config(&dir, &format!("[cors]\nallowed_origins = [\"{page}\"]\n"));
+    let admin_listen = format!("127.0.0.1:{admin}");
+    let serve = serve(Some(port), &["--admin-listen", &admin_listen, "--config", config.to_str().unwrap()]).await;
+    let mut rx = subscriber(port, "home/#").await;
+
+    let shown = tokio::task::spawn_blocking(move || {
+        let mut chromium = Chromium::launch("cors");
+        let mut shows = Vec::new();
+        for (url, password) in [
+            (format!("{page}/"), "secret0"),
+            (format!("{page}/"), "wrong"),
+            (format!("http://localhost:{admin}/"), "secret0"),
+        ] {
+            let session = chromium.open(&url);
+            shows.push(chromium.evaluate(&session, &TRY_IT.replace("PASSWORD", &format!("{password:?}"))));
+        }
+        shows
+    })
+    .await
+    .unwrap();
+
+    let (published, refused, blocked) = (&shown[0], &shown[1], &shown[2]);
+    assert_eq!(published["state"], "done", "{published}");
+    assert!(published["status"].as_str().unwrap().starts_with("200"), "{published}");
+    let id = published["id"].as_str().unwrap();
+    assert_eq!(id.len(), 32, "the page read X-Message-Id: {published}");
+    let message = next(&mut rx).await;
+    assert_eq!((&message.topic[..], &message.payload[..]), (&b"home/browser"[..], &b"hello from a page"[..]));
+    let props = message.properties.expect("MQTT 5 properties");
+    assert_eq!(props.user_properties, [("from".to_owned(), "chromium".to_owned())]);
+
+    assert!(refused["status"].as_str().unwrap().starts_with("401"), "{refused}");
+    assert!(
+        refused["answer"].as_str().unwrap().contains("authentication_failed"),
+        "the page reads the error: {refused}"
+    );
+
+    assert_eq!(blocked["state"], "failed", "a page from another origin is blocked: {blocked}");
+    assert!(blocked["status"].as_str().unwrap().contains("network error"), "{blocked}");
+    let nothing = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    assert!(nothing.is_err(), "nothing more was published: {nothing:?}");
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("status=405") && l.contains("method_not_allowed")),
+        "the preflight was refused"
+    );
 }

@@ -59,7 +59,8 @@ pub struct ServeOptions {
 }
 
 /// The demo config: `user0` / `secret0` may publish to any topic not starting
-/// with `$` (`#` does not match those), and so may a device with a verified certificate.
+/// with `$` (`#` does not match those), and so may a device with a verified
+/// certificate; the try-it page of `--admin-listen 127.0.0.1:9090` may call it.
 pub const DEMO_CONFIG: &str = r##"
 [[users]]
 username = "user0"
@@ -69,6 +70,9 @@ password_hash = "$argon2id$v=19$m=19456,t=2,p=1$eRi/JmbC+0iM7lbk0iybwA$cok3Q+hd+
 priority = 1
 effect = "allow"
 topics = ["#"]
+
+[cors]
+allowed_origins = ["http://127.0.0.1:9090", "http://localhost:9090"]
 "##;
 
 /// Why `serve` could not start.
@@ -181,23 +185,28 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
         None => None,
     };
     let publisher = MqttPublisher::connect(broker, BROKER_PATIENCE).await;
-    if let Some(listener) = admin {
-        info!(listen = %listener.local_addr().unwrap_or(options.admin_listen.unwrap_or(options.listen)), "serving /metrics, /healthz and /readyz");
-        let table = match &config {
-            Config::Table { store, .. } => Some(Arc::clone(store)),
-            Config::File(_) => None,
-        };
-        tokio::spawn(admin::serve(listener, Arc::new(Ready { publisher: publisher.clone(), table })));
-    }
-    let service =
-        Arc::new(Service::with_store(publisher, config.store()).with_login_refusal_delay(LOGIN_REFUSAL_DELAY));
     let listener = TcpListener::bind(options.listen).await.map_err(|source| ServeError::Listen {
         what: "the server",
         address: options.listen,
         source,
     })?;
+    let api_address = listener.local_addr().unwrap_or(options.listen);
+    if let Some(admin_listener) = admin {
+        info!(
+            listen = %admin_listener.local_addr().unwrap_or(options.admin_listen.unwrap_or(options.listen)),
+            "serving the try-it page, /metrics, /healthz and /readyz"
+        );
+        let table = match &config {
+            Config::Table { store, .. } => Some(Arc::clone(store)),
+            Config::File(_) => None,
+        };
+        let page = admin::TryPage::new(api_address.port(), acceptor.is_some());
+        tokio::spawn(admin::serve(admin_listener, Arc::new(Ready { publisher: publisher.clone(), table }), page));
+    }
+    let service =
+        Arc::new(Service::with_store(publisher, config.store()).with_login_refusal_delay(LOGIN_REFUSAL_DELAY));
     info!(
-        listen = %listener.local_addr().unwrap_or(options.listen),
+        listen = %api_address,
         scheme = if acceptor.is_some() { "https" } else { "http" },
         "serving the publish API"
     );

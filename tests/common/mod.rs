@@ -27,18 +27,29 @@ pub fn log_dir() -> std::path::PathBuf {
 
 /// A new file in [`log_dir`] named after `name`, unique to this process and call.
 fn new_log_file(name: &str) -> std::fs::File {
+    new_log_file_at(name).0
+}
+
+/// [`new_log_file`], and where it is.
+fn new_log_file_at(name: &str) -> (std::fs::File, std::path::PathBuf) {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let file = format!("{name}.{}.{}.log", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
     let path = log_dir().join(file);
-    std::fs::File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
+    (std::fs::File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display())), path)
 }
 
 /// Standard output and error for a child process of the binary, both kept in one
 /// log file named after `name` (use them instead of `Stdio::null()`).
 pub fn child_logs(name: &str) -> (std::process::Stdio, std::process::Stdio) {
-    let file = new_log_file(name);
+    let (stdout, stderr, _) = child_logs_at(name);
+    (stdout, stderr)
+}
+
+/// [`child_logs`], and the log file's path, for a test that reads what the child logged.
+pub fn child_logs_at(name: &str) -> (std::process::Stdio, std::process::Stdio, std::path::PathBuf) {
+    let (file, path) = new_log_file_at(name);
     let copy = file.try_clone().expect("a log file handle can be cloned");
-    (copy.into(), file.into())
+    (copy.into(), file.into(), path)
 }
 
 /// Keeps output a test read itself (through pipes, to assert on it) in the log directory too.
@@ -68,7 +79,7 @@ impl Wire {
 }
 
 /// Parses a start line and headers.
-fn parse_head(head: &str) -> Wire {
+pub fn parse_head(head: &str) -> Wire {
     let mut lines = head.lines();
     let mut wire = Wire { start_line: lines.next().unwrap_or_default().to_owned(), ..Wire::default() };
     for line in lines {
