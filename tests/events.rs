@@ -177,6 +177,19 @@ async fn a_request_as_boto3_sends_it_reaches_aws_iot_as_the_same_publish() {
 }
 
 #[tokio::test]
+async fn a_traceparent_travels_to_aws_iot_after_the_request_s_user_properties() {
+    let (response, sent) = run("traceparent.json").await;
+    let call = published(&response, sent);
+    let props =
+        String::from_utf8(common::base64_decode(header(&call, "x-amz-mqtt5-user-properties").unwrap())).unwrap();
+    assert_eq!(
+        props,
+        r#"[{"unit":"C"},{"traceparent":"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"},{"tracestate":"congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"}]"#
+    );
+    assert_eq!(call.body, b"21.5");
+}
+
+#[tokio::test]
 async fn a_browser_s_preflight_from_an_allowed_origin_is_204_without_credentials() {
     let (response, sent) = run("cors-preflight.json").await;
     assert_eq!(response["statusCode"], 204, "{response}");
