@@ -72,12 +72,15 @@ fn is_traceparent(value: &str) -> bool {
         && hex(flags, 2)
 }
 
-/// Every `tracestate` header joined with `,`, if it is printable ASCII within
-/// the W3C's bounds; else none.
+/// Every non-empty `tracestate` header joined with `,`, if it is printable
+/// ASCII within the W3C's bounds; else none.
 fn tracestate(headers: &HeaderMap) -> Option<String> {
     let mut joined = String::new();
     for value in headers.get_all(TRACESTATE) {
         let value = value.to_str().ok()?;
+        if value.trim().is_empty() {
+            continue; // an empty header adds no list member, first or not
+        }
         if !joined.is_empty() {
             joined.push(',');
         }
