@@ -155,8 +155,8 @@ impl<P: Publisher> Service<P> {
         // The request's log lines carry the topic, once parsed, the step it is
         // at, and the trace ids it came with.
         let span = request_span();
-        if let Some(trace) = TraceContext::from_headers(&request.headers) {
-            span.record("trace_id", trace.trace_id());
+        if let Some(trace_id) = TraceContext::trace_id_of(&request.headers) {
+            span.record("trace_id", trace_id);
         }
         if self.read_amzn_trace_id {
             if let Some(root) = xray_trace_id(&request.headers) {
