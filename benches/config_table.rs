@@ -116,9 +116,9 @@ async fn run(endpoint: &str) {
     let (mut loads, mut builds) = (Vec::new(), Vec::new());
     for _ in 0..3 {
         let started = Instant::now();
-        let (rules, limits, _cors) = store.rules().await.unwrap();
+        let acl = store.rules().await.unwrap();
         let fetched = started.elapsed();
-        let set = RuleSet::new(rules, limits).unwrap();
+        let set = RuleSet::from_config(acl).unwrap();
         loads.push(started.elapsed());
         builds.push(started.elapsed() - fetched);
         assert_eq!(set.acl.rules().len(), 10_000);

@@ -286,7 +286,7 @@ pub fn config_check(file: &Path) -> anyhow::Result<String> {
         None => "none".into(),
     };
     Ok(format!(
-        "{}: ok\n  users: {}\n  rules: {} ({} allow, {} deny)\n  max payload: {} bytes\n  instance quota: {}\n  per-user quota: {}",
+        "{}: ok\n  users: {}\n  rules: {} ({} allow, {} deny)\n  max payload: {} bytes\n  instance quota: {}\n  per-user quota: {}\n  browsers (cors): {}\n  message id property: {}",
         file.display(),
         policy.users.len(),
         policy.rules.acl.rules().len(),
@@ -295,6 +295,8 @@ pub fn config_check(file: &Path) -> anyhow::Result<String> {
         limits.max_payload_bytes,
         quota(limits.messages_per_second, limits.burst),
         quota(limits.user_messages_per_second, limits.user_burst),
+        policy.rules.cors.as_ref().map_or("none".into(), |c| c.summary()),
+        policy.rules.message_id_property.as_deref().map_or("none".into(), |p| format!("{p:?}")),
     ))
 }
 

@@ -277,12 +277,16 @@ impl<P: Publisher> Service<P> {
         })?;
 
         span.record("step", "publishing");
+        let mut properties = parsed.options.properties;
+        if let Some(name) = &rules.message_id_property {
+            properties.user_properties.push((name.clone(), message_id.to_string()));
+        }
         let message = Message {
             topic: parsed.topic,
             qos: parsed.options.qos,
             retain: parsed.options.retain,
             payload: parsed.payload,
-            properties: parsed.options.properties,
+            properties,
         };
         self.publisher.publish(message).await.map_err(|error| {
             let status = match &error {
@@ -614,6 +618,28 @@ mod tests {
         let (service, publisher, _) = fake_service();
         assert_eq!(answer(&service, broken_trace.request()).await.0, 200, "an invalid traceparent is no error");
         assert!(publisher.sent()[0].properties.user_properties.is_empty(), "and is not forwarded");
+    }
+
+    #[tokio::test]
+    async fn publish_message_id_property_carries_the_answer_s_message_id_last() {
+        let config = format!("{}\n[publish]\nmessage_id_property = \"message-id\"\n", config());
+        let publisher = FakePublisher::new();
+        let service = Service::with_store(publisher.clone(), FakeStore::new(&config) as Arc<dyn ConfigStore>);
+        let case = Case {
+            query: "UserProp.1.Key=k&UserProp.1.Value=v",
+            headers: &[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+            ..POST
+        };
+        let response = service.handle(case.request()).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let id = response.headers()["x-message-id"].to_str().unwrap().to_owned();
+        let props = publisher.sent()[0].properties.user_properties.clone();
+        let names: Vec<&str> = props.iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(names, ["k", "traceparent", "message-id"]);
+        assert_eq!(props[2].1, id, "the id the caller was answered with");
+        let (service, publisher, _) = fake_service();
+        assert_eq!(answer(&service, POST.request()).await.0, 200);
+        assert!(publisher.sent()[0].properties.user_properties.is_empty(), "not without [publish]");
     }
 
     #[tokio::test]

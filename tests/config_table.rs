@@ -577,3 +577,28 @@ async fn a_write_dynamodb_refuses_is_named_nothing_is_deleted_before_it_and_a_re
     assert_eq!(parse_toml(&pulled).unwrap(), parse_toml(&std::fs::read_to_string(&file).unwrap()).unwrap());
     std::fs::remove_file(file).unwrap();
 }
+
+#[tokio::test]
+async fn cors_and_publish_travel_through_the_table_to_the_handler_and_back() {
+    let moto = moto_url();
+    let table = unique_table("publish");
+    create_config_table(&moto, &table).await;
+    let file = std::env::temp_dir().join(format!("mhp-publish-{}.toml", std::process::id()));
+    std::fs::write(&file, format!("{EXAMPLE}\n[publish]\nmessage_id_property = \"message-id\"\n")).unwrap();
+    let (ok, out, err) =
+        cli(&["config", "push", file.to_str().unwrap(), "--table", &table, "--allow-demo-user"], "", &moto);
+    assert!(ok, "{err}");
+    assert!(out.lines().any(|l| l == "add publish") && out.lines().any(|l| l == "add cors"), "{out}");
+
+    let service = table_service(&moto, &table, CacheSettings::default()).await;
+    let rules = service.config().rules().await.unwrap();
+    assert_eq!(rules.message_id_property.as_deref(), Some("message-id"));
+    assert!(rules.cors.as_ref().is_some_and(|c| c.allows("http://127.0.0.1:9090")));
+
+    let (ok, pulled, err) = cli(&["config", "pull", "--table", &table], "", &moto);
+    assert!(ok, "{err}");
+    let pulled = mqtt_http_publish::config::parse_toml(&pulled).unwrap();
+    assert_eq!(pulled.publish.and_then(|p| p.message_id_property).as_deref(), Some("message-id"));
+    assert_eq!(pulled.cors.map(|c| c.allowed_origins.len()), Some(2));
+    std::fs::remove_file(file).unwrap();
+}

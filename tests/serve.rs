@@ -1344,3 +1344,17 @@ async fn a_page_from_an_allowed_origin_publishes_from_a_real_browser_and_another
         "the preflight was refused"
     );
 }
+
+#[tokio::test]
+async fn publish_message_id_property_hands_the_subscriber_the_answer_s_message_id() {
+    let (_broker, port) = mosquitto("message-id").await;
+    let dir = temp_dir("message-id");
+    let config = write_config(&dir, "[publish]\nmessage_id_property = \"message-id\"\n");
+    let serve = serve(Some(port), &["--config", config.to_str().unwrap()]).await;
+    let mut rx = subscriber(port, "home/#").await;
+    let answer = post(&serve.url, "/topics/home/dedup?UserProp.1.Key=k&UserProp.1.Value=v", &[USER0], b"x").await;
+    assert_eq!(answer.status(), 200, "{answer:?}");
+    let props = next(&mut rx).await.properties.expect("MQTT 5 properties");
+    let id = answer.headers["x-message-id"].clone();
+    assert_eq!(props.user_properties, [("k".to_owned(), "v".to_owned()), ("message-id".to_owned(), id)]);
+}

@@ -45,7 +45,23 @@ pub struct ConfigFile {
     /// Which web pages may call the API from a browser; absent, none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cors: Option<CorsEntry>,
+    /// What every published message carries besides what its request asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub publish: Option<PublishEntry>,
 }
+
+/// `[publish]`: what every published message carries besides what its request asked for.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishEntry {
+    /// The name of a user property that carries the request's message id (the
+    /// `X-Message-Id` of its answer), so a subscriber can drop a duplicate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message_id_property: Option<String>,
+}
+
+/// Longest `message_id_property` name.
+const MAX_PROPERTY_NAME_BYTES: usize = 128;
 
 /// `[cors]`: the origins whose pages may publish from a browser.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -222,6 +238,8 @@ pub struct RuleSet {
     pub limits: Limits,
     /// The browser origins allowed to call the API; `None` without `[cors]`.
     pub cors: Option<Cors>,
+    /// The user property that carries each message's id, if any (`[publish]`).
+    pub message_id_property: Option<String>,
 }
 
 /// A validated `[cors]`.
@@ -252,10 +270,25 @@ impl Cors {
         Ok(Cors { origins: (!any).then_some(origins), max_age_seconds: entry.max_age_seconds })
     }
 
+    /// `any origin`, or how many origins are allowed (for `config check`).
+    pub fn summary(&self) -> String {
+        self.origins.as_ref().map_or("any origin".into(), |o| format!("{} origin(s)", o.len()))
+    }
+
     /// Whether a page from `origin` (a request's `Origin` header) may call the API.
     pub fn allows(&self, origin: &str) -> bool {
         self.origins.as_ref().is_none_or(|origins| origins.contains(origin))
     }
+}
+
+/// A user property name of `[publish]`: 1 to 128 bytes, no control character.
+fn check_property_name(name: String) -> Result<String, ConfigError> {
+    if name.is_empty() || name.len() > MAX_PROPERTY_NAME_BYTES || name.chars().any(char::is_control) {
+        return Err(ConfigError::Invalid(format!(
+            "[publish]: message_id_property {name:?} must be 1 to {MAX_PROPERTY_NAME_BYTES} bytes without control characters"
+        )));
+    }
+    Ok(name)
 }
 
 /// `scheme://host[:port]` as a browser serializes an origin: lower case, no
@@ -285,13 +318,17 @@ impl RuleSet {
             rules.push(validate_rule(entry)?);
         }
         check_limits(&limits)?;
-        Ok(RuleSet { acl: Acl::new(rules), limits, cors: None })
+        Ok(RuleSet { acl: Acl::new(rules), limits, cors: None, message_id_property: None })
     }
 
-    /// Adds a validated `[cors]`.
-    pub fn with_cors(mut self, cors: Option<&CorsEntry>) -> Result<RuleSet, ConfigError> {
-        self.cors = cors.map(Cors::new).transpose()?;
-        Ok(self)
+    /// Validates everything of a config that requests read but the users: the
+    /// rules, limits, `[cors]` and `[publish]`.
+    pub fn from_config(file: ConfigFile) -> Result<RuleSet, ConfigError> {
+        let mut set = RuleSet::new(file.rules, file.limits)?;
+        set.cors = file.cors.as_ref().map(Cors::new).transpose()?;
+        set.message_id_property =
+            file.publish.and_then(|p| p.message_id_property).map(check_property_name).transpose()?;
+        Ok(set)
     }
 }
 
@@ -333,7 +370,7 @@ impl Policy {
                 return Err(ConfigError::Invalid(format!("user {:?} is defined twice", user.username)));
             }
         }
-        Ok(Policy { users, rules: Arc::new(RuleSet::new(file.rules, file.limits)?.with_cors(file.cors.as_ref())?) })
+        Ok(Policy { users, rules: Arc::new(RuleSet::from_config(file)?) })
     }
 }
 
@@ -496,6 +533,18 @@ mod tests {
             assert!(message.contains("[cors]") && message.contains(bad), "{bad}: {message}");
         }
         assert!(Policy::from_toml("").unwrap().rules.cors.is_none(), "absent, no page may call");
+    }
+
+    #[test]
+    fn publish_message_id_property_is_a_checked_name() {
+        let p = Policy::from_toml("[publish]\nmessage_id_property = \"message-id\"\n").unwrap();
+        assert_eq!(p.rules.message_id_property.as_deref(), Some("message-id"));
+        assert_eq!(Policy::from_toml("[publish]\n").unwrap().rules.message_id_property, None);
+        for bad in ["", "a\\u0000b", &"x".repeat(129)] {
+            let message = refused(&format!("[publish]\nmessage_id_property = \"{bad}\"\n"));
+            assert!(message.contains("message_id_property"), "{bad}: {message}");
+        }
+        assert!(refused("[publish]\nmessage_id = \"x\"\n").contains("message_id"), "a typo is refused");
     }
 
     #[test]

@@ -223,8 +223,7 @@ impl ConfigStore for CachedTable {
 }
 
 async fn fetch_rules(store: TableStore) -> Result<Arc<RuleSet>, StoreError> {
-    let (rules, limits, cors) = store.rules().await?;
-    RuleSet::new(rules, limits).and_then(|set| set.with_cors(cors.as_ref())).map(Arc::new).map_err(|e| {
+    RuleSet::from_config(store.rules().await?).map(Arc::new).map_err(|e| {
         error!(error = %e, "the table's rules are refused; keeping the last good copy");
         StoreError(format!("invalid rules in the table: {e}"))
     })

@@ -9,6 +9,7 @@
 //! | a rule | `acl` | `rule#{priority}` | `priority` N, `effect` S, `topics` L of S, optional `usernames`, `client_ids`, `source_ips` (L of S), `qos` (L of N), `retain` BOOL, `auth` S |
 //! | the limits | `acl` | `limits` | `max_payload_bytes` N, optional `messages_per_second`, `burst`, `user_messages_per_second`, `user_burst` N |
 //! | `[cors]`, if set | `acl` | `cors` | `allowed_origins` L of S, `max_age_seconds` N |
+//! | `[publish]`, if set | `acl` | `publish` | optional `message_id_property` S |
 //!
 //! One user is one `GetItem`; the rules and limits are one `Query` of the
 //! `acl` partition, read whole.
@@ -32,7 +33,7 @@ use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ConfigFile, CorsEntry, Limits, RuleEntry, StoreError, UserEntry};
+use super::{ConfigFile, Limits, RuleEntry, StoreError, UserEntry};
 
 /// One item: attribute name → value.
 pub type Item = HashMap<String, AttributeValue>;
@@ -118,8 +119,9 @@ impl TableStore {
         output.item.map(|item| from_item(&user_key(username), item)).transpose()
     }
 
-    /// Every rule, the limits and `[cors]`: the `acl` partition, all pages.
-    pub async fn rules(&self) -> Result<(Vec<RuleEntry>, Limits, Option<CorsEntry>), StoreError> {
+    /// The `acl` partition, all pages: every rule, the limits, `[cors]` and
+    /// `[publish]`, as a config without users.
+    pub async fn rules(&self) -> Result<ConfigFile, StoreError> {
         let mut items = Vec::new();
         let mut pages = self
             .client
@@ -133,19 +135,18 @@ impl TableStore {
         while let Some(item) = pages.next().await {
             items.push(item.map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?);
         }
-        let mut rules = Vec::new();
-        let mut limits = Limits::default();
-        let mut cors = None;
+        let mut config = ConfigFile::default();
         for item in items {
             let key = key_of(&item)?;
             match key.1.as_str() {
-                "limits" => limits = from_item(&key, item)?,
-                "cors" => cors = Some(from_item(&key, item)?),
-                sk if sk.starts_with("rule#") => rules.push(from_item(&key, item)?),
+                "limits" => config.limits = from_item(&key, item)?,
+                "cors" => config.cors = Some(from_item(&key, item)?),
+                "publish" => config.publish = Some(from_item(&key, item)?),
+                sk if sk.starts_with("rule#") => config.rules.push(from_item(&key, item)?),
                 other => return Err(StoreError(format!("unexpected item sk={other:?} in the acl partition"))),
             }
         }
-        Ok((rules, limits, cors))
+        Ok(config)
     }
 
     /// Every config item, keyed by (pk, sk): what `push` compares with and `pull` prints.
@@ -275,6 +276,11 @@ pub fn cors_key() -> (String, String) {
     (ACL_PARTITION.to_owned(), "cors".to_owned())
 }
 
+/// The key of the `[publish]` item.
+pub fn publish_key() -> (String, String) {
+    (ACL_PARTITION.to_owned(), "publish".to_owned())
+}
+
 /// What an item is, for people: `user NAME`, `rule PRIORITY` or `limits`.
 pub fn describe((pk, sk): &(String, String)) -> String {
     match (pk.strip_prefix("user#"), sk.strip_prefix("rule#")) {
@@ -363,6 +369,9 @@ pub fn config_items(config: &ConfigFile) -> BTreeMap<(String, String), Item> {
     if let Some(cors) = &config.cors {
         items.insert(cors_key(), to_item(cors_key(), cors));
     }
+    if let Some(publish) = &config.publish {
+        items.insert(publish_key(), to_item(publish_key(), publish));
+    }
     items
 }
 
@@ -373,6 +382,7 @@ pub fn config_from_items(items: &BTreeMap<(String, String), Item>) -> Result<Con
         match (key.0.as_str(), key.1.as_str()) {
             (ACL_PARTITION, "limits") => config.limits = from_item(key, item.clone())?,
             (ACL_PARTITION, "cors") => config.cors = Some(from_item(key, item.clone())?),
+            (ACL_PARTITION, "publish") => config.publish = Some(from_item(key, item.clone())?),
             (ACL_PARTITION, sk) if sk.starts_with("rule#") => config.rules.push(from_item(key, item.clone())?),
             (pk, "user") if pk.starts_with("user#") => config.users.push(from_item(key, item.clone())?),
             (pk, sk) => {
