@@ -1261,7 +1261,8 @@ impl Chromium {
         let attached =
             self.call("Target.attachToTarget", serde_json::json!({ "targetId": target, "flatten": true }), None);
         let session = attached["sessionId"].as_str().unwrap().to_owned();
-        for _ in 0..200 {
+        // Up to 15 s: a browser's first start on a fresh machine builds its profile.
+        for _ in 0..600 {
             let state = self.evaluate(&session, "location.href + ' ' + document.readyState");
             if state == format!("{url} complete") {
                 return session;
