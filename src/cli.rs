@@ -101,6 +101,11 @@ pub struct ServeArgs {
     /// Address of the admin listener, off by default: /metrics (Prometheus), /healthz, /readyz.
     #[arg(long)]
     pub admin_listen: Option<std::net::SocketAddr>,
+    /// Redis or Valkey shared by a fleet of instances, redis://[:PASSWORD@]HOST:PORT[/DB]
+    /// (rediss:// for TLS): Idempotency-Key records and the [limits] quotas live there.
+    /// Without it both are this process's own.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "URL")]
+    pub redis: Option<String>,
 }
 
 #[cfg(feature = "serve")]
@@ -121,6 +126,7 @@ impl From<ServeArgs> for crate::serve::ServeOptions {
             header_read_timeout: std::time::Duration::from_secs(a.header_read_timeout),
             mqtt_connections: a.mqtt_connections,
             admin_listen: a.admin_listen,
+            redis: a.redis.filter(|url| !url.is_empty()),
         }
     }
 }

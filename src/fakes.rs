@@ -45,6 +45,12 @@ impl FakePublisher {
         self.hang.store(true, Ordering::SeqCst);
     }
 
+    /// Accepts publishes again: no failure, no hang.
+    pub fn recover(&self) {
+        *self.failure.lock().unwrap() = None;
+        self.hang.store(false, Ordering::SeqCst);
+    }
+
     /// The messages accepted so far.
     pub fn sent(&self) -> Vec<Message> {
         self.sent.lock().unwrap().clone()

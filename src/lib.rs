@@ -40,6 +40,7 @@ pub mod config;
 pub mod contract;
 #[cfg(test)]
 mod fakes;
+pub mod idempotency;
 pub mod lambda;
 pub mod logs;
 pub mod metrics;
@@ -48,3 +49,5 @@ pub mod quota;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod service;
+#[cfg(feature = "serve")]
+pub mod shared;

@@ -10,6 +10,8 @@ use clap::Parser;
 use mqtt_http_publish::cli::{self, Cli, Command, ConfigCommand};
 use mqtt_http_publish::config::source::{CacheSettings, CachedTable, ConfigStore, FileStore};
 use mqtt_http_publish::config::table::TableStore;
+use mqtt_http_publish::idempotency::dynamo::DynamoKeys;
+use mqtt_http_publish::idempotency::KeyStore;
 use mqtt_http_publish::logs::{self, Output};
 use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
 use mqtt_http_publish::service::Service;
@@ -98,16 +100,26 @@ fn invoke(event: &std::path::Path) -> ExitCode {
 /// endpoint, looked up on first use). No network call happens here.
 async fn build_service() -> anyhow::Result<Service<IotPublisher>> {
     let sdk = mqtt_http_publish::aws::sdk_config().await;
-    let store: Arc<dyn ConfigStore> =
+    // With the table, Idempotency-Key records live in it, shared by every
+    // container; with a file, in each container's memory.
+    let (store, keys): (Arc<dyn ConfigStore>, Option<Arc<dyn KeyStore>>) =
         match (std::env::var("CONFIG_TABLE").ok().filter(|t| !t.is_empty()), std::env::var_os("CONFIG_FILE")) {
-            (Some(table), _) => Arc::new(CachedTable::new(TableStore::new(&sdk, &table), CacheSettings::from_env())),
-            (None, Some(file)) => Arc::new(FileStore::load(file.into()).context("the config is refused")?),
+            (Some(table), _) => {
+                let table = TableStore::new(&sdk, &table);
+                let keys = Arc::new(DynamoKeys::new(&table));
+                (Arc::new(CachedTable::new(table, CacheSettings::from_env())), Some(keys))
+            }
+            (None, Some(file)) => (Arc::new(FileStore::load(file.into()).context("the config is refused")?), None),
             (None, None) => {
                 anyhow::bail!("neither CONFIG_TABLE nor CONFIG_FILE is set: name the config of users and rules")
             }
         };
     let publisher = IotPublisher::new(&sdk, &IotSettings::from_env());
-    Ok(Service::with_store(publisher, store).with_amzn_trace_id())
+    let service = Service::with_store(publisher, store).with_amzn_trace_id();
+    Ok(match keys {
+        Some(keys) => service.with_key_store(keys),
+        None => service,
+    })
 }
 
 fn exit_logged(result: anyhow::Result<()>) -> ExitCode {

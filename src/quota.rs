@@ -86,6 +86,25 @@ fn quota(rate: Option<f64>, burst: Option<u32>) -> Option<Quota> {
     Quota::with_period(Duration::from_nanos(period)).map(|q| q.allow_burst(burst))
 }
 
+/// The GCRA parameters of a quota: each message's period and the burst. The
+/// same quota [`Quotas`] enforces in one process; [`SharedQuotas`] across a fleet.
+pub fn gcra(rate: Option<f64>, burst: Option<u32>) -> Option<(Duration, u32)> {
+    quota(rate, burst).map(|q| (q.replenish_interval(), q.burst_size().get()))
+}
+
+/// The instance and user quotas of `[limits]` enforced across every process
+/// that shares the store (`serve --redis`: src/shared.rs). An `Err` is the
+/// store failing: the caller falls back to its own [`Quotas`].
+pub trait SharedQuotas: Send + Sync {
+    /// Admits one message for `user` under `limits`, or names the quota that
+    /// refuses it and the seconds to wait (at least 1).
+    fn admit<'a>(
+        &'a self,
+        limits: &'a Limits,
+        user: Option<&'a str>,
+    ) -> crate::config::source::StoreFuture<'a, Result<(), (Refusal, u32)>>;
+}
+
 /// Seconds for `Retry-After`: rounded up, at least 1.
 fn retry_after<P: governor::clock::Reference>(not_until: &NotUntil<P>, now: P) -> u32 {
     let seconds = not_until.wait_time_from(now).as_secs_f64().ceil();

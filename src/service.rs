@@ -14,8 +14,9 @@ use crate::auth::Authenticator;
 use crate::config::source::{ConfigStore, FileStore};
 use crate::config::{Policy, RuleSet, StoreError};
 use crate::contract::{cors, parse_request, ApiError, ErrorCode, HttpRequest, MessageId, TraceContext};
+use crate::idempotency::{Begin, Claim, KeyStore, MemoryKeys, Outcome, Pending};
 use crate::publish::{Message, PublishError, Publisher};
-use crate::quota::Quotas;
+use crate::quota::{Quotas, SharedQuotas};
 
 /// `Retry-After` seconds when the backend throttles.
 const THROTTLED_RETRY_AFTER: u32 = 1;
@@ -62,6 +63,40 @@ fn store_down(message_id: MessageId) -> impl Fn(StoreError) -> ApiError + Copy {
     }
 }
 
+/// What a request with an `Idempotency-Key` answers when the key store is
+/// unavailable (a key that cannot be checked promises nothing); the cause is logged.
+fn keys_down(message_id: MessageId) -> impl Fn(StoreError) -> ApiError + Copy {
+    move |error| {
+        warn!(message_id = %message_id, %error, "the idempotency key store is unavailable");
+        ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }
+    }
+}
+
+/// The user property that carries the message id when a request has an
+/// `Idempotency-Key` and `[publish] message_id_property` names none.
+pub const DEFAULT_MESSAGE_ID_PROPERTY: &str = "message-id";
+
+/// The `Idempotent-Replayed` header of an answer to a retry.
+const REPLAYED_HEADER: &str = "idempotent-replayed";
+
+/// A publish that succeeded, or the first answer to a key replayed.
+struct Published {
+    /// The answer's `X-Message-Id`: this request's, or the first request's with its key.
+    message_id: MessageId,
+    /// `Idempotent-Replayed`: `true` (answered from the record, nothing
+    /// published) or `unknown-outcome` (published again under the first id).
+    replayed: Option<&'static str>,
+}
+
+/// How a publish's result leaves its key: only an answer that never came is unknown.
+fn outcome_of(result: &Result<(), PublishError>) -> Outcome {
+    match result {
+        Ok(()) => Outcome::Delivered,
+        Err(PublishError::Unknown(_)) => Outcome::Unknown,
+        Err(_) => Outcome::NotDelivered,
+    }
+}
+
 /// The X-Ray trace id (`Root=1-...`) of the `X-Amzn-Trace-Id` header that API
 /// Gateway and ALB add, for the log line only.
 fn xray_trace_id(headers: &HeaderMap) -> Option<&str> {
@@ -77,6 +112,10 @@ pub struct Service<P> {
     config: Arc<dyn ConfigStore>,
     authenticator: Authenticator,
     quotas: Quotas,
+    /// The quotas a fleet shares (`serve --redis`); `quotas` when it fails.
+    shared_quotas: Option<Arc<dyn SharedQuotas>>,
+    /// Where `Idempotency-Key` records live.
+    keys: Arc<dyn KeyStore>,
     /// How long a 429 `too_many_login_attempts` is held before it is sent.
     login_refusal_delay: Duration,
     /// Whether the log line carries `X-Amzn-Trace-Id`'s root (on Lambda, where
@@ -97,6 +136,8 @@ impl<P: Publisher> Service<P> {
             config,
             authenticator: Authenticator::default(),
             quotas: Quotas::default(),
+            shared_quotas: None,
+            keys: Arc::new(MemoryKeys::default()),
             login_refusal_delay: Duration::ZERO,
             read_amzn_trace_id: false,
         }
@@ -118,6 +159,19 @@ impl<P: Publisher> Service<P> {
     /// Lambda, where the wait would be billed time.
     pub fn with_login_refusal_delay(mut self, delay: Duration) -> Service<P> {
         self.login_refusal_delay = delay;
+        self
+    }
+
+    /// Keeps `Idempotency-Key` records in `keys` (in this process's memory by default).
+    pub fn with_key_store(mut self, keys: Arc<dyn KeyStore>) -> Service<P> {
+        self.keys = keys;
+        self
+    }
+
+    /// Enforces the instance and user quotas through `quotas`, shared by a
+    /// fleet; this process's own when it fails.
+    pub fn with_shared_quotas(mut self, quotas: Arc<dyn SharedQuotas>) -> Service<P> {
+        self.shared_quotas = Some(quotas);
         self
     }
 
@@ -164,43 +218,67 @@ impl<P: Publisher> Service<P> {
             }
         }
         let mut rules_read = None;
+        // The id a message was handed to the backend under, once it was.
+        let mut sent_as = None;
         let work = async {
             Span::current().record("step", "reading the rules");
             let rules = self.config.rules().await.map_err(store_down(message_id))?;
             rules_read = Some(Arc::clone(&rules));
             if let Some(preflight) = cors::preflight(rules.cors.as_ref(), &request) {
-                return Ok(Some(preflight));
+                return Ok(Err(preflight));
             }
-            self.publish(&request, &rules, message_id).await.map(|()| None)
+            self.publish(&request, &rules, message_id, &mut sent_as).await.map(Ok)
         }
         .instrument(span.clone());
         let result = match answer_by {
             None => work.await,
-            Some(answer_by) => tokio::time::timeout_at(answer_by, work).await.unwrap_or_else(|_| {
-                span.in_scope(|| {
-                    warn!(
-                        message_id = %message_id,
-                        "the invocation's time is running out; answering 503 before the runtime ends it"
-                    )
-                });
-                Err(ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER })
-            }),
+            Some(answer_by) => {
+                let timed = tokio::time::timeout_at(answer_by, work).await;
+                timed.unwrap_or_else(|_| {
+                    span.in_scope(|| {
+                        warn!(
+                            message_id = %message_id,
+                            "the invocation's time is running out; answering 503 before the runtime ends it"
+                        )
+                    });
+                    Err(match sent_as {
+                        Some(_) => ApiError::UnknownOutcome { retry_after: UNAVAILABLE_RETRY_AFTER },
+                        None => ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER },
+                    })
+                })
+            }
         };
         let error = result.as_ref().err().map(|e| e.code().as_str());
         let refused_login = matches!(result, Err(ApiError::TooManyLoginAttempts { .. }));
+        let mut answered_id = message_id;
         let mut response = match result {
-            Ok(Some(preflight)) => preflight,
-            Ok(None) => Response::builder()
-                .status(StatusCode::OK)
-                .header("X-Message-Id", message_id.to_string())
-                .header(header::CONTENT_LENGTH, "0")
-                .body(Bytes::new())
-                .expect("static headers are valid"),
-            Err(error) => error.into_response(),
+            Ok(Err(preflight)) => preflight,
+            Ok(Ok(published)) => {
+                answered_id = published.message_id;
+                let mut ok = Response::builder()
+                    .status(StatusCode::OK)
+                    .header("X-Message-Id", published.message_id.to_string())
+                    .header(header::CONTENT_LENGTH, "0");
+                if let Some(replayed) = published.replayed {
+                    ok = ok.header(REPLAYED_HEADER, replayed);
+                }
+                ok.body(Bytes::new()).expect("static headers are valid")
+            }
+            Err(error) => {
+                let unknown = matches!(error, ApiError::UnknownOutcome { .. });
+                let mut response = error.into_response();
+                // A message that may have been published: the id it would carry.
+                if let (true, Some(id)) = (unknown, sent_as) {
+                    answered_id = id;
+                    let value = HeaderValue::from_str(&id.to_string()).expect("hex digits are a header value");
+                    response.headers_mut().insert("x-message-id", value);
+                }
+                response
+            }
         };
         let cors = rules_read.as_ref().and_then(|rules| rules.cors.as_ref());
         cors::decorate(cors, cors::allowed_origin(cors, request.headers.get(header::ORIGIN)), &mut response);
-        log_answer(&span, response.status(), message_id, error, started);
+        log_answer(&span, response.status(), answered_id, error, started);
         if refused_login && !self.login_refusal_delay.is_zero() {
             drop(request);
             tokio::time::sleep(self.login_refusal_delay).await;
@@ -226,10 +304,16 @@ impl<P: Publisher> Service<P> {
         response
     }
 
-    /// Parses, authenticates, authorizes, admits and publishes under `rules`:
-    /// the steps are recorded in the current span, for the log line of a
-    /// request cut short.
-    async fn publish(&self, request: &HttpRequest, rules: &RuleSet, message_id: MessageId) -> Result<(), ApiError> {
+    /// Parses, authenticates, authorizes, claims the `Idempotency-Key`, admits
+    /// and publishes under `rules`: the steps are recorded in the current span,
+    /// for the log line of a request cut short.
+    async fn publish(
+        &self,
+        request: &HttpRequest,
+        rules: &RuleSet,
+        message_id: MessageId,
+        sent_as: &mut Option<MessageId>,
+    ) -> Result<Published, ApiError> {
         let span = Span::current();
         let store_down = store_down(message_id);
         let limits = self.publisher.limits();
@@ -271,15 +355,49 @@ impl<P: Publisher> Service<P> {
         }
 
         let quota_user = identity.username.as_deref().or(identity.certificate.then_some(identity.client_id.as_str()));
-        self.quotas.admit(&rules.limits, quota_user).map_err(|(quota, retry_after)| {
+
+        // The key is claimed only now, once the credentials and the ACL let the
+        // request through, and before the quota, which a replay does not spend.
+        let mut message_id = message_id;
+        let mut replayed = None;
+        let mut pending = None;
+        if let Some(key) = &parsed.idempotency {
+            span.record("step", "claiming the idempotency key");
+            let identity_name = match (&identity.username, identity.certificate) {
+                (Some(name), _) => format!("user:{name}"),
+                (None, _) => format!("cn:{}", identity.client_id.as_str()),
+            };
+            let claim = Claim::new(&identity_name, key, message_id, rules.idempotency_retention);
+            match self.keys.begin(&claim).await.map_err(keys_down(message_id))? {
+                Begin::Fresh => pending = Some(Pending::new(Arc::clone(&self.keys), claim)),
+                Begin::UnknownOutcome(first) => {
+                    message_id = first;
+                    replayed = Some("unknown-outcome");
+                    pending = Some(Pending::new(Arc::clone(&self.keys), Claim { message_id: first, ..claim }));
+                }
+                Begin::Done(first) => return Ok(Published { message_id: first, replayed: Some("true") }),
+                Begin::InFlight => return Err(ApiError::RequestInProgress),
+                Begin::Reused => return Err(ApiError::IdempotencyKeyReused),
+            }
+        }
+
+        if let Err((quota, retry_after)) = self.admit(&rules.limits, quota_user).await {
             crate::metrics::refused(quota);
-            ApiError::TooManyRequests { retry_after }
-        })?;
+            if let Some(pending) = pending {
+                pending.finish(Outcome::NotDelivered).await;
+            }
+            return Err(ApiError::TooManyRequests { retry_after });
+        }
 
         span.record("step", "publishing");
         let mut properties = parsed.options.properties;
-        if let Some(name) = &rules.message_id_property {
-            properties.user_properties.push((name.clone(), message_id.to_string()));
+        let id_property = match (&rules.message_id_property, &pending) {
+            (Some(name), _) => Some(name.as_str()),
+            (None, Some(_)) => Some(DEFAULT_MESSAGE_ID_PROPERTY),
+            (None, None) => None,
+        };
+        if let Some(name) = id_property {
+            properties.user_properties.push((name.to_owned(), message_id.to_string()));
         }
         let message = Message {
             topic: parsed.topic,
@@ -288,7 +406,15 @@ impl<P: Publisher> Service<P> {
             payload: parsed.payload,
             properties,
         };
-        self.publisher.publish(message).await.map_err(|error| {
+        if let Some(pending) = pending.as_mut() {
+            pending.publishing();
+        }
+        *sent_as = Some(message_id);
+        let result = self.publisher.publish(message).await;
+        if let Some(pending) = pending {
+            pending.finish(outcome_of(&result)).await;
+        }
+        result.map(|()| Published { message_id, replayed }).map_err(|error| {
             let status = match &error {
                 PublishError::Rejected(_) => ApiError::bad_request(
                     ErrorCode::RejectedByBroker,
@@ -299,11 +425,27 @@ impl<P: Publisher> Service<P> {
                 }
                 PublishError::Throttled(_) => ApiError::TooManyRequests { retry_after: THROTTLED_RETRY_AFTER },
                 PublishError::Unavailable(_) => ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER },
+                PublishError::Unknown(_) => ApiError::UnknownOutcome { retry_after: UNAVAILABLE_RETRY_AFTER },
                 PublishError::Failed(_) => ApiError::Internal,
             };
             warn!(message_id = %message_id, client_id = %identity.client_id, error = %error, "publish failed");
             status
         })
+    }
+
+    /// The instance and user quotas: the fleet's when shared and reachable,
+    /// else this process's.
+    async fn admit(
+        &self,
+        limits: &crate::config::Limits,
+        user: Option<&str>,
+    ) -> Result<(), (crate::metrics::Refusal, u32)> {
+        if let Some(shared) = &self.shared_quotas {
+            if let Ok(admitted) = shared.admit(limits, user).await {
+                return admitted;
+            }
+        }
+        self.quotas.admit(limits, user)
     }
 }
 
@@ -505,6 +647,7 @@ mod tests {
             (PublishError::TooLarge { max_payload: Some(10) }, 413, "payload_too_large"),
             (PublishError::Throttled("slow down".into()), 429, "too_many_requests"),
             (PublishError::Unavailable("gone".into()), 503, "service_unavailable"),
+            (PublishError::Unknown("no PUBACK".into()), 503, "service_unavailable"),
             (PublishError::Failed("AccessDenied".into()), 500, "internal_error"),
         ] {
             let (service, publisher, _) = fake_service();
@@ -512,6 +655,31 @@ mod tests {
             assert_eq!(answer(&service, POST.request()).await, (status, code.to_owned()));
             reached.insert(code.to_owned());
         }
+
+        // Idempotency-Key: malformed; used for another request; asked while the first is in flight.
+        let (service, _, _) = fake_service();
+        let mut request = POST.request();
+        request.headers.insert("idempotency-key", HeaderValue::from_bytes(b"caf\xc3\xa9").unwrap());
+        assert_eq!(answer(&service, request).await, (400, "invalid_idempotency_key".to_owned()));
+        let keyed = Case { headers: &[("idempotency-key", "k1")], ..POST };
+        assert_eq!(answer(&service, keyed.request()).await.0, 200);
+        let other_body = Case { body: b"22.0", ..keyed };
+        assert_eq!(answer(&service, other_body.request()).await, (422, "idempotency_key_reused".to_owned()));
+        let (service, publisher, _) = fake_service(); // the user's quota, spent above, is one a second
+        publisher.hang();
+        let service = Arc::new(service);
+        let in_flight = Case { headers: &[("idempotency-key", "k2")], ..POST };
+        let first = tokio::spawn({
+            let (service, request) = (Arc::clone(&service), in_flight.request());
+            async move { service.handle(request).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let response = service.handle(in_flight.request()).await;
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(answer(&service, in_flight.request()).await, (409, "request_in_progress".to_owned()));
+        first.abort();
+        assert!(publisher.sent().is_empty());
+        reached.extend(["invalid_idempotency_key", "idempotency_key_reused", "request_in_progress"].map(String::from));
 
         // The config store down: 503, never 401.
         let (service, publisher, store) = fake_service();
@@ -671,12 +839,117 @@ mod tests {
             let response = service.handle(case.request()).await;
             assert_eq!(response.status(), status);
             assert_eq!(response.headers()["access-control-allow-origin"], PAGE, "{status}");
-            assert_eq!(response.headers()["access-control-expose-headers"], "X-Message-Id, Retry-After");
+            assert_eq!(
+                response.headers()["access-control-expose-headers"],
+                "X-Message-Id, Retry-After, Idempotent-Replayed"
+            );
             assert!(!response.headers().contains_key("access-control-allow-credentials"));
         }
         assert_eq!(publisher.sent().len(), 1, "only the 200 published");
         let (service, ..) = fake_service();
         assert_eq!(service.handle(preflight.request()).await.status(), StatusCode::METHOD_NOT_ALLOWED, "no [cors]");
+    }
+
+    /// The answer's status, `X-Message-Id` and `Idempotent-Replayed`.
+    async fn keyed_answer(service: &Service<FakePublisher>, case: &Case) -> (u16, String, String) {
+        let response = service.handle(case.request()).await;
+        let header =
+            |name: &str| response.headers().get(name).map_or(String::new(), |v| v.to_str().unwrap().to_owned());
+        (response.status().as_u16(), header("x-message-id"), header("idempotent-replayed"))
+    }
+
+    #[tokio::test]
+    async fn a_retry_with_the_same_key_answers_the_first_answer_and_publishes_nothing() {
+        let (service, publisher, _) = fake_service();
+        let keyed = Case { headers: &[("idempotency-key", "order-17")], ..POST };
+        let (status, first_id, replayed) = keyed_answer(&service, &keyed).await;
+        assert_eq!((status, replayed.as_str()), (200, ""));
+        let sent = publisher.sent();
+        assert_eq!(
+            sent[0].properties.user_properties,
+            vec![("message-id".to_owned(), first_id.clone())],
+            "a keyed message carries its id"
+        );
+        // Within the user's one-a-second quota: a replay spends none.
+        for _ in 0..3 {
+            assert_eq!(keyed_answer(&service, &keyed).await, (200, first_id.clone(), "true".into()));
+        }
+        // The trace context is no part of the fingerprint; the same key under another user is another key.
+        let traced = Case { headers: &[("idempotency-key", "order-17"), ("traceparent", TRACEPARENT)], ..keyed };
+        assert_eq!(keyed_answer(&service, &traced).await, (200, first_id.clone(), "true".into()));
+        assert_eq!(publisher.sent().len(), 1);
+    }
+
+    const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    #[tokio::test]
+    async fn a_key_never_skips_authentication_or_the_acl_and_refusals_release_it() {
+        let (service, publisher, _) = fake_service();
+        let headers: &'static [(&str, &str)] = &[("idempotency-key", "k")];
+        let wrong = Case { authorization: Some("Basic dXNlcjA6d3Jvbmc="), headers, ..POST };
+        assert_eq!(keyed_answer(&service, &wrong).await.0, 401);
+        let denied = Case { path: "/topics/home/secret", headers, ..POST };
+        assert_eq!(keyed_answer(&service, &denied).await.0, 401);
+        // A 4xx from the broker, a 503 before anything was sent, a 429: the key stays free.
+        for (failure, status) in
+            [(PublishError::Rejected("no".into()), 400), (PublishError::Unavailable("down".into()), 503)]
+        {
+            publisher.fail_with(failure);
+            assert_eq!(keyed_answer(&service, &Case { headers, ..POST }).await.0, status);
+            tokio::time::sleep(Duration::from_millis(1100)).await; // the user's quota: one a second
+        }
+        publisher.recover();
+        let (status, first_id, _) = keyed_answer(&service, &Case { headers, ..POST }).await;
+        assert_eq!(status, 200, "the key was never held");
+        let quota_refused = Case { headers: &[("idempotency-key", "k3")], ..POST };
+        assert_eq!(keyed_answer(&service, &quota_refused).await.0, 429, "the user's quota is spent");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (status, id, replayed) = keyed_answer(&service, &quota_refused).await;
+        assert_eq!((status, replayed.as_str()), (200, ""), "the 429 released the key");
+        assert_ne!(id, first_id);
+        assert_eq!(publisher.sent().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_outcome_republishes_under_the_first_id() {
+        let (service, publisher, _) = fake_service();
+        let keyed = Case { headers: &[("idempotency-key", "k")], ..POST };
+        publisher.fail_with(PublishError::Unknown("no PUBACK within the timeout".into()));
+        let (status, first_id, _) = keyed_answer(&service, &keyed).await;
+        assert_eq!(status, 503);
+        publisher.recover();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let (status, id, replayed) = keyed_answer(&service, &keyed).await;
+        assert_eq!((status, replayed.as_str()), (200, "unknown-outcome"));
+        assert_eq!(id, first_id, "the retry publishes under the first request's id");
+        assert_eq!(publisher.sent()[0].properties.user_properties, vec![("message-id".to_owned(), first_id.clone())]);
+        assert_eq!(keyed_answer(&service, &keyed).await, (200, first_id, "true".into()));
+        assert_eq!(publisher.sent().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_mid_publish_leaves_the_key_s_outcome_unknown() {
+        let (service, publisher, _) = fake_service();
+        let keyed = Case { headers: &[("idempotency-key", "k")], ..POST };
+        publisher.hang();
+        let soon = tokio::time::Instant::now() + Duration::from_millis(100);
+        let response = service.handle_by(keyed.request(), Some(soon)).await;
+        assert_eq!(response.status(), 503);
+        let first_id = response.headers()["x-message-id"].to_str().unwrap().to_owned();
+        publisher.recover();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(keyed_answer(&service, &keyed).await, (200, first_id.clone(), "unknown-outcome".into()));
+        assert_eq!(publisher.sent()[0].properties.user_properties, vec![("message-id".to_owned(), first_id)]);
+    }
+
+    #[tokio::test]
+    async fn a_key_store_that_is_down_refuses_keyed_requests_only() {
+        let (service, publisher, _) = fake_service();
+        let service = service.with_key_store(Arc::new(crate::idempotency::DownKeys));
+        let keyed = Case { headers: &[("idempotency-key", "k")], ..POST };
+        assert_eq!(answer(&service, keyed.request()).await, (503, "service_unavailable".to_owned()));
+        assert_eq!(answer(&service, POST.request()).await.0, 200, "a request without a key is unaffected");
+        assert_eq!(publisher.sent().len(), 1);
     }
 
     #[tokio::test]

@@ -48,7 +48,27 @@ pub struct ConfigFile {
     /// What every published message carries besides what its request asked for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub publish: Option<PublishEntry>,
+    /// How long an `Idempotency-Key` is remembered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency: Option<IdempotencyEntry>,
 }
+
+/// `[idempotency]`: how long a request's `Idempotency-Key` is remembered.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdempotencyEntry {
+    /// Seconds after its first request that a key still answers a retry with
+    /// the first answer; [`DEFAULT_IDEMPOTENCY_RETENTION_SECONDS`] if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retention_seconds: Option<u64>,
+}
+
+/// A day: how long an `Idempotency-Key` is remembered by default.
+pub const DEFAULT_IDEMPOTENCY_RETENTION_SECONDS: u64 = 86_400;
+/// The shortest retention: a key must outlive its request's own time in flight.
+const MIN_IDEMPOTENCY_RETENTION_SECONDS: u64 = 60;
+/// The longest retention: thirty days.
+const MAX_IDEMPOTENCY_RETENTION_SECONDS: u64 = 2_592_000;
 
 /// `[publish]`: what every published message carries besides what its request asked for.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -240,6 +260,8 @@ pub struct RuleSet {
     pub cors: Option<Cors>,
     /// The user property that carries each message's id, if any (`[publish]`).
     pub message_id_property: Option<String>,
+    /// How long an `Idempotency-Key` is remembered (`[idempotency]`).
+    pub idempotency_retention: std::time::Duration,
 }
 
 /// A validated `[cors]`.
@@ -318,16 +340,30 @@ impl RuleSet {
             rules.push(validate_rule(entry)?);
         }
         check_limits(&limits)?;
-        Ok(RuleSet { acl: Acl::new(rules), limits, cors: None, message_id_property: None })
+        Ok(RuleSet {
+            acl: Acl::new(rules),
+            limits,
+            cors: None,
+            message_id_property: None,
+            idempotency_retention: std::time::Duration::from_secs(DEFAULT_IDEMPOTENCY_RETENTION_SECONDS),
+        })
     }
 
     /// Validates everything of a config that requests read but the users: the
-    /// rules, limits, `[cors]` and `[publish]`.
+    /// rules, limits, `[cors]`, `[publish]` and `[idempotency]`.
     pub fn from_config(file: ConfigFile) -> Result<RuleSet, ConfigError> {
         let mut set = RuleSet::new(file.rules, file.limits)?;
         set.cors = file.cors.as_ref().map(Cors::new).transpose()?;
         set.message_id_property =
             file.publish.and_then(|p| p.message_id_property).map(check_property_name).transpose()?;
+        if let Some(seconds) = file.idempotency.and_then(|i| i.retention_seconds) {
+            if !(MIN_IDEMPOTENCY_RETENTION_SECONDS..=MAX_IDEMPOTENCY_RETENTION_SECONDS).contains(&seconds) {
+                return Err(ConfigError::Invalid(format!(
+                    "[idempotency]: retention_seconds = {seconds} must be {MIN_IDEMPOTENCY_RETENTION_SECONDS} to {MAX_IDEMPOTENCY_RETENTION_SECONDS} (thirty days)"
+                )));
+            }
+            set.idempotency_retention = std::time::Duration::from_secs(seconds);
+        }
         Ok(set)
     }
 }
@@ -533,6 +569,19 @@ mod tests {
             assert!(message.contains("[cors]") && message.contains(bad), "{bad}: {message}");
         }
         assert!(Policy::from_toml("").unwrap().rules.cors.is_none(), "absent, no page may call");
+    }
+
+    #[test]
+    fn idempotency_retention_defaults_to_a_day_and_is_bounded() {
+        let day = std::time::Duration::from_secs(86_400);
+        assert_eq!(Policy::from_toml("").unwrap().rules.idempotency_retention, day);
+        assert_eq!(Policy::from_toml("[idempotency]\n").unwrap().rules.idempotency_retention, day);
+        let p = Policy::from_toml("[idempotency]\nretention_seconds = 3600\n").unwrap();
+        assert_eq!(p.rules.idempotency_retention, std::time::Duration::from_secs(3600));
+        for bad in [0, 59, 2_592_001] {
+            let message = refused(&format!("[idempotency]\nretention_seconds = {bad}\n"));
+            assert!(message.contains("retention_seconds"), "{bad}: {message}");
+        }
     }
 
     #[test]

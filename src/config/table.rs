@@ -10,6 +10,8 @@
 //! | the limits | `acl` | `limits` | `max_payload_bytes` N, optional `messages_per_second`, `burst`, `user_messages_per_second`, `user_burst` N |
 //! | `[cors]`, if set | `acl` | `cors` | `allowed_origins` L of S, `max_age_seconds` N |
 //! | `[publish]`, if set | `acl` | `publish` | optional `message_id_property` S |
+//! | `[idempotency]`, if set | `acl` | `idempotency` | optional `retention_seconds` N |
+//! | an `Idempotency-Key` | `idem#{identity}#{key}` | `idem` | written by requests, never config (src/idempotency/dynamo.rs) |
 //!
 //! One user is one `GetItem`; the rules and limits are one `Query` of the
 //! `acl` partition, read whole.
@@ -100,6 +102,11 @@ impl TableStore {
         TableStore { progress, ..self }
     }
 
+    /// The DynamoDB client (the idempotency records share the table and its timeouts).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+
     /// The table's name.
     pub fn table(&self) -> &str {
         &self.table
@@ -142,6 +149,7 @@ impl TableStore {
                 "limits" => config.limits = from_item(&key, item)?,
                 "cors" => config.cors = Some(from_item(&key, item)?),
                 "publish" => config.publish = Some(from_item(&key, item)?),
+                "idempotency" => config.idempotency = Some(from_item(&key, item)?),
                 sk if sk.starts_with("rule#") => config.rules.push(from_item(&key, item)?),
                 other => return Err(StoreError(format!("unexpected item sk={other:?} in the acl partition"))),
             }
@@ -156,7 +164,11 @@ impl TableStore {
         let mut pages = self.client.scan().table_name(&self.table).into_paginator().items().send();
         while let Some(item) = pages.next().await {
             let item = item.map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?;
-            items.insert(key_of(&item)?, item);
+            let key = key_of(&item)?;
+            // Idempotency keys share the table but are the requests' own, not config.
+            if !key.0.starts_with(crate::idempotency::PARTITION_PREFIX) {
+                items.insert(key, item);
+            }
             self.progress.advance(1);
         }
         self.progress.finish();
@@ -281,6 +293,11 @@ pub fn publish_key() -> (String, String) {
     (ACL_PARTITION.to_owned(), "publish".to_owned())
 }
 
+/// The key of the `[idempotency]` item.
+pub fn idempotency_key() -> (String, String) {
+    (ACL_PARTITION.to_owned(), "idempotency".to_owned())
+}
+
 /// What an item is, for people: `user NAME`, `rule PRIORITY` or `limits`.
 pub fn describe((pk, sk): &(String, String)) -> String {
     match (pk.strip_prefix("user#"), sk.strip_prefix("rule#")) {
@@ -372,6 +389,9 @@ pub fn config_items(config: &ConfigFile) -> BTreeMap<(String, String), Item> {
     if let Some(publish) = &config.publish {
         items.insert(publish_key(), to_item(publish_key(), publish));
     }
+    if let Some(idempotency) = &config.idempotency {
+        items.insert(idempotency_key(), to_item(idempotency_key(), idempotency));
+    }
     items
 }
 
@@ -383,6 +403,7 @@ pub fn config_from_items(items: &BTreeMap<(String, String), Item>) -> Result<Con
             (ACL_PARTITION, "limits") => config.limits = from_item(key, item.clone())?,
             (ACL_PARTITION, "cors") => config.cors = Some(from_item(key, item.clone())?),
             (ACL_PARTITION, "publish") => config.publish = Some(from_item(key, item.clone())?),
+            (ACL_PARTITION, "idempotency") => config.idempotency = Some(from_item(key, item.clone())?),
             (ACL_PARTITION, sk) if sk.starts_with("rule#") => config.rules.push(from_item(key, item.clone())?),
             (pk, "user") if pk.starts_with("user#") => config.users.push(from_item(key, item.clone())?),
             (pk, sk) => {

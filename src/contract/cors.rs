@@ -23,7 +23,7 @@ use crate::config::Cors;
 pub const ALLOW_HEADERS: &str = "Authorization, Content-Type, traceparent, tracestate, Idempotency-Key, \
      x-amz-mqtt5-user-properties, x-amz-mqtt5-correlation-data, x-amz-mqtt5-payload-format-indicator";
 /// The answer headers a page may read.
-pub const EXPOSE_HEADERS: &str = "X-Message-Id, Retry-After";
+pub const EXPOSE_HEADERS: &str = "X-Message-Id, Retry-After, Idempotent-Replayed";
 
 /// The request's `Origin` header, if `cors` allows it.
 pub fn allowed_origin<'a>(cors: Option<&Cors>, origin: Option<&'a HeaderValue>) -> Option<&'a HeaderValue> {

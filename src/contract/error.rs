@@ -6,6 +6,9 @@ use http::{header, HeaderValue, Response, StatusCode};
 /// The realm every 401 names in `WWW-Authenticate`.
 pub const REALM_HEADER: &str = "Basic realm=\"mqtt\"";
 
+/// `Retry-After` seconds of a 409 `request_in_progress`.
+pub const IN_PROGRESS_RETRY_AFTER: u32 = 1;
+
 /// Declares [`ErrorCode`] from one table: variant, status, code.
 macro_rules! error_codes {
     ($($(#[$doc:meta])* $variant:ident = $status:literal $code:literal,)*) => {
@@ -73,6 +76,8 @@ error_codes! {
     RejectedByBroker = 400 "rejected_by_broker",
     /// The request is not valid HTTP (`serve`).
     MalformedRequest = 400 "malformed_request",
+    /// The `Idempotency-Key` header is not 1 to 255 printable ASCII characters, or is repeated.
+    InvalidIdempotencyKey = 400 "invalid_idempotency_key",
     /// Neither a Basic header nor a client certificate.
     MissingCredentials = 401 "missing_credentials",
     /// The Authorization header is not `Basic base64(user:password)`.
@@ -89,8 +94,12 @@ error_codes! {
     NotAuthorized = 401 "not_authorized",
     /// Any method but POST.
     MethodNotAllowed = 405 "method_not_allowed",
+    /// A request with the same `Idempotency-Key` is still in flight.
+    RequestInProgress = 409 "request_in_progress",
     /// The payload exceeds the limit.
     PayloadTooLarge = 413 "payload_too_large",
+    /// The `Idempotency-Key` was used for a different request.
+    IdempotencyKeyReused = 422 "idempotency_key_reused",
     /// Over a quota, ours or the backend's.
     TooManyRequests = 429 "too_many_requests",
     /// Too many password checks from this source address: refused before any hash is computed.
@@ -157,10 +166,20 @@ pub enum ApiError {
         /// Seconds after which a retry may succeed.
         retry_after: u32,
     },
+    /// 409: the first request with this `Idempotency-Key` is still in flight.
+    RequestInProgress,
+    /// 422: this `Idempotency-Key` was first used for a different request.
+    IdempotencyKeyReused,
     /// 500: a fault on our side; the cause was logged.
     Internal,
     /// 503: the backend is unreachable or timed out; the cause was logged.
     Unavailable {
+        /// Seconds after which a retry may succeed.
+        retry_after: u32,
+    },
+    /// 503: the message was sent, but the backend's answer never came: it may
+    /// have been published (under the answer's `X-Message-Id`).
+    UnknownOutcome {
         /// Seconds after which a retry may succeed.
         retry_after: u32,
     },
@@ -193,8 +212,10 @@ impl ApiError {
             ApiError::HeadersTooLarge { .. } => ErrorCode::HeadersTooLarge,
             ApiError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
             ApiError::TooManyLoginAttempts { .. } => ErrorCode::TooManyLoginAttempts,
+            ApiError::RequestInProgress => ErrorCode::RequestInProgress,
+            ApiError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             ApiError::Internal => ErrorCode::InternalError,
-            ApiError::Unavailable { .. } => ErrorCode::ServiceUnavailable,
+            ApiError::Unavailable { .. } | ApiError::UnknownOutcome { .. } => ErrorCode::ServiceUnavailable,
         }
     }
 
@@ -216,10 +237,17 @@ impl ApiError {
             ApiError::TooManyLoginAttempts { retry_after } => format!(
                 "too many logins that needed a password check from this address (failed ones, mostly); retry after {retry_after} s"
             ),
+            ApiError::RequestInProgress => format!(
+                "a request with this Idempotency-Key is still being published; retry after {IN_PROGRESS_RETRY_AFTER} s for its answer"
+            ),
+            ApiError::IdempotencyKeyReused => "this Idempotency-Key was first used for a different request (topic, message parameters or body); send a new key for a new message".into(),
             ApiError::Internal => "the server failed to publish the message".into(),
             ApiError::Unavailable { retry_after } => {
                 format!("the message broker is unavailable; retry after {retry_after} s")
             }
+            ApiError::UnknownOutcome { retry_after } => format!(
+                "the message broker did not confirm the message in time: it may have been published, under this answer's X-Message-Id; retry after {retry_after} s with the same Idempotency-Key to publish it again under that id"
+            ),
         }
     }
 
@@ -247,8 +275,12 @@ impl ApiError {
             }
             ApiError::TooManyRequests { retry_after }
             | ApiError::TooManyLoginAttempts { retry_after }
-            | ApiError::Unavailable { retry_after } => {
+            | ApiError::Unavailable { retry_after }
+            | ApiError::UnknownOutcome { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+            }
+            ApiError::RequestInProgress => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(IN_PROGRESS_RETRY_AFTER));
             }
             _ => {}
         }

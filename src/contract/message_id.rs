@@ -45,6 +45,18 @@ impl MessageId {
     }
 }
 
+impl std::str::FromStr for MessageId {
+    type Err = ();
+
+    /// An id as [`fmt::Display`] writes it (a stored idempotency record's).
+    fn from_str(text: &str) -> Result<MessageId, ()> {
+        if text.len() != 32 {
+            return Err(());
+        }
+        u128::from_str_radix(text, 16).map(MessageId).map_err(|_| ())
+    }
+}
+
 impl fmt::Display for MessageId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:032X}", self.0)
@@ -60,6 +72,14 @@ mod tests {
         let id = MessageId::next().to_string();
         assert_eq!(id.len(), 32);
         assert!(id.chars().all(|c| c.is_ascii_digit() || ('A'..='F').contains(&c)), "{id}");
+    }
+
+    #[test]
+    fn an_id_reads_back_from_its_text() {
+        let id = MessageId::next();
+        assert_eq!(id.to_string().parse::<MessageId>(), Ok(id));
+        assert!("12".parse::<MessageId>().is_err());
+        assert!("G".repeat(32).parse::<MessageId>().is_err());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod basic;
 pub mod cors;
 pub mod error;
 pub mod headers;
+pub mod idempotency;
 pub mod message_id;
 pub mod query;
 pub mod topic;
@@ -20,6 +21,7 @@ use http::{HeaderMap, Method};
 use percent_encoding::percent_decode;
 
 pub use self::error::{ApiError, ErrorCode};
+pub use self::idempotency::IdempotencyKey;
 pub use self::message_id::MessageId;
 pub use self::query::{Properties, PublishOptions};
 pub use self::topic::{Topic, TopicLimits};
@@ -84,6 +86,8 @@ pub struct PublishRequest {
     pub options: PublishOptions,
     /// The payload, unchanged.
     pub payload: Bytes,
+    /// The `Idempotency-Key` and the request's fingerprint, if it has a key.
+    pub idempotency: Option<IdempotencyKey>,
 }
 
 /// The only path prefix the API serves.
@@ -103,6 +107,11 @@ pub fn parse_request(
     let topic = parse_topic(&request.path, limits.topic)?;
     let mut options = query::parse_options(&request.query, limits.max_qos, limits.topic)?;
     headers::merge(&request.headers, &mut options.properties)?;
+    // Fingerprinted before the trace context joins the properties: a retry carries its own.
+    let idempotency = idempotency::key_of(&request.headers)?.map(|key| IdempotencyKey {
+        key,
+        fingerprint: idempotency::fingerprint(&topic, options.qos, options.retain, &options.properties, &request.body),
+    });
     if let Some(trace) = TraceContext::from_headers(&request.headers) {
         options.properties.user_properties.extend(trace.user_properties());
     }
@@ -121,7 +130,7 @@ pub fn parse_request(
             "PayloadFormatIndicator=1 declares a UTF-8 payload, but the body is not valid UTF-8",
         ));
     }
-    Ok(PublishRequest { topic, options, payload: request.body.clone() })
+    Ok(PublishRequest { topic, options, payload: request.body.clone(), idempotency })
 }
 
 /// `/topics/{topic}` → the topic, decoded exactly once: `%2F` and `/` both separate levels.

@@ -226,19 +226,25 @@ fn user_properties_json(pairs: &[(String, String)]) -> String {
 fn classify(err: SdkError<SdkPublishError>) -> PublishError {
     let detail = DisplayErrorContext(&err).to_string();
     match &err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) => PublishError::Unavailable(detail),
+        // A connection refused never sent the request.
+        SdkError::DispatchFailure(_) if refused(&err) => PublishError::Unavailable(detail),
+        // A timeout, or a connection lost mid-exchange: the request may have arrived.
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            PublishError::Unknown(detail)
+        }
         SdkError::ServiceError(service) => match service.err() {
             SdkPublishError::InvalidRequestException(_) => PublishError::Rejected(detail),
             SdkPublishError::ThrottlingException(_) => PublishError::Throttled(detail),
             // IoT's own 500, already retried by the SDK (a transient server error):
-            // a backend fault worth a retry later, not ours.
-            SdkPublishError::InternalFailureException(_) => PublishError::Unavailable(detail),
+            // a backend fault worth a retry later, not ours; whether it published is unknown.
+            SdkPublishError::InternalFailureException(_) => PublishError::Unknown(detail),
             SdkPublishError::UnauthorizedException(_) | SdkPublishError::MethodNotAllowedException(_) => {
                 PublishError::Failed(detail)
             }
             other => match (other.meta().code(), service.raw().status().as_u16()) {
                 (Some("RequestEntityTooLargeException"), _) | (_, 413) => PublishError::TooLarge { max_payload: None },
-                (Some("ServiceUnavailableException"), _) | (_, 503 | 504) => PublishError::Unavailable(detail),
+                (Some("ServiceUnavailableException"), _) | (_, 503) => PublishError::Unavailable(detail),
+                (_, 504) => PublishError::Unknown(detail),
                 (Some("ThrottlingException"), _) | (_, 429) => PublishError::Throttled(detail),
                 (Some("InvalidRequestException"), _) | (_, 400) => PublishError::Rejected(detail),
                 _ => PublishError::Failed(detail),
@@ -246,6 +252,22 @@ fn classify(err: SdkError<SdkPublishError>) -> PublishError {
         },
         _ => PublishError::Failed(detail),
     }
+}
+
+/// Whether `err` is a connection the endpoint refused: an error of the
+/// connect, so the request was never sent. Any other dispatch failure may have
+/// happened after the request left, and is classified as of unknown outcome.
+fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(error) = cause {
+        if let Some(io) = error.downcast_ref::<std::io::Error>() {
+            if matches!(io.kind(), std::io::ErrorKind::ConnectionRefused | std::io::ErrorKind::AddrNotAvailable) {
+                return true;
+            }
+        }
+        cause = error.source();
+    }
+    false
 }
 
 #[cfg(test)]

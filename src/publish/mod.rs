@@ -43,9 +43,14 @@ pub enum PublishError {
     /// The backend throttled us.
     #[error("the backend throttled the publish: {0}")]
     Throttled(String),
-    /// Unreachable, timed out, or said it is unavailable: worth a retry later.
+    /// Unreachable, or said it is unavailable, before the message left: not
+    /// delivered, worth a retry later.
     #[error("the backend is unavailable: {0}")]
     Unavailable(String),
+    /// The message was sent but its outcome never came back (a timeout, a
+    /// connection lost before the acknowledgement): it may have been delivered.
+    #[error("the backend's answer never came: {0}")]
+    Unknown(String),
     /// Anything else, our own permissions included: a server fault.
     #[error("the backend failed: {0}")]
     Failed(String),

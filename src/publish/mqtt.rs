@@ -151,8 +151,11 @@ struct Correlation {
 }
 
 impl Correlation {
+    /// Fails every waiter: the connection went with their publishes handed to
+    /// it. Written or still in rumqttc's queue (which it may yet send after a
+    /// reconnect), each may be delivered: their outcome is unknown.
     fn fail_all(&mut self, reason: &str) {
-        let error = || Err(PublishError::Unavailable(reason.to_owned()));
+        let error = || Err(PublishError::Unknown(reason.to_owned()));
         for waiter in self.queued.drain(..) {
             let _ = waiter.send(error());
         }
@@ -342,8 +345,8 @@ impl Publisher for MqttPublisher {
         let _in_flight = metrics::publish_started();
         match tokio::time::timeout(ACK_TIMEOUT, rx).await {
             Ok(Ok(result)) => result,
-            Ok(Err(_)) => Err(PublishError::Unavailable("the connection task ended".into())),
-            Err(_) => Err(PublishError::Unavailable("no PUBACK within the timeout".into())),
+            Ok(Err(_)) => Err(PublishError::Unknown("the connection task ended".into())),
+            Err(_) => Err(PublishError::Unknown("no PUBACK within the timeout".into())),
         }
     }
 }

@@ -56,6 +56,8 @@ pub struct ServeOptions {
     pub mqtt_connections: Option<NonZeroUsize>,
     /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
     pub admin_listen: Option<SocketAddr>,
+    /// The Redis a fleet shares (idempotency keys, quotas); none: this process's own.
+    pub redis: Option<String>,
 }
 
 /// The demo config: `user0` / `secret0` may publish to any topic not starting
@@ -97,6 +99,9 @@ pub enum ServeError {
     /// Options that do not go together.
     #[error("{0}")]
     Options(&'static str),
+    /// `--redis` is not a Redis URL.
+    #[error(transparent)]
+    Redis(#[from] crate::shared::RedisUrlError),
     /// A certificate, key or CA file.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -174,6 +179,7 @@ const BROKER_PATIENCE: Duration = Duration::from_secs(5);
 pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     let config = load_config(&options).await?;
     let broker = broker_settings(&options)?;
+    let shared = options.redis.as_deref().map(crate::shared::Shared::new).transpose()?.map(Arc::new);
     let acceptor = tls_acceptor(&options)?;
 
     let admin = match options.admin_listen {
@@ -203,8 +209,12 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
         let page = admin::TryPage::new(api_address.port(), acceptor.is_some());
         tokio::spawn(admin::serve(admin_listener, Arc::new(Ready { publisher: publisher.clone(), table }), page));
     }
-    let service =
-        Arc::new(Service::with_store(publisher, config.store()).with_login_refusal_delay(LOGIN_REFUSAL_DELAY));
+    let mut service = Service::with_store(publisher, config.store()).with_login_refusal_delay(LOGIN_REFUSAL_DELAY);
+    if let Some(shared) = shared {
+        info!("idempotency keys and the [limits] quotas are shared through Redis");
+        service = service.with_key_store(Arc::clone(&shared) as _).with_shared_quotas(shared);
+    }
+    let service = Arc::new(service);
     info!(
         listen = %api_address,
         scheme = if acceptor.is_some() { "https" } else { "http" },

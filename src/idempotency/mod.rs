@@ -1,0 +1,461 @@
+//! Retries without duplicates: what a request's `Idempotency-Key` records, and
+//! where (docs/api.md "Retries without duplicates").
+//!
+//! A key's record moves through three states. The first request with a key
+//! writes it *in flight* (with its message id and a lease), publishes, then
+//! writes the outcome: *done* when the broker accepted the message, *unknown*
+//! when the answer never came (a timeout, a connection lost mid-publish), or
+//! deletes the record when the message certainly was not delivered (a 4xx, a
+//! 429, a 503 before anything was sent), so a retry starts afresh.
+//!
+//! A later request with the same key and the same fingerprint then gets, by
+//! the record's state: *done*, the first answer again without a publish; *in
+//! flight*, 409; *unknown* (or in flight past its lease: its process died or
+//! lost its store), a new publish with the first message id, answered as an
+//! unknown outcome. A different fingerprint is 422, whatever the state.
+//!
+//! Every store makes the read and the write of [`KeyStore::begin`] one atomic
+//! step, so two concurrent first requests cannot both publish: a moka entry's
+//! compute here, a Lua script in Redis (src/shared.rs), a conditional write in
+//! DynamoDB (dynamo.rs).
+
+pub mod dynamo;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use moka::future::Cache;
+use moka::ops::compute::Op;
+use moka::policy::EvictionPolicy;
+use tracing::warn;
+
+use crate::config::source::StoreFuture;
+use crate::contract::{IdempotencyKey, MessageId};
+
+/// Every record's partition key starts so (`idem#{identity}#{key}`).
+pub const PARTITION_PREFIX: &str = "idem#";
+
+/// How long an in-flight record holds its key before a retry may take it over
+/// as an unknown outcome: longer than any publish waits for its broker (serve's
+/// PUBACK timeout, the IoT client's total timeout, API Gateway's 29 s).
+pub const IN_FLIGHT_LEASE: Duration = Duration::from_secs(60);
+
+/// Keys `serve` keeps in memory (without `--redis`); beyond, the least
+/// recently used is forgotten, and a retry of it publishes again.
+pub const MEMORY_CAPACITY: u64 = 100_000;
+
+/// One request's claim on its key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claim {
+    /// `idem#{identity}#{key}`: the identity's `#` and `%` percent-encoded, so
+    /// no two identities' keys share a record.
+    pub id: String,
+    /// The request's fingerprint, in hex.
+    pub fingerprint: String,
+    /// The id this request would publish under if it is the first.
+    pub message_id: MessageId,
+    /// How long the record is kept after its last write.
+    pub retention: Duration,
+}
+
+impl Claim {
+    /// The claim of `identity` (`user:NAME` or `cn:NAME`) on `key`.
+    pub fn new(identity: &str, key: &IdempotencyKey, message_id: MessageId, retention: Duration) -> Claim {
+        let mut id = String::with_capacity(PARTITION_PREFIX.len() + identity.len() + key.key.len() + 1);
+        id.push_str(PARTITION_PREFIX);
+        for c in identity.chars() {
+            match c {
+                '%' => id.push_str("%25"),
+                '#' => id.push_str("%23"),
+                c => id.push(c),
+            }
+        }
+        id.push('#');
+        id.push_str(&key.key);
+        let fingerprint = key.fingerprint.iter().map(|b| format!("{b:02x}")).collect();
+        Claim { id, fingerprint, message_id, retention }
+    }
+}
+
+/// What a key's record says about a request that claims it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Begin {
+    /// No record: this request is the first; it publishes under its own id.
+    Fresh,
+    /// The first request's outcome is unknown: this one publishes again, under
+    /// the first one's id.
+    UnknownOutcome(MessageId),
+    /// The first request published this id: answer it again, publish nothing.
+    Done(MessageId),
+    /// The first request is still in flight.
+    InFlight,
+    /// The key was first used for a different request.
+    Reused,
+}
+
+/// How a claiming request's publish ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The broker accepted the message (a 200).
+    Delivered,
+    /// Certainly not delivered: the key is released.
+    NotDelivered,
+    /// Sent, but no answer came: a retry publishes again under the same id.
+    Unknown,
+}
+
+/// Where records live.
+pub trait KeyStore: Send + Sync {
+    /// Reads the claim's record and, in the same atomic step, writes what
+    /// [`decide`] says.
+    fn begin<'a>(&'a self, claim: &'a Claim) -> StoreFuture<'a, Begin>;
+
+    /// Records the outcome of the publish `begin` allowed.
+    fn finish<'a>(&'a self, claim: &'a Claim, outcome: Outcome) -> StoreFuture<'a, ()>;
+}
+
+/// A record's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum State {
+    /// A request is publishing.
+    InFlight,
+    /// Published: the broker accepted it.
+    Done,
+    /// Published, outcome unknown.
+    Unknown,
+}
+
+impl State {
+    /// The state's one-letter name in a stored record.
+    pub fn letter(self) -> &'static str {
+        match self {
+            State::InFlight => "I",
+            State::Done => "D",
+            State::Unknown => "U",
+        }
+    }
+
+    /// The state a stored letter names.
+    pub fn from_letter(letter: &str) -> Option<State> {
+        match letter {
+            "I" => Some(State::InFlight),
+            "D" => Some(State::Done),
+            "U" => Some(State::Unknown),
+            _ => None,
+        }
+    }
+}
+
+/// A key's record as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Where the first request is.
+    pub state: State,
+    /// The first request's fingerprint, hex.
+    pub fingerprint: String,
+    /// The first request's message id.
+    pub message_id: MessageId,
+    /// Unix milliseconds until which an in-flight record holds its key.
+    pub lease_until_ms: u64,
+}
+
+/// Now, in Unix milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}
+
+/// What a claim on a key whose record is `stored` gets at `now_ms`, and the
+/// record to write in the same step (`None`: leave it as it is).
+pub fn decide(stored: Option<&Record>, claim: &Claim, now_ms: u64) -> (Begin, Option<Record>) {
+    let in_flight = |message_id| Record {
+        state: State::InFlight,
+        fingerprint: claim.fingerprint.clone(),
+        message_id,
+        lease_until_ms: now_ms + IN_FLIGHT_LEASE.as_millis() as u64,
+    };
+    match stored {
+        None => (Begin::Fresh, Some(in_flight(claim.message_id))),
+        Some(record) if record.fingerprint != claim.fingerprint => (Begin::Reused, None),
+        Some(record) if record.state == State::Done => (Begin::Done(record.message_id), None),
+        Some(record) if record.state == State::InFlight && record.lease_until_ms > now_ms => (Begin::InFlight, None),
+        Some(record) => (Begin::UnknownOutcome(record.message_id), Some(in_flight(record.message_id))),
+    }
+}
+
+/// A claim whose outcome is still to be recorded. Dropped unfinished (its
+/// request cut short by a deadline, or by a client that hung up), it records
+/// its outcome from a task of its own: unknown once the publish was under way,
+/// else not delivered.
+pub struct Pending {
+    store: Arc<dyn KeyStore>,
+    claim: Option<Claim>,
+    publishing: bool,
+}
+
+impl Pending {
+    /// A claim `begin` let through.
+    pub fn new(store: Arc<dyn KeyStore>, claim: Claim) -> Pending {
+        Pending { store, claim: Some(claim), publishing: false }
+    }
+
+    /// The publish is under way: from here, an interruption leaves its outcome unknown.
+    pub fn publishing(&mut self) {
+        self.publishing = true;
+    }
+
+    /// Records `outcome`. A store that fails is logged: the record then stays
+    /// in flight until its lease ends, and a retry after that publishes again
+    /// under the same message id.
+    pub async fn finish(mut self, outcome: Outcome) {
+        if let Some(claim) = self.claim.take() {
+            record(&*self.store, &claim, outcome).await;
+        }
+    }
+
+    /// The outcome an interruption leaves.
+    pub fn interrupted(&self) -> Outcome {
+        if self.publishing {
+            Outcome::Unknown
+        } else {
+            Outcome::NotDelivered
+        }
+    }
+}
+
+/// How long recording an outcome may take before it is given up (logged).
+const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+async fn record(store: &dyn KeyStore, claim: &Claim, outcome: Outcome) {
+    match tokio::time::timeout(FINISH_TIMEOUT, store.finish(claim, outcome)).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            warn!(message_id = %claim.message_id, ?outcome, %error, "cannot record an Idempotency-Key's outcome")
+        }
+        Err(_) => warn!(message_id = %claim.message_id, ?outcome, "recording an Idempotency-Key's outcome timed out"),
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        let Some(claim) = self.claim.take() else { return };
+        let outcome = self.interrupted();
+        let store = Arc::clone(&self.store);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { record(&*store, &claim, outcome).await });
+        }
+    }
+}
+
+/// A record in memory, with when it goes.
+#[derive(Debug, Clone)]
+struct Kept {
+    record: Record,
+    expires_at: Instant,
+}
+
+/// Each entry goes at its own `expires_at`.
+struct KeptExpiry;
+
+impl moka::Expiry<String, Kept> for KeptExpiry {
+    fn expire_after_create(&self, _: &String, kept: &Kept, now: Instant) -> Option<Duration> {
+        Some(kept.expires_at.saturating_duration_since(now))
+    }
+
+    fn expire_after_update(&self, _: &String, kept: &Kept, now: Instant, _: Option<Duration>) -> Option<Duration> {
+        Some(kept.expires_at.saturating_duration_since(now))
+    }
+}
+
+/// `serve`'s records without `--redis`: in this process, at most
+/// [`MEMORY_CAPACITY`] keys, the least recently used forgotten first, each for
+/// its retention after its last write.
+pub struct MemoryKeys {
+    records: Cache<String, Kept>,
+}
+
+impl Default for MemoryKeys {
+    fn default() -> Self {
+        MemoryKeys::with_capacity(MEMORY_CAPACITY)
+    }
+}
+
+impl MemoryKeys {
+    /// A store of at most `capacity` keys.
+    pub fn with_capacity(capacity: u64) -> MemoryKeys {
+        MemoryKeys {
+            records: Cache::builder()
+                .max_capacity(capacity)
+                // Plain LRU: TinyLFU's admission could refuse a new key's record,
+                // and a refused record is a key that guards nothing.
+                .eviction_policy(EvictionPolicy::lru())
+                .expire_after(KeptExpiry)
+                .build(),
+        }
+    }
+}
+
+impl KeyStore for MemoryKeys {
+    fn begin<'a>(&'a self, claim: &'a Claim) -> StoreFuture<'a, Begin> {
+        Box::pin(async move {
+            let mut begin = Begin::InFlight;
+            self.records
+                .entry_by_ref(&claim.id)
+                .and_compute_with(|entry| {
+                    let (decided, write) = decide(entry.as_ref().map(|e| &e.value().record), claim, now_ms());
+                    begin = decided;
+                    let op = match write {
+                        Some(record) => Op::Put(Kept { record, expires_at: Instant::now() + claim.retention }),
+                        None => Op::Nop,
+                    };
+                    std::future::ready(op)
+                })
+                .await;
+            Ok(begin)
+        })
+    }
+
+    fn finish<'a>(&'a self, claim: &'a Claim, outcome: Outcome) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            self.records
+                .entry_by_ref(&claim.id)
+                .and_compute_with(|entry| {
+                    let op = match (outcome, entry) {
+                        (Outcome::NotDelivered, Some(_)) => Op::Remove,
+                        (Outcome::NotDelivered, None) => Op::Nop,
+                        (Outcome::Delivered | Outcome::Unknown, _) => Op::Put(Kept {
+                            record: Record {
+                                state: if outcome == Outcome::Delivered { State::Done } else { State::Unknown },
+                                fingerprint: claim.fingerprint.clone(),
+                                message_id: claim.message_id,
+                                lease_until_ms: 0,
+                            },
+                            expires_at: Instant::now() + claim.retention,
+                        }),
+                    };
+                    std::future::ready(op)
+                })
+                .await;
+            Ok(())
+        })
+    }
+}
+
+/// A store that is down: every claim is refused (for tests of that path).
+#[cfg(test)]
+pub struct DownKeys;
+
+#[cfg(test)]
+impl KeyStore for DownKeys {
+    fn begin<'a>(&'a self, _: &'a Claim) -> StoreFuture<'a, Begin> {
+        Box::pin(async { Err(crate::config::StoreError("the key store is down".into())) })
+    }
+
+    fn finish<'a>(&'a self, _: &'a Claim, _: Outcome) -> StoreFuture<'a, ()> {
+        Box::pin(async { Err(crate::config::StoreError("the key store is down".into())) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(fingerprint: u8, message_id: MessageId) -> Claim {
+        let key = IdempotencyKey { key: "k".into(), fingerprint: [fingerprint; 32] };
+        Claim::new("user:alice", &key, message_id, Duration::from_secs(60))
+    }
+
+    #[test]
+    fn identities_never_share_a_record() {
+        let key = |k: &str| IdempotencyKey { key: k.into(), fingerprint: [0; 32] };
+        let id = MessageId::next();
+        let a = Claim::new("user:a#b", &key("c"), id, Duration::ZERO);
+        let b = Claim::new("user:a", &key("b#c"), id, Duration::ZERO);
+        assert_eq!(a.id, "idem#user:a%23b#c");
+        assert_eq!(b.id, "idem#user:a#b#c");
+        assert_ne!(Claim::new("user:a%23b", &key("c"), id, Duration::ZERO).id, a.id);
+    }
+
+    #[test]
+    fn decide_follows_the_record_s_state() {
+        let first = MessageId::next();
+        let c = claim(1, MessageId::next());
+        let stored = |state, lease_until_ms| Record {
+            state,
+            fingerprint: c.fingerprint.clone(),
+            message_id: first,
+            lease_until_ms,
+        };
+        let (begin, write) = decide(None, &c, 1_000);
+        assert_eq!(begin, Begin::Fresh);
+        assert_eq!(write.unwrap().lease_until_ms, 1_000 + 60_000);
+        assert_eq!(decide(Some(&stored(State::Done, 0)), &c, 1_000), (Begin::Done(first), None));
+        assert_eq!(decide(Some(&stored(State::InFlight, 1_001)), &c, 1_000), (Begin::InFlight, None));
+        for lapsed in [stored(State::InFlight, 1_000), stored(State::Unknown, 0)] {
+            let (begin, write) = decide(Some(&lapsed), &c, 1_000);
+            assert_eq!(begin, Begin::UnknownOutcome(first));
+            let write = write.unwrap();
+            assert_eq!((write.state, write.message_id), (State::InFlight, first));
+        }
+        let other = claim(2, MessageId::next());
+        for state in [State::Done, State::InFlight, State::Unknown] {
+            assert_eq!(decide(Some(&stored(state, u64::MAX)), &other, 1_000), (Begin::Reused, None));
+        }
+    }
+
+    #[tokio::test]
+    async fn memory_keys_publish_once_per_key_and_release_what_was_not_delivered() {
+        let keys = MemoryKeys::default();
+        let first = claim(1, MessageId::next());
+        assert_eq!(keys.begin(&first).await.unwrap(), Begin::Fresh);
+        assert_eq!(keys.begin(&claim(1, MessageId::next())).await.unwrap(), Begin::InFlight);
+        keys.finish(&first, Outcome::Delivered).await.unwrap();
+        assert_eq!(keys.begin(&claim(1, MessageId::next())).await.unwrap(), Begin::Done(first.message_id));
+        assert_eq!(keys.begin(&claim(2, MessageId::next())).await.unwrap(), Begin::Reused);
+
+        let keys = MemoryKeys::default();
+        assert_eq!(keys.begin(&first).await.unwrap(), Begin::Fresh);
+        keys.finish(&first, Outcome::NotDelivered).await.unwrap();
+        let second = claim(2, MessageId::next());
+        assert_eq!(keys.begin(&second).await.unwrap(), Begin::Fresh, "a released key is free, whatever comes");
+        keys.finish(&second, Outcome::Unknown).await.unwrap();
+        let retry = claim(2, MessageId::next());
+        assert_eq!(keys.begin(&retry).await.unwrap(), Begin::UnknownOutcome(second.message_id));
+        assert_eq!(keys.begin(&retry).await.unwrap(), Begin::InFlight, "the retry holds the key in turn");
+    }
+
+    #[tokio::test]
+    async fn concurrent_first_requests_get_one_fresh() {
+        let keys = Arc::new(MemoryKeys::default());
+        let tasks: Vec<_> = (0..32)
+            .map(|_| {
+                let keys = Arc::clone(&keys);
+                tokio::spawn(async move { keys.begin(&claim(1, MessageId::next())).await.unwrap() })
+            })
+            .collect();
+        let mut fresh = 0;
+        for task in tasks {
+            if task.await.unwrap() == Begin::Fresh {
+                fresh += 1;
+            }
+        }
+        assert_eq!(fresh, 1);
+    }
+
+    #[tokio::test]
+    async fn a_pending_claim_dropped_mid_publish_leaves_an_unknown_outcome() {
+        let keys: Arc<dyn KeyStore> = Arc::new(MemoryKeys::default());
+        let first = claim(1, MessageId::next());
+        assert_eq!(keys.begin(&first).await.unwrap(), Begin::Fresh);
+        let mut pending = Pending::new(Arc::clone(&keys), first.clone());
+        pending.publishing();
+        drop(pending);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(keys.begin(&claim(1, MessageId::next())).await.unwrap(), Begin::UnknownOutcome(first.message_id));
+
+        let second = Claim { id: "idem#user:alice#other".into(), ..claim(1, MessageId::next()) };
+        assert_eq!(keys.begin(&second).await.unwrap(), Begin::Fresh);
+        drop(Pending::new(Arc::clone(&keys), second.clone()));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(keys.begin(&second).await.unwrap(), Begin::Fresh, "dropped before publishing: released");
+    }
+}
