@@ -67,7 +67,7 @@ fn store_down(message_id: MessageId) -> impl Fn(StoreError) -> ApiError + Copy {
 /// unavailable (a key that cannot be checked promises nothing); the cause is logged.
 fn keys_down(message_id: MessageId) -> impl Fn(StoreError) -> ApiError + Copy {
     move |error| {
-        warn!(message_id = %message_id, %error, "the idempotency key store is unavailable");
+        warn!(message_id = %message_id, error = %error.0, "the idempotency key store is unavailable");
         ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }
     }
 }
@@ -368,7 +368,16 @@ impl<P: Publisher> Service<P> {
                 (None, _) => format!("cn:{}", identity.client_id.as_str()),
             };
             let claim = Claim::new(&identity_name, key, message_id, rules.idempotency_retention);
-            match self.keys.begin(&claim).await.map_err(keys_down(message_id))? {
+            let begun = match self.keys.begin(&claim).await {
+                Ok(begun) => begun,
+                Err(error) => {
+                    // The store may have taken the claim and lost only its answer:
+                    // released (if it is this claim's), the key is not held for a lease.
+                    drop(Pending::new(Arc::clone(&self.keys), claim));
+                    return Err(keys_down(message_id)(error));
+                }
+            };
+            match begun {
                 Begin::Fresh => pending = Some(Pending::new(Arc::clone(&self.keys), claim)),
                 Begin::UnknownOutcome(first) => {
                     message_id = first;

@@ -57,7 +57,7 @@ return {'unknown', id}
 const FINISH: &str = r"
 if ARGV[1] == 'R' then
   local stored = redis.call('GET', KEYS[1])
-  if stored and string.sub(stored, 1, string.len(ARGV[2]) + string.len(ARGV[3]) + 3) == 'I|' .. ARGV[2] .. '|' .. ARGV[3] .. '|' then
+  if stored and string.find(stored, 'I|' .. ARGV[2] .. '|' .. ARGV[3] .. '|', 1, true) == 1 then
     redis.call('DEL', KEYS[1])
   end
   return 0

@@ -319,9 +319,13 @@ impl KeyStore for MemoryKeys {
             self.records
                 .entry_by_ref(&claim.id)
                 .and_compute_with(|entry| {
+                    let ours = |kept: &Kept| {
+                        kept.record.state == State::InFlight && kept.record.message_id == claim.message_id
+                    };
                     let op = match (outcome, entry) {
-                        (Outcome::NotDelivered, Some(_)) => Op::Remove,
-                        (Outcome::NotDelivered, None) => Op::Nop,
+                        // Released only while it is this claim's, in flight.
+                        (Outcome::NotDelivered, Some(entry)) if ours(entry.value()) => Op::Remove,
+                        (Outcome::NotDelivered, _) => Op::Nop,
                         (Outcome::Delivered | Outcome::Unknown, _) => Op::Put(Kept {
                             record: Record {
                                 state: if outcome == Outcome::Delivered { State::Done } else { State::Unknown },
