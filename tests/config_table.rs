@@ -602,3 +602,81 @@ async fn cors_and_publish_travel_through_the_table_to_the_handler_and_back() {
     assert_eq!(pulled.cors.map(|c| c.allowed_origins.len()), Some(2));
     std::fs::remove_file(file).unwrap();
 }
+
+/// An HTTP API event for example 1 with `Idempotency-Key: key` and `payload` as the body.
+fn keyed_event(key: &str, payload: &str) -> lambda::Event {
+    let mut event = event_json("user0", "secret0", "home/orders");
+    event["headers"]["idempotency-key"] = Value::String(key.to_owned());
+    event["body"] = Value::String(payload.to_owned());
+    event["isBase64Encoded"] = Value::Bool(false);
+    event["headers"]["content-length"] = Value::String(payload.len().to_string());
+    serde_json::from_value(event).unwrap()
+}
+
+/// Status, `X-Message-Id`, `Idempotent-Replayed` and the error code of a handled event.
+async fn keyed_answer(service: &Service<IotPublisher>, event: lambda::Event) -> (u64, String, String, String) {
+    let response = serde_json::to_value(lambda::handle(service, event, None).await.unwrap()).unwrap();
+    let header = |name: &str| response["headers"][name].as_str().unwrap_or_default().to_owned();
+    let error = serde_json::from_str::<Value>(response["body"].as_str().unwrap_or_default())
+        .map(|body| body["error"].as_str().unwrap_or_default().to_owned())
+        .unwrap_or_default();
+    (response["statusCode"].as_u64().unwrap(), header("x-message-id"), header("idempotent-replayed"), error)
+}
+
+#[tokio::test]
+async fn concurrent_duplicate_invocations_in_separate_containers_publish_once() {
+    use mqtt_http_publish::idempotency::dynamo::DynamoKeys;
+    let moto = moto_url();
+    start_recording(&moto).await;
+    let table = unique_table("idempotency");
+    create_config_table(&moto, &table).await;
+    let mut config = parse_toml(EXAMPLE).unwrap();
+    config.rules.push(allow(1, "home/orders", &["user0"]));
+    push(&moto, &table, &config).await;
+
+    // Eight containers, each with its own memory, sharing the table as the function does.
+    let app = unique_app_name("idempotency");
+    let mut containers = Vec::new();
+    for _ in 0..8 {
+        let service = tagged_table_service(&moto, &table, CacheSettings::default(), &app).await;
+        let keys = DynamoKeys::new(&TableStore::new(&sdk_config_for(&moto).await, &table));
+        containers.push(Arc::new(service.with_key_store(Arc::new(keys))));
+    }
+    let answers: Vec<_> = containers
+        .iter()
+        .map(|service| {
+            let service = Arc::clone(service);
+            tokio::spawn(async move { keyed_answer(&service, keyed_event("order-1", "ship it")).await })
+        })
+        .collect();
+    let mut ids = BTreeSet::new();
+    for answer in answers {
+        let (status, id, _, error) = answer.await.unwrap();
+        match status {
+            200 => {
+                ids.insert(id);
+            }
+            409 => assert_eq!(error, "request_in_progress"),
+            other => panic!("{other} {error}"),
+        }
+    }
+    assert_eq!(ids.len(), 1, "every 200 names the one message: {ids:?}");
+    let id = ids.into_iter().next().unwrap();
+    let sent: Vec<_> = recorded(&moto, &app).await.into_iter().filter(|r| r.method == "POST").collect();
+    assert_eq!(sent.len(), 1, "moto received one Publish: {sent:#?}");
+    let properties = String::from_utf8(common::base64_decode(&sent[0].headers["x-amz-mqtt5-user-properties"])).unwrap();
+    assert_eq!(properties, format!(r#"[{{"message-id":"{id}"}}]"#));
+
+    // Retries in other containers: the first answer; another body under the key: 422.
+    let replay = keyed_answer(&containers[7], keyed_event("order-1", "ship it")).await;
+    assert_eq!(replay, (200, id.clone(), "true".into(), String::new()));
+    let reused = keyed_answer(&containers[3], keyed_event("order-1", "cancel it")).await;
+    assert_eq!((reused.0, reused.3.as_str()), (422, "idempotency_key_reused"));
+    assert_eq!(recorded(&moto, &app).await.into_iter().filter(|r| r.method == "POST").count(), 1);
+
+    // The record is an item of the table, but no item of the config: pull leaves it out.
+    let items = TableStore::new(&sdk_config_for(&moto).await, &table).items().await.unwrap();
+    assert!(items.keys().all(|(pk, _)| !pk.starts_with("idem#")), "{:?}", items.keys());
+    let (ok, pulled, err) = cli(&["config", "pull", "--table", &table], "", &moto);
+    assert!(ok && !pulled.contains("idem#"), "{err}");
+}

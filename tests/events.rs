@@ -214,6 +214,26 @@ async fn an_empty_retained_payload_is_published_to_clear_the_retained_message() 
     assert_eq!((call.body.len(), call.query("retain").as_deref()), (0, Some("true")));
 }
 
+#[tokio::test]
+async fn an_idempotency_key_publishes_once_with_the_message_id_and_a_retry_replays_the_answer() {
+    let moto = moto_url();
+    start_recording(&moto).await;
+    let app = unique_app_name("idempotency-key");
+    let service = example_service(iot_publisher(&moto, &app, IotSettings::default()).await);
+    let text = std::fs::read(format!("{}/events/{}", env!("CARGO_MANIFEST_DIR"), "idempotency-key.json")).unwrap();
+    let event = || serde_json::from_slice(&text).unwrap();
+    let first = serde_json::to_value(lambda::handle(&service, event(), None).await.unwrap()).unwrap();
+    let call = published(&first, recorded(&moto, &app).await);
+    let id = first["headers"]["x-message-id"].as_str().unwrap();
+    let properties = common::base64_decode(header(&call, "x-amz-mqtt5-user-properties").unwrap());
+    assert_eq!(String::from_utf8(properties).unwrap(), format!(r#"[{{"message-id":"{id}"}}]"#));
+    assert_eq!(call.body, HELLO);
+    let retry = serde_json::to_value(lambda::handle(&service, event(), None).await.unwrap()).unwrap();
+    assert_eq!((retry["statusCode"].as_u64(), retry["headers"]["x-message-id"].as_str()), (Some(200), Some(id)));
+    assert_eq!(retry["headers"]["idempotent-replayed"], "true");
+    assert_eq!(recorded(&moto, &app).await.len(), 1, "the retry published nothing");
+}
+
 macro_rules! refusal {
     ($name:ident, $file:literal, $status:literal, $code:literal) => {
         #[tokio::test]

@@ -346,3 +346,78 @@ async fn under_concurrent_mixed_faults_the_200s_are_exactly_the_publishes_the_ba
     // AND a hang that never accepted left nothing accepted
     assert!(!ledger.acknowledged.iter().chain(&ledger.accepted_unanswered).any(|p| Fate::of(p) == Fate::Hang));
 }
+
+/// A backend that holds every Publish unanswered until `answer` is set, then answers 200;
+/// it keeps every request it received.
+async fn switch_server() -> (String, Arc<std::sync::atomic::AtomicBool>, Arc<Mutex<Vec<common::Wire>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let received = Arc::new(Mutex::new(Vec::new()));
+    let (answering, kept) = (Arc::clone(&answer), Arc::clone(&received));
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let (answering, kept) = (Arc::clone(&answering), Arc::clone(&kept));
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut reader = BufReader::new(read);
+                while let Ok(Some(request)) = read_message(&mut reader).await {
+                    kept.lock().unwrap().push(request);
+                    if !answering.load(Ordering::SeqCst) {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                    }
+                    let headers = [("content-type", "application/json"), ("x-amzn-RequestId", "switch-server")];
+                    if write_response(&mut write, 200, &headers, b"{}").await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (url, answer, received)
+}
+
+#[tokio::test]
+async fn a_backend_timeout_then_a_retry_with_the_key_publishes_twice_under_one_message_id() {
+    moto_url();
+    let (url, answer, received) = switch_server().await;
+    let service = example_service(iot_publisher(&url, &unique_app_name("unknown-outcome"), quick()).await);
+    let event = || {
+        let mut event: Value = serde_json::from_str(include_str!("../events/idempotency-key.json")).unwrap();
+        event["requestContext"]["requestId"] = Value::String(unique_app_name("request"));
+        serde_json::from_value::<lambda::Event>(event).unwrap()
+    };
+
+    // The backend takes the Publish and never answers: the outcome is unknown.
+    let first = serde_json::to_value(lambda::handle(&service, event(), None).await.unwrap()).unwrap();
+    assert_eq!((first["statusCode"].as_u64(), error_code(&first).as_str()), (Some(503), "service_unavailable"));
+    let id = first["headers"]["x-message-id"].as_str().expect("the id the message may carry").to_owned();
+    let body: Value = serde_json::from_str(first["body"].as_str().unwrap()).unwrap();
+    assert!(body["message"].as_str().unwrap().contains("may have been published"), "{body}");
+    assert!(!received.lock().unwrap().is_empty(), "the Publish reached the backend");
+
+    // The retry publishes again, under the same id, and says so.
+    answer.store(true, Ordering::SeqCst);
+    let retry = serde_json::to_value(lambda::handle(&service, event(), None).await.unwrap()).unwrap();
+    assert_eq!(retry["statusCode"], 200, "{retry}");
+    assert_eq!(retry["headers"]["x-message-id"], id.as_str());
+    assert_eq!(retry["headers"]["idempotent-replayed"], "unknown-outcome");
+
+    // Every Publish the backend saw, the timed-out attempts and the retry, carries the one id.
+    let received = received.lock().unwrap().clone();
+    assert!(received.len() >= 2, "{received:#?}");
+    let carried: BTreeSet<String> = received
+        .iter()
+        .map(|r| String::from_utf8(common::base64_decode(&r.headers["x-amz-mqtt5-user-properties"])).unwrap())
+        .collect();
+    assert_eq!(carried, BTreeSet::from([format!(r#"[{{"message-id":"{id}"}}]"#)]));
+
+    // Once delivered, the key answers from its record.
+    let third = serde_json::to_value(lambda::handle(&service, event(), None).await.unwrap()).unwrap();
+    assert_eq!(
+        (third["statusCode"].as_u64(), third["headers"]["idempotent-replayed"].as_str()),
+        (Some(200), Some("true"))
+    );
+    assert_eq!(third["headers"]["x-message-id"], id.as_str());
+}

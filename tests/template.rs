@@ -51,8 +51,35 @@ fn no_action_is_a_wildcard() {
     sorted.sort();
     assert_eq!(
         sorted,
-        ["dynamodb:GetItem", "dynamodb:Query", "iot:DescribeEndpoint", "iot:Publish", "iot:RetainPublish"]
+        [
+            "dynamodb:DeleteItem",
+            "dynamodb:GetItem",
+            "dynamodb:PutItem",
+            "dynamodb:Query",
+            "iot:DescribeEndpoint",
+            "iot:Publish",
+            "iot:RetainPublish"
+        ]
     );
+}
+
+#[test]
+fn the_function_writes_only_idempotency_records_which_expire() {
+    let t = template();
+    let statements = resource(&t, "PublishFunction")["Properties"]["Policies"][0]["Statement"].as_vec().unwrap();
+    let writes = statements.iter().find(|s| s["Sid"].as_str() == Some("WriteIdempotencyKeysOnly")).unwrap();
+    let actions: Vec<_> = writes["Action"].as_vec().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+    assert_eq!(actions, ["dynamodb:PutItem", "dynamodb:DeleteItem"]);
+    assert_eq!(writes["Resource"]["Fn::GetAtt"][0].as_str(), Some("ConfigTable"));
+    let leading = &writes["Condition"]["ForAllValues:StringLike"]["dynamodb:LeadingKeys"];
+    let prefix = format!("{}*", mqtt_http_publish::idempotency::PARTITION_PREFIX);
+    assert_eq!(leading.as_vec().unwrap().iter().map(|k| k.as_str().unwrap()).collect::<Vec<_>>(), [prefix.as_str()]);
+    let ttl = &resource(&t, "ConfigTable")["Properties"]["TimeToLiveSpecification"];
+    assert_eq!((ttl["AttributeName"].as_str(), ttl["Enabled"].as_bool()), (Some("expires_at"), Some(true)));
+    for statement in statements.iter().filter(|s| s["Sid"].as_str() != Some("WriteIdempotencyKeysOnly")) {
+        let actions = format!("{:?}", statement["Action"]);
+        assert!(!actions.contains("PutItem") && !actions.contains("DeleteItem"), "{actions}");
+    }
 }
 
 #[test]
