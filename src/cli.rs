@@ -292,7 +292,7 @@ pub fn config_check(file: &Path) -> anyhow::Result<String> {
         None => "none".into(),
     };
     Ok(format!(
-        "{}: ok\n  users: {}\n  rules: {} ({} allow, {} deny)\n  max payload: {} bytes\n  instance quota: {}\n  per-user quota: {}\n  browsers (cors): {}\n  message id property: {}",
+        "{}: ok\n  users: {}\n  rules: {} ({} allow, {} deny)\n  max payload: {} bytes\n  instance quota: {}\n  per-user quota: {}\n  browsers (cors): {}\n  message id property: {}\n  idempotency keys kept: {} s",
         file.display(),
         policy.users.len(),
         policy.rules.acl.rules().len(),
@@ -303,6 +303,7 @@ pub fn config_check(file: &Path) -> anyhow::Result<String> {
         quota(limits.user_messages_per_second, limits.user_burst),
         policy.rules.cors.as_ref().map_or("none".into(), |c| c.summary()),
         policy.rules.message_id_property.as_deref().map_or("none".into(), |p| format!("{p:?}")),
+        policy.rules.idempotency_retention.as_secs(),
     ))
 }
 

@@ -21,6 +21,10 @@
 //! - [`aws`]: the AWS SDK config the IoT publisher and the config table share.
 //! - [`quota`]: the `[limits]` rate limits (429), and each source address's
 //!   budget of password checks.
+//! - [`idempotency`]: `Idempotency-Key` records (in memory, or in the config
+//!   table on Lambda), so that a retry publishes nothing twice.
+//! - `shared` (`serve`): what a fleet of `serve` instances shares in Redis: the
+//!   `Idempotency-Key` records and the quotas.
 //! - [`metrics`]: the process's counters and histograms (`serve --admin-listen`).
 //! - [`service`]: the one code path that strings them together.
 //! - `serve` (cargo feature `serve`, on by default): the entry point as an
