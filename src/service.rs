@@ -363,9 +363,10 @@ impl<P: Publisher> Service<P> {
         let mut pending = None;
         if let Some(key) = &parsed.idempotency {
             span.record("step", "claiming the idempotency key");
-            let identity_name = match (&identity.username, identity.certificate) {
-                (Some(name), _) => format!("user:{name}"),
-                (None, _) => format!("cn:{}", identity.client_id.as_str()),
+            // The verified user name, else the certificate's CN (its client id).
+            let identity_name = match &identity.username {
+                Some(name) => format!("user:{name}"),
+                None => format!("cn:{}", identity.client_id.as_str()),
             };
             let claim = Claim::new(&identity_name, key, message_id, rules.idempotency_retention);
             let begun = match self.keys.begin(&claim).await {

@@ -5,8 +5,8 @@
 //! against AWS IoT's and an MQTT broker's limits.
 //!
 //! What a fuzzer would hardly spell by chance, the target adds: AWS IoT's
-//! `x-amz-mqtt5-*` property headers, W3C `traceparent` and `tracestate`, and
-//! `messageExpiry`, each well-formed (base64 of a JSON user property array in
+//! `x-amz-mqtt5-*` property headers, W3C `traceparent` and `tracestate`,
+//! `Idempotency-Key`, and `messageExpiry`, each well-formed (base64 of a JSON user property array in
 //! either spelling, a traceparent near the W3C grammar) or arbitrary. The
 //! input's last bytes choose them, read backwards ([`Tail`]), and the request
 //! is parsed as written and again with them. Those bytes are mostly the body's,
@@ -18,7 +18,9 @@
 //! context never changes whether or why a request is refused, and travels,
 //! after every other user property, only from a single valid `traceparent`; the
 //! header's user properties come before the query's; an accepted property
-//! header or `messageExpiry` means what it says; a refusal over one names it.
+//! header or `messageExpiry` means what it says; a refusal over one names it;
+//! an accepted `Idempotency-Key` is the one header sent, 1 to 255 printable
+//! ASCII characters, and neither it nor the trace context changes the fingerprint.
 #![no_main]
 
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
@@ -28,6 +30,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use libfuzzer_sys::fuzz_target;
 use mqtt_http_publish::contract::basic::parse_basic;
 use mqtt_http_publish::contract::headers::{CORRELATION_DATA, PAYLOAD_FORMAT_INDICATOR, USER_PROPERTIES};
+use mqtt_http_publish::contract::idempotency::HEADER as IDEMPOTENCY_KEY;
 use mqtt_http_publish::contract::query::decode_query;
 use mqtt_http_publish::contract::trace::{TRACEPARENT, TRACESTATE};
 use mqtt_http_publish::contract::{
@@ -73,6 +76,7 @@ fuzz_target!(|data: &[u8]| {
                     let outcome = parse_request(&request, limits, max_payload);
                     check_trace_context(&request, &outcome, limits, max_payload);
                     check_header_user_properties(&request, &outcome, limits, max_payload, &header_user_properties);
+                    check_idempotency_key(&request, &outcome, limits, max_payload);
                     match outcome {
                         Ok(parsed) => {
                             check_accepted(&request, &parsed, limits, max_payload);
@@ -197,6 +201,14 @@ impl Additions {
             };
             add(TRACESTATE, value);
         }
+        for _ in 0..[0, 1, 1, 2][tail.below(4)] {
+            let value = match tail.below(3) {
+                0 => tail.raw_value(),
+                1 => HeaderValue::from_str(&format!("\"{}\"", tail.text(16).replace(['"', '\\'], ""))).ok(),
+                _ => HeaderValue::from_str(&"k".repeat(tail.below(256) + tail.below(2))).ok(),
+            };
+            add(IDEMPOTENCY_KEY, value);
+        }
         let expiry = tail.below(4);
         if expiry > 0 {
             let name = ["messageExpiry", "MESSAGEEXPIRY", "messageexpiry"][tail.below(3)];
@@ -320,6 +332,35 @@ fn check_trace_context(
         }
         (Err(error), Err(expected)) => assert_eq!(error, &expected, "a trace context never changes why"),
         (outcome, untraced) => panic!("a trace context changed the answer: {outcome:?}, without it {untraced:?}"),
+    }
+}
+
+/// An `Idempotency-Key` is taken only alone and well-formed, refused naming
+/// itself otherwise, and is no part of the fingerprint: the same request under
+/// another key has the same one.
+fn check_idempotency_key(
+    request: &HttpRequest,
+    outcome: &Result<PublishRequest, ApiError>,
+    limits: BackendLimits,
+    max_payload: usize,
+) {
+    let sent: Vec<&HeaderValue> = request.headers.get_all(IDEMPOTENCY_KEY).iter().collect();
+    match outcome {
+        Ok(parsed) => {
+            assert_eq!(parsed.idempotency.is_some(), sent.len() == 1, "{sent:?}");
+            if let Some(key) = &parsed.idempotency {
+                assert!((1..=255).contains(&key.key.len()), "{key:?}");
+                assert!(key.key.bytes().all(|b| (b' '..=b'~').contains(&b)), "{key:?}");
+                let mut other = request.clone();
+                other.headers.insert(IDEMPOTENCY_KEY, HeaderValue::from_static("another-key"));
+                let again = parse_request(&other, limits, max_payload).expect("the same request with a valid key");
+                assert_eq!(again.idempotency.map(|k| k.fingerprint), Some(key.fingerprint));
+            }
+        }
+        Err(error) if error.code() == ErrorCode::InvalidIdempotencyKey => {
+            assert!(!sent.is_empty(), "refused over a key it did not send");
+        }
+        Err(_) => {}
     }
 }
 
