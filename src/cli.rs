@@ -102,7 +102,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub admin_listen: Option<std::net::SocketAddr>,
     /// Redis or Valkey shared by a fleet of instances, redis://[:PASSWORD@]HOST:PORT[/DB]
-    /// (rediss:// for TLS): Idempotency-Key records and the [limits] quotas live there.
+    /// (no TLS: a private network or a tunnel): Idempotency-Key records and the [limits] quotas live there.
     /// Without it both are this process's own.
     #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "URL")]
     pub redis: Option<String>,

@@ -88,12 +88,18 @@ struct Published {
     replayed: Option<&'static str>,
 }
 
-/// How a publish's result leaves its key: only an answer that never came is unknown.
+/// How a publish's result leaves its key. Released only on a refusal that
+/// says the message was not taken: the broker's 4xx, its throttling, or an
+/// unavailable backend before sending. A server fault (a bare 500) says nothing
+/// either way, so it counts as unknown, with an answer that never came.
 fn outcome_of(result: &Result<(), PublishError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Delivered,
-        Err(PublishError::Unknown(_)) => Outcome::Unknown,
-        Err(_) => Outcome::NotDelivered,
+        Err(PublishError::Unknown(_) | PublishError::Failed(_)) => Outcome::Unknown,
+        Err(PublishError::Rejected(_) | PublishError::TooLarge { .. } | PublishError::Throttled(_)) => {
+            Outcome::NotDelivered
+        }
+        Err(PublishError::Unavailable(_)) => Outcome::NotDelivered,
     }
 }
 
@@ -356,6 +362,22 @@ impl<P: Publisher> Service<P> {
 
         let quota_user = identity.username.as_deref().or(identity.certificate.then_some(identity.client_id.as_str()));
 
+        // The message id property is the server's: a request may not forge it,
+        // or a subscriber dropping duplicates could be made to drop a real message.
+        let id_property = match (&rules.message_id_property, &parsed.idempotency) {
+            (Some(name), _) => Some(name.as_str()),
+            (None, Some(_)) => Some(DEFAULT_MESSAGE_ID_PROPERTY),
+            (None, None) => None,
+        };
+        if let Some(name) = id_property {
+            if parsed.options.properties.user_properties.iter().any(|(key, _)| key == name) {
+                return Err(ApiError::bad_request(
+                    ErrorCode::InvalidUserProperty,
+                    format!("the user property {name:?} carries the message id, set by the server; use another name"),
+                ));
+            }
+        }
+
         // The key is claimed only now, once the credentials and the ACL let the
         // request through, and before the quota, which a replay does not spend.
         let mut message_id = message_id;
@@ -369,25 +391,34 @@ impl<P: Publisher> Service<P> {
                 None => format!("cn:{}", identity.client_id.as_str()),
             };
             let claim = Claim::new(&identity_name, key, message_id, rules.idempotency_retention);
+            // Held from before the store is asked: a request cut short mid-claim
+            // (a deadline, a client gone), or a store that took the claim and lost
+            // only its answer, leaves the key released, not held for a lease.
+            let guard = Pending::new(Arc::clone(&self.keys), claim.clone());
             let begun = match self.keys.begin(&claim).await {
                 Ok(begun) => begun,
-                Err(error) => {
-                    // The store may have taken the claim and lost only its answer:
-                    // released (if it is this claim's), the key is not held for a lease.
-                    drop(Pending::new(Arc::clone(&self.keys), claim));
-                    return Err(keys_down(message_id)(error));
-                }
+                Err(error) => return Err(keys_down(message_id)(error)),
             };
             match begun {
-                Begin::Fresh => pending = Some(Pending::new(Arc::clone(&self.keys), claim)),
+                Begin::Fresh => pending = Some(guard),
                 Begin::UnknownOutcome(first) => {
+                    guard.forget();
                     message_id = first;
                     replayed = Some("unknown-outcome");
-                    pending = Some(Pending::new(Arc::clone(&self.keys), Claim { message_id: first, ..claim }));
+                    pending = Some(Pending::new(Arc::clone(&self.keys), claim.taking_over(first)));
                 }
-                Begin::Done(first) => return Ok(Published { message_id: first, replayed: Some("true") }),
-                Begin::InFlight => return Err(ApiError::RequestInProgress),
-                Begin::Reused => return Err(ApiError::IdempotencyKeyReused),
+                Begin::Done(first) => {
+                    guard.forget();
+                    return Ok(Published { message_id: first, replayed: Some("true") });
+                }
+                Begin::InFlight => {
+                    guard.forget();
+                    return Err(ApiError::RequestInProgress);
+                }
+                Begin::Reused => {
+                    guard.forget();
+                    return Err(ApiError::IdempotencyKeyReused);
+                }
             }
         }
 
@@ -401,11 +432,6 @@ impl<P: Publisher> Service<P> {
 
         span.record("step", "publishing");
         let mut properties = parsed.options.properties;
-        let id_property = match (&rules.message_id_property, &pending) {
-            (Some(name), _) => Some(name.as_str()),
-            (None, Some(_)) => Some(DEFAULT_MESSAGE_ID_PROPERTY),
-            (None, None) => None,
-        };
         if let Some(name) = id_property {
             properties.user_properties.push((name.to_owned(), message_id.to_string()));
         }
@@ -935,6 +961,40 @@ mod tests {
         assert_eq!(publisher.sent()[0].properties.user_properties, vec![("message-id".to_owned(), first_id.clone())]);
         assert_eq!(keyed_answer(&service, &keyed).await, (200, first_id, "true".into()));
         assert_eq!(publisher.sent().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_retry_of_an_unknown_outcome_that_cannot_publish_keeps_it_unknown_for_the_next() {
+        let (service, publisher, _) = fake_service();
+        let keyed = Case { headers: &[("idempotency-key", "k")], ..POST };
+        publisher.fail_with(PublishError::Unknown("the connection went before PUBACK".into()));
+        let first_id = keyed_answer(&service, &keyed).await.1;
+        // The retry takes the key over, and is refused before sending: quota, then a broker away.
+        assert_eq!(keyed_answer(&service, &keyed).await.0, 429, "the user's one message a second was spent");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        publisher.fail_with(PublishError::Unavailable("not connected to the broker".into()));
+        assert_eq!(keyed_answer(&service, &keyed).await.0, 503);
+        publisher.recover();
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(keyed_answer(&service, &keyed).await, (200, first_id.clone(), "unknown-outcome".into()));
+        assert_eq!(publisher.sent()[0].properties.user_properties, vec![("message-id".to_owned(), first_id)]);
+    }
+
+    #[tokio::test]
+    async fn a_request_may_not_set_the_message_id_property_itself() {
+        let (service, publisher, _) = fake_service();
+        let forged = Case {
+            query: "UserProp.1.Key=message-id&UserProp.1.Value=X",
+            headers: &[("idempotency-key", "k")],
+            ..POST
+        };
+        assert_eq!(answer(&service, forged.request()).await, (400, "invalid_user_property".to_owned()));
+        let unkeyed = Case { query: "UserProp.1.Key=message-id&UserProp.1.Value=X", ..POST };
+        assert_eq!(answer(&service, unkeyed.request()).await.0, 200, "without a key or the config, the name is free");
+        assert_eq!(publisher.sent().len(), 1);
+        let keyed = Case { headers: &[("idempotency-key", "k")], ..POST };
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert_eq!(keyed_answer(&service, &keyed).await.2, "", "the 400 held no key");
     }
 
     #[tokio::test]

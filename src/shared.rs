@@ -11,8 +11,8 @@
 //!
 //! Unreachable: a request with a key is 503 (a key that cannot be checked
 //! cannot promise anything); the quotas fall back to each process's own, and
-//! Redis is tried again for them a second later. Both are logged once per
-//! outage, not once per request.
+//! Redis is tried again for them a second later. The outage's start and end
+//! are logged once each.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +23,7 @@ use tracing::{info, warn};
 
 use crate::config::source::StoreFuture;
 use crate::config::{Limits, StoreError};
-use crate::idempotency::{Begin, Claim, KeyStore, Outcome, IN_FLIGHT_LEASE};
+use crate::idempotency::{Begin, Claim, KeyStore, Outcome, State, IN_FLIGHT_LEASE};
 use crate::metrics::Refusal;
 use crate::quota::{gcra, SharedQuotas};
 
@@ -33,37 +33,50 @@ const CALL_TIMEOUT: Duration = Duration::from_millis(500);
 /// How long the quotas skip Redis after a failure, using each process's own.
 const QUOTA_RETRY: Duration = Duration::from_secs(1);
 
-/// A key's claim: the record is `STATE|fingerprint|message id|lease until (ms)`.
-/// ARGV: fingerprint, message id, lease ms, retention ms.
+/// A key's claim: the record is `STATE|fingerprint|message id|lease until (ms)|owner`.
+/// ARGV: fingerprint, message id, lease ms, in-flight retention ms, owner.
 const BEGIN: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local lease = tonumber(ARGV[3])
+local function in_flight(id)
+  return 'I|' .. ARGV[1] .. '|' .. id .. '|' .. string.format('%d', now + tonumber(ARGV[3])) .. '|' .. ARGV[5]
+end
 local stored = redis.call('GET', KEYS[1])
 if not stored then
-  redis.call('SET', KEYS[1], 'I|' .. ARGV[1] .. '|' .. ARGV[2] .. '|' .. string.format('%d', now + lease), 'PX', ARGV[4])
+  redis.call('SET', KEYS[1], in_flight(ARGV[2]), 'PX', ARGV[4])
   return {'fresh'}
 end
-local state, fingerprint, id, lease_until = string.match(stored, '^(%u)|(%x+)|(%x+)|(%d+)$')
+local state, fingerprint, id, lease_until = string.match(stored, '^(%u)|(%x+)|(%x+)|(%d+)|%x+$')
 if fingerprint ~= ARGV[1] then return {'reused'} end
 if state == 'D' then return {'done', id} end
 if state == 'I' and tonumber(lease_until) > now then return {'inflight'} end
-redis.call('SET', KEYS[1], 'I|' .. fingerprint .. '|' .. id .. '|' .. string.format('%d', now + lease), 'PX', ARGV[4])
+redis.call('SET', KEYS[1], in_flight(id), 'PX', ARGV[4])
 return {'unknown', id}
 ";
 
-/// A claim's outcome. ARGV: outcome (D, U, or R to release), fingerprint, message id, retention ms.
-/// A release deletes the record only while it is this claim's and in flight.
+/// A claim's outcome (`idempotency::settle`, in Redis): written only over the
+/// claim's own in-flight record (or none). ARGV: D (done), U (unknown) or R
+/// (release), owner, fingerprint, message id, retention ms. A release deletes
+/// the claim's own first claim, and puts back the unknown outcome it took over.
 const FINISH: &str = r"
-if ARGV[1] == 'R' then
-  local stored = redis.call('GET', KEYS[1])
-  if stored and string.find(stored, 'I|' .. ARGV[2] .. '|' .. ARGV[3] .. '|', 1, true) == 1 then
-    redis.call('DEL', KEYS[1])
-  end
-  return 0
+local stored = redis.call('GET', KEYS[1])
+local id = ARGV[4]
+if stored then
+  local state, stored_id, owner = string.match(stored, '^(%u)|%x+|(%x+)|%d+|(%x+)$')
+  if state ~= 'I' or owner ~= ARGV[2] then return 0 end
+  id = stored_id
 end
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2] .. '|' .. ARGV[3] .. '|0', 'PX', ARGV[4])
-return 0
+local outcome = ARGV[1]
+if outcome == 'R' then
+  if not stored then return 0 end
+  if id == ARGV[2] then
+    redis.call('DEL', KEYS[1])
+    return 1
+  end
+  outcome = 'U'
+end
+redis.call('SET', KEYS[1], outcome .. '|' .. ARGV[3] .. '|' .. id .. '|0|' .. ARGV[2], 'PX', ARGV[5])
+return 1
 ";
 
 /// GCRA for the instance quota (KEYS[1]) and a user's (KEYS[2]): ARGV holds
@@ -116,9 +129,9 @@ pub struct RedisUrlError {
 }
 
 impl Shared {
-    /// A client of the Redis at `url` (`redis://HOST:PORT/DB`, `rediss://` for
-    /// TLS, `redis+unix:///PATH`). Connects on first use, so `serve` starts
-    /// while Redis is down.
+    /// A client of the Redis at `url` (`redis://HOST:PORT/DB`, `redis+unix:///PATH`;
+    /// not `rediss://`: this build has no TLS to Redis). Connects on first use,
+    /// so `serve` starts while Redis is down.
     pub fn new(url: &str) -> Result<Shared, RedisUrlError> {
         let refused = |e: redis::RedisError| RedisUrlError { url: redact(url), reason: e.to_string() };
         let client = Client::open(url).map_err(refused)?;
@@ -163,8 +176,9 @@ impl Shared {
     }
 }
 
-/// `url` without its password, for messages.
+/// `url` without its password (user info, and a query, which may carry `pass=`), for messages.
 fn redact(url: &str) -> String {
+    let url = url.split_once('?').map_or(url, |(before, _)| before);
     match (url.find("://"), url.rfind('@')) {
         (Some(scheme), Some(at)) if at > scheme => format!("{}://***@{}", &url[..scheme], &url[at + 1..]),
         _ => url.to_owned(),
@@ -179,7 +193,8 @@ impl KeyStore for Shared {
                 .arg(&claim.fingerprint)
                 .arg(claim.message_id.to_string())
                 .arg(IN_FLIGHT_LEASE.as_millis() as u64)
-                .arg(claim.retention.as_millis() as u64);
+                .arg(claim.keep_for(State::InFlight).as_millis() as u64)
+                .arg(claim.owner.to_string());
             let answer: Vec<String> = self.call(invocation).await?;
             let id = || {
                 answer
@@ -200,14 +215,15 @@ impl KeyStore for Shared {
 
     fn finish<'a>(&'a self, claim: &'a Claim, outcome: Outcome) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let letter = match outcome {
+            let action = match outcome {
                 Outcome::Delivered => "D",
                 Outcome::Unknown => "U",
                 Outcome::NotDelivered => "R",
             };
             let mut invocation = self.finish.key(&claim.id);
             invocation
-                .arg(letter)
+                .arg(action)
+                .arg(claim.owner.to_string())
                 .arg(&claim.fingerprint)
                 .arg(claim.message_id.to_string())
                 .arg(claim.retention.as_millis() as u64);
@@ -270,6 +286,7 @@ mod tests {
         assert_eq!(redact("redis://:hunter2@cache:6379/0"), "redis://***@cache:6379/0");
         assert_eq!(redact("redis://app:hunter2@cache"), "redis://***@cache");
         assert_eq!(redact("redis://cache:6379"), "redis://cache:6379");
+        assert_eq!(redact("redis+unix:///run/redis.sock?pass=hunter2"), "redis+unix:///run/redis.sock");
         let error = Shared::new("redis://:hunter2@[").err().expect("not a URL");
         assert!(!error.to_string().contains("hunter2"), "{error}");
     }

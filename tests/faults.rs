@@ -347,9 +347,12 @@ async fn under_concurrent_mixed_faults_the_200s_are_exactly_the_publishes_the_ba
     assert!(!ledger.acknowledged.iter().chain(&ledger.accepted_unanswered).any(|p| Fate::of(p) == Fate::Hang));
 }
 
-/// A backend that holds every Publish unanswered until `answer` is set, then answers 200;
-/// it keeps every request it received.
-async fn switch_server() -> (String, Arc<std::sync::atomic::AtomicBool>, Arc<Mutex<Vec<common::Wire>>>) {
+/// A backend that, until `answer` is set, holds its first Publish unanswered and
+/// every later one too, or answers them with `meanwhile` (status, `x-amzn-ErrorType`);
+/// once set, it answers 200. It keeps every request it received.
+async fn switch_server(
+    meanwhile: Option<(u16, &'static str)>,
+) -> (String, Arc<std::sync::atomic::AtomicBool>, Arc<Mutex<Vec<common::Wire>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let answer = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -363,12 +366,22 @@ async fn switch_server() -> (String, Arc<std::sync::atomic::AtomicBool>, Arc<Mut
                 let (read, mut write) = stream.into_split();
                 let mut reader = BufReader::new(read);
                 while let Ok(Some(request)) = read_message(&mut reader).await {
-                    kept.lock().unwrap().push(request);
-                    if !answering.load(Ordering::SeqCst) {
-                        tokio::time::sleep(Duration::from_secs(3600)).await;
-                    }
-                    let headers = [("content-type", "application/json"), ("x-amzn-RequestId", "switch-server")];
-                    if write_response(&mut write, 200, &headers, b"{}").await.is_err() {
+                    let first = {
+                        let mut kept = kept.lock().unwrap();
+                        kept.push(request);
+                        kept.len() == 1
+                    };
+                    let (status, error_type) = match (answering.load(Ordering::SeqCst), meanwhile) {
+                        (true, _) => (200, None),
+                        (false, Some((status, error_type))) if !first => (status, Some(error_type)),
+                        (false, _) => {
+                            tokio::time::sleep(Duration::from_secs(3600)).await;
+                            return;
+                        }
+                    };
+                    let mut headers = vec![("content-type", "application/json"), ("x-amzn-RequestId", "switch-server")];
+                    headers.extend(error_type.map(|t| ("x-amzn-ErrorType", t)));
+                    if write_response(&mut write, status, &headers, b"{}").await.is_err() {
                         return;
                     }
                 }
@@ -381,7 +394,7 @@ async fn switch_server() -> (String, Arc<std::sync::atomic::AtomicBool>, Arc<Mut
 #[tokio::test]
 async fn a_backend_timeout_then_a_retry_with_the_key_publishes_twice_under_one_message_id() {
     moto_url();
-    let (url, answer, received) = switch_server().await;
+    let (url, answer, received) = switch_server(None).await;
     let service = example_service(iot_publisher(&url, &unique_app_name("unknown-outcome"), quick()).await);
     let event = || {
         let mut event: Value = serde_json::from_str(include_str!("../events/idempotency-key.json")).unwrap();
@@ -420,4 +433,50 @@ async fn a_backend_timeout_then_a_retry_with_the_key_publishes_twice_under_one_m
         (Some(200), Some("true"))
     );
     assert_eq!(third["headers"]["x-message-id"], id.as_str());
+}
+
+#[tokio::test]
+async fn a_refusal_after_an_attempt_that_timed_out_is_an_unknown_outcome_not_a_release() {
+    moto_url();
+    // The SDK's first attempt times out; its second is refused as unavailable.
+    let (url, answer, received) = switch_server(Some((503, "ServiceUnavailableException"))).await;
+    let service = example_service(iot_publisher(&url, &unique_app_name("second-attempt"), quick()).await);
+    let event = || {
+        let mut event: Value = serde_json::from_str(include_str!("../events/idempotency-key.json")).unwrap();
+        event["requestContext"]["requestId"] = Value::String(unique_app_name("request"));
+        serde_json::from_value::<lambda::Event>(event).unwrap()
+    };
+    let first = serde_json::to_value(lambda::handle(&service, event(), None).await.unwrap()).unwrap();
+    assert_eq!(first["statusCode"], 503, "{first}");
+    assert_eq!(received.lock().unwrap().len(), 2, "two attempts: one that timed out, one refused");
+    let id = first["headers"]["x-message-id"].as_str().expect("the first attempt may have published").to_owned();
+    answer.store(true, Ordering::SeqCst);
+    let retry = serde_json::to_value(lambda::handle(&service, event(), None).await.unwrap()).unwrap();
+    assert_eq!(
+        (retry["statusCode"].as_u64(), retry["headers"]["x-message-id"].as_str()),
+        (Some(200), Some(id.as_str()))
+    );
+    assert_eq!(retry["headers"]["idempotent-replayed"], "unknown-outcome");
+}
+
+#[tokio::test]
+async fn a_503_on_the_only_attempt_releases_the_key() {
+    moto_url();
+    let (url, count) = fault_server(Answer::Status {
+        status: 503,
+        error_type: Some("ServiceUnavailableException"),
+        body: r#"{"message":"unavailable"}"#,
+    })
+    .await;
+    let settings = IotSettings { max_attempts: 1, ..quick() };
+    let service = example_service(iot_publisher(&url, &unique_app_name("released"), settings).await);
+    let event = || serde_json::from_str::<lambda::Event>(include_str!("../events/idempotency-key.json")).unwrap();
+    let first = serde_json::to_value(lambda::handle(&service, event(), None).await.unwrap()).unwrap();
+    assert_eq!(first["statusCode"], 503);
+    assert!(first["headers"]["x-message-id"].is_null(), "never sent: no id to name: {first}");
+    assert_eq!(count.load(Ordering::SeqCst), 1);
+    let second = serde_json::to_value(lambda::handle(&service, event(), None).await.unwrap()).unwrap();
+    assert_eq!(second["statusCode"], 503);
+    assert_eq!(count.load(Ordering::SeqCst), 2, "the key was released: the retry tried the backend again, afresh");
+    assert!(second["headers"]["idempotent-replayed"].is_null(), "{second}");
 }

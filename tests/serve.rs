@@ -1546,8 +1546,16 @@ async fn redis_records_follow_the_key_s_life_through_every_outcome() {
     let unknown = claim("r", 3);
     assert_eq!(keys.begin(&unknown).await.unwrap(), Begin::Fresh, "a released key is free");
     keys.finish(&unknown, Outcome::Unknown).await.unwrap();
-    assert_eq!(keys.begin(&claim("r", 3)).await.unwrap(), Begin::UnknownOutcome(unknown.message_id));
+    let retry = claim("r", 3);
+    assert_eq!(keys.begin(&retry).await.unwrap(), Begin::UnknownOutcome(unknown.message_id));
     assert_eq!(keys.begin(&claim("r", 3)).await.unwrap(), Begin::InFlight, "the retry holds it in turn");
+    // The retry did not publish: the unknown outcome goes back, for the next retry.
+    let retry = retry.taking_over(unknown.message_id);
+    keys.finish(&retry, Outcome::NotDelivered).await.unwrap();
+    assert_eq!(keys.begin(&claim("r", 3)).await.unwrap(), Begin::UnknownOutcome(unknown.message_id));
+    // A late outcome of a claim that is no longer the record's owner changes nothing.
+    keys.finish(&retry, Outcome::Delivered).await.unwrap();
+    assert_eq!(keys.begin(&claim("r", 3)).await.unwrap(), Begin::InFlight);
 
     // Fifty concurrent first claims on one key: one is the first.
     let tasks: Vec<_> = (0..50)

@@ -57,8 +57,8 @@ pub struct ConfigFile {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct IdempotencyEntry {
-    /// Seconds after its first request that a key still answers a retry with
-    /// the first answer; [`DEFAULT_IDEMPOTENCY_RETENTION_SECONDS`] if absent.
+    /// Seconds after its record's last write that a key still answers a retry
+    /// with the first answer; [`DEFAULT_IDEMPOTENCY_RETENTION_SECONDS`] if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retention_seconds: Option<u64>,
 }

@@ -1,18 +1,22 @@
 //! Records in the config table (the Lambda function): one item per key,
 //! `pk = idem#{identity}#{key}`, `sk = idem`, with the attributes `state`,
-//! `fingerprint`, `message_id`, `lease_until` (Unix ms) and `expires_at` (Unix
-//! seconds: the table's TTL attribute, template.yaml).
+//! `fingerprint`, `message_id`, `owner` (the id of the request that wrote it),
+//! `lease_until` (Unix ms) and `expires_at` (Unix seconds: the table's TTL
+//! attribute, template.yaml).
 //!
 //! A claim is one conditional `PutItem` when the key is new (`attribute_not_exists`),
 //! so two concurrent first requests cannot both publish: DynamoDB lets one
 //! write through and refuses the other. A refused write reads the item
 //! (strongly consistent) and decides from it; a takeover of an unknown outcome
-//! is another conditional write, on the item being as read. TTL deletes
+//! is another conditional write, on the item being as read. The SDK retries a
+//! call whose answer it lost: a refused write that finds the item owned by this
+//! very claim knows its first try landed. An outcome is a write conditioned on
+//! the item being this claim's own in-flight record (or absent). TTL deletes
 //! expired items within days, not at once, so an expired item counts as absent.
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, SdkError};
+use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
@@ -42,6 +46,18 @@ fn n(number: u64) -> AttributeValue {
     AttributeValue::N(number.to_string())
 }
 
+/// A write's error, unless DynamoDB refused its condition: the item is
+/// another request's record now, and this outcome is not its to write.
+fn unless_refused<E>(error: SdkError<E>) -> Result<(), StoreError>
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match error.code() {
+        Some("ConditionalCheckFailedException") => Ok(()),
+        _ => Err(store_error(error)),
+    }
+}
+
 fn store_error<E: std::error::Error + 'static>(error: SdkError<E>) -> StoreError {
     StoreError(DisplayErrorContext(&error).to_string())
 }
@@ -53,13 +69,14 @@ impl DynamoKeys {
     }
 
     fn item(claim: &Claim, record: &Record) -> HashMap<String, AttributeValue> {
-        let expires_at = (now_ms() / 1000) + claim.retention.as_secs();
+        let expires_at = (now_ms() / 1000) + claim.keep_for(record.state).as_secs();
         HashMap::from([
             ("pk".to_owned(), s(&claim.id)),
             ("sk".to_owned(), s(SORT_KEY)),
             ("state".to_owned(), s(record.state.letter())),
             ("fingerprint".to_owned(), s(&record.fingerprint)),
             ("message_id".to_owned(), s(&record.message_id.to_string())),
+            ("owner".to_owned(), s(&record.owner.to_string())),
             ("lease_until".to_owned(), n(record.lease_until_ms)),
             ("expires_at".to_owned(), n(expires_at)),
         ])
@@ -94,6 +111,7 @@ impl DynamoKeys {
                 state: State::from_letter(text("state")?)?,
                 fingerprint: text("fingerprint")?.to_owned(),
                 message_id: text("message_id")?.parse().ok()?,
+                owner: text("owner")?.parse().ok()?,
                 lease_until_ms: number("lease_until")?,
             })
         })();
@@ -135,6 +153,14 @@ impl KeyStore for DynamoKeys {
             }
             for _ in 0..ATTEMPTS {
                 let stored = self.read(claim).await?;
+                if let Some(ours) = stored.as_ref().filter(|r| r.state == State::InFlight && r.owner == claim.owner) {
+                    // This claim's own write landed, and only its answer was lost (the SDK retried).
+                    return Ok(if ours.message_id == claim.owner {
+                        Begin::Fresh
+                    } else {
+                        Begin::UnknownOutcome(ours.message_id)
+                    });
+                }
                 let (begin, write) = decide(stored.as_ref(), claim, now_ms());
                 let Some(record) = write else { return Ok(begin) };
                 if self.write_if(claim, &record, stored.as_ref()).await? {
@@ -148,46 +174,67 @@ impl KeyStore for DynamoKeys {
 
     fn finish<'a>(&'a self, claim: &'a Claim, outcome: Outcome) -> StoreFuture<'a, ()> {
         Box::pin(async move {
+            let owner = claim.owner.to_string();
             let state = match outcome {
                 Outcome::Delivered => State::Done,
                 Outcome::Unknown => State::Unknown,
                 Outcome::NotDelivered => {
+                    // The claim's own first claim goes; a takeover puts the unknown outcome back.
                     let deleted = self
                         .client
                         .delete_item()
                         .table_name(&self.table)
                         .key("pk", s(&claim.id))
                         .key("sk", s(SORT_KEY))
-                        .condition_expression("#state = :state AND message_id = :id")
+                        .condition_expression("#state = :inflight AND #owner = :owner AND message_id = :owner")
                         .expression_attribute_names("#state", "state")
-                        .expression_attribute_values(":state", s(State::InFlight.letter()))
-                        .expression_attribute_values(":id", s(&claim.message_id.to_string()))
+                        .expression_attribute_names("#owner", "owner")
+                        .expression_attribute_values(":inflight", s(State::InFlight.letter()))
+                        .expression_attribute_values(":owner", s(&owner))
                         .send()
                         .await;
-                    return match deleted {
-                        Err(error)
-                            if !error.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-                        {
-                            Err(store_error(error))
-                        }
-                        _ => Ok(()),
-                    };
+                    match deleted {
+                        Ok(_) => return Ok(()),
+                        Err(error) => unless_refused(error)?,
+                    }
+                    return self
+                        .client
+                        .update_item()
+                        .table_name(&self.table)
+                        .key("pk", s(&claim.id))
+                        .key("sk", s(SORT_KEY))
+                        .update_expression("SET #state = :unknown, lease_until = :zero")
+                        .condition_expression("#state = :inflight AND #owner = :owner")
+                        .expression_attribute_names("#state", "state")
+                        .expression_attribute_names("#owner", "owner")
+                        .expression_attribute_values(":unknown", s(State::Unknown.letter()))
+                        .expression_attribute_values(":zero", n(0))
+                        .expression_attribute_values(":inflight", s(State::InFlight.letter()))
+                        .expression_attribute_values(":owner", s(&owner))
+                        .send()
+                        .await
+                        .map_or_else(unless_refused, |_| Ok(()));
                 }
             };
             let record = Record {
                 state,
                 fingerprint: claim.fingerprint.clone(),
                 message_id: claim.message_id,
+                owner: claim.owner,
                 lease_until_ms: 0,
             };
             self.client
                 .put_item()
                 .table_name(&self.table)
                 .set_item(Some(DynamoKeys::item(claim, &record)))
+                .condition_expression("attribute_not_exists(pk) OR (#state = :inflight AND #owner = :owner)")
+                .expression_attribute_names("#state", "state")
+                .expression_attribute_names("#owner", "owner")
+                .expression_attribute_values(":inflight", s(State::InFlight.letter()))
+                .expression_attribute_values(":owner", s(&owner))
                 .send()
                 .await
-                .map_err(store_error)?;
-            Ok(())
+                .map_or_else(unless_refused, |_| Ok(()))
         })
     }
 }

@@ -2,11 +2,15 @@
 //! where (docs/api.md "Retries without duplicates").
 //!
 //! A key's record moves through three states. The first request with a key
-//! writes it *in flight* (with its message id and a lease), publishes, then
-//! writes the outcome: *done* when the broker accepted the message, *unknown*
-//! when the answer never came (a timeout, a connection lost mid-publish), or
-//! deletes the record when the message certainly was not delivered (a 4xx, a
-//! 429, a 503 before anything was sent), so a retry starts afresh.
+//! writes it *in flight* (with its message id, its own id as the record's
+//! owner, and a lease), publishes, then writes the outcome: *done* when the
+//! broker accepted the message, *unknown* when the answer never came (a
+//! timeout, a connection lost mid-publish), or deletes the record when the
+//! message certainly was not delivered (a 4xx, a 429, a 503 before anything was
+//! sent), so a retry starts afresh. A retry that took over an unknown outcome
+//! and then did not publish puts *unknown* back instead: the first attempt's
+//! message may still be out there under that id. An outcome is written only
+//! over the writer's own in-flight record (or none), never over another's.
 //!
 //! A later request with the same key and the same fingerprint then gets, by
 //! the record's state: *done*, the first answer again without a publish; *in
@@ -52,8 +56,11 @@ pub struct Claim {
     pub id: String,
     /// The request's fingerprint, in hex.
     pub fingerprint: String,
-    /// The id this request would publish under if it is the first.
+    /// The id this request publishes under: its own if it is the first, the
+    /// first request's when it takes over an unknown outcome.
     pub message_id: MessageId,
+    /// This request's own id, unique to it: whose in-flight record it is.
+    pub owner: MessageId,
     /// How long the record is kept after its last write.
     pub retention: Duration,
 }
@@ -73,7 +80,22 @@ impl Claim {
         id.push('#');
         id.push_str(&key.key);
         let fingerprint = key.fingerprint.iter().map(|b| format!("{b:02x}")).collect();
-        Claim { id, fingerprint, message_id, retention }
+        Claim { id, fingerprint, message_id, owner: message_id, retention }
+    }
+
+    /// The claim publishing under `first`, the id of an unknown outcome it took over.
+    pub fn taking_over(self, first: MessageId) -> Claim {
+        Claim { message_id: first, ..self }
+    }
+
+    /// How long a record in `state` is kept: the retention, and an in-flight
+    /// record at least twice its lease, so that its owner's death leaves an
+    /// unknown outcome behind rather than nothing.
+    pub fn keep_for(&self, state: State) -> Duration {
+        match state {
+            State::InFlight => self.retention.max(IN_FLIGHT_LEASE * 2),
+            State::Done | State::Unknown => self.retention,
+        }
     }
 }
 
@@ -155,8 +177,49 @@ pub struct Record {
     pub fingerprint: String,
     /// The first request's message id.
     pub message_id: MessageId,
+    /// The id of the request that wrote the record.
+    pub owner: MessageId,
     /// Unix milliseconds until which an in-flight record holds its key.
     pub lease_until_ms: u64,
+}
+
+/// What recording an outcome does to a key's record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Settle {
+    /// Leave it: it is another request's record now (or there is none to release).
+    Keep,
+    /// Delete it: this request's own first claim, released.
+    Delete,
+    /// Write this record.
+    Write(Record),
+}
+
+/// What `claim`'s outcome does to `stored`. Only the claim's own in-flight
+/// record (or none) is written over. A release deletes the record when it was
+/// the claim's own first claim; when it was a takeover of an unknown outcome
+/// (its message id is the first request's, not the claim's own), the unknown
+/// outcome is put back: the first attempt's message may be out there.
+pub fn settle(stored: Option<&Record>, claim: &Claim, outcome: Outcome) -> Settle {
+    if stored.is_some_and(|record| record.state != State::InFlight || record.owner != claim.owner) {
+        return Settle::Keep;
+    }
+    let message_id = stored.map_or(claim.message_id, |record| record.message_id);
+    let state = match outcome {
+        Outcome::Delivered => State::Done,
+        Outcome::Unknown => State::Unknown,
+        Outcome::NotDelivered => match stored {
+            None => return Settle::Keep,
+            Some(record) if record.message_id == claim.owner => return Settle::Delete,
+            Some(_) => State::Unknown,
+        },
+    };
+    Settle::Write(Record {
+        state,
+        fingerprint: claim.fingerprint.clone(),
+        message_id,
+        owner: claim.owner,
+        lease_until_ms: 0,
+    })
 }
 
 /// Now, in Unix milliseconds.
@@ -171,6 +234,7 @@ pub fn decide(stored: Option<&Record>, claim: &Claim, now_ms: u64) -> (Begin, Op
         state: State::InFlight,
         fingerprint: claim.fingerprint.clone(),
         message_id,
+        owner: claim.owner,
         lease_until_ms: now_ms + IN_FLIGHT_LEASE.as_millis() as u64,
     };
     match stored {
@@ -196,6 +260,11 @@ impl Pending {
     /// A claim `begin` let through.
     pub fn new(store: Arc<dyn KeyStore>, claim: Claim) -> Pending {
         Pending { store, claim: Some(claim), publishing: false }
+    }
+
+    /// Drops the claim without recording anything: `begin` said it was not this request's.
+    pub fn forget(mut self) {
+        self.claim = None;
     }
 
     /// The publish is under way: from here, an interruption leaves its outcome unknown.
@@ -304,7 +373,10 @@ impl KeyStore for MemoryKeys {
                     let (decided, write) = decide(entry.as_ref().map(|e| &e.value().record), claim, now_ms());
                     begin = decided;
                     let op = match write {
-                        Some(record) => Op::Put(Kept { record, expires_at: Instant::now() + claim.retention }),
+                        Some(record) => {
+                            let expires_at = Instant::now() + claim.keep_for(record.state);
+                            Op::Put(Kept { record, expires_at })
+                        }
                         None => Op::Nop,
                     };
                     std::future::ready(op)
@@ -319,22 +391,13 @@ impl KeyStore for MemoryKeys {
             self.records
                 .entry_by_ref(&claim.id)
                 .and_compute_with(|entry| {
-                    let ours = |kept: &Kept| {
-                        kept.record.state == State::InFlight && kept.record.message_id == claim.message_id
-                    };
-                    let op = match (outcome, entry) {
-                        // Released only while it is this claim's, in flight.
-                        (Outcome::NotDelivered, Some(entry)) if ours(entry.value()) => Op::Remove,
-                        (Outcome::NotDelivered, _) => Op::Nop,
-                        (Outcome::Delivered | Outcome::Unknown, _) => Op::Put(Kept {
-                            record: Record {
-                                state: if outcome == Outcome::Delivered { State::Done } else { State::Unknown },
-                                fingerprint: claim.fingerprint.clone(),
-                                message_id: claim.message_id,
-                                lease_until_ms: 0,
-                            },
-                            expires_at: Instant::now() + claim.retention,
-                        }),
+                    let op = match settle(entry.as_ref().map(|e| &e.value().record), claim, outcome) {
+                        Settle::Keep => Op::Nop,
+                        Settle::Delete => Op::Remove,
+                        Settle::Write(record) => {
+                            let expires_at = Instant::now() + claim.keep_for(record.state);
+                            Op::Put(Kept { record, expires_at })
+                        }
                     };
                     std::future::ready(op)
                 })
@@ -387,6 +450,7 @@ mod tests {
             state,
             fingerprint: c.fingerprint.clone(),
             message_id: first,
+            owner: first,
             lease_until_ms,
         };
         let (begin, write) = decide(None, &c, 1_000);
@@ -404,6 +468,41 @@ mod tests {
         for state in [State::Done, State::InFlight, State::Unknown] {
             assert_eq!(decide(Some(&stored(state, u64::MAX)), &other, 1_000), (Begin::Reused, None));
         }
+    }
+
+    #[test]
+    fn an_outcome_is_written_only_over_the_claim_s_own_record_and_a_takeover_is_never_released() {
+        let first = claim(1, MessageId::next());
+        let in_flight = |owner: &Claim| Record {
+            state: State::InFlight,
+            fingerprint: owner.fingerprint.clone(),
+            message_id: owner.message_id,
+            owner: owner.owner,
+            lease_until_ms: 1,
+        };
+        let own = in_flight(&first);
+        assert!(matches!(settle(Some(&own), &first, Outcome::Delivered), Settle::Write(r) if r.state == State::Done));
+        assert_eq!(settle(Some(&own), &first, Outcome::NotDelivered), Settle::Delete);
+        assert_eq!(settle(None, &first, Outcome::NotDelivered), Settle::Keep);
+        // Another request's record, or one already settled: left alone.
+        let other = claim(1, MessageId::next());
+        for stored in [in_flight(&other), Record { state: State::Done, ..own.clone() }] {
+            for outcome in [Outcome::Delivered, Outcome::Unknown, Outcome::NotDelivered] {
+                assert_eq!(settle(Some(&stored), &first, outcome), Settle::Keep, "{stored:?} {outcome:?}");
+            }
+        }
+        // A takeover of an unknown outcome that did not publish puts the unknown outcome back.
+        let retry = claim(1, MessageId::next()).taking_over(first.message_id);
+        let taken = in_flight(&retry);
+        match settle(Some(&taken), &retry, Outcome::NotDelivered) {
+            Settle::Write(record) => assert_eq!((record.state, record.message_id), (State::Unknown, first.message_id)),
+            other => panic!("{other:?}"),
+        }
+        // So does a claim cut short mid-claim, whose store had made it a takeover.
+        let cut_short = Claim { message_id: retry.owner, ..retry.clone() };
+        assert!(
+            matches!(settle(Some(&taken), &cut_short, Outcome::NotDelivered), Settle::Write(r) if r.state == State::Unknown)
+        );
     }
 
     #[tokio::test]
@@ -424,7 +523,10 @@ mod tests {
         keys.finish(&second, Outcome::Unknown).await.unwrap();
         let retry = claim(2, MessageId::next());
         assert_eq!(keys.begin(&retry).await.unwrap(), Begin::UnknownOutcome(second.message_id));
-        assert_eq!(keys.begin(&retry).await.unwrap(), Begin::InFlight, "the retry holds the key in turn");
+        assert_eq!(keys.begin(&claim(2, MessageId::next())).await.unwrap(), Begin::InFlight, "the retry holds the key");
+        // The retry did not publish (a 429, say): the unknown outcome stays, for the next.
+        keys.finish(&retry.clone().taking_over(second.message_id), Outcome::NotDelivered).await.unwrap();
+        assert_eq!(keys.begin(&claim(2, MessageId::next())).await.unwrap(), Begin::UnknownOutcome(second.message_id));
     }
 
     #[tokio::test]

@@ -6,7 +6,9 @@ use std::time::Duration;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::SdkConfig;
-use aws_sdk_iotdataplane::error::{DisplayErrorContext, SdkError};
+use aws_sdk_iotdataplane::config::interceptors::FinalizerInterceptorContextRef;
+use aws_sdk_iotdataplane::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_iotdataplane::error::{BoxError, DisplayErrorContext, SdkError};
 use aws_sdk_iotdataplane::operation::publish::PublishError as SdkPublishError;
 use aws_sdk_iotdataplane::primitives::Blob;
 use aws_sdk_iotdataplane::types::PayloadFormatIndicator;
@@ -186,6 +188,7 @@ impl Publisher for IotPublisher {
     async fn publish(&self, message: Message) -> Result<(), PublishError> {
         let p = message.properties;
         let user_properties = (!p.user_properties.is_empty()).then(|| user_properties_json(&p.user_properties));
+        let attempts = Attempts::default();
         let result = self
             .client()
             .await?
@@ -204,9 +207,55 @@ impl Publisher for IotPublisher {
             // The SDK sends this header as given; the API wants it base64-encoded.
             .set_correlation_data(p.correlation_data.map(|d| base64::engine::general_purpose::STANDARD.encode(d)))
             .set_message_expiry(p.message_expiry_interval.map(i64::from))
+            .customize()
+            .interceptor(attempts.clone())
             .send()
             .await;
-        result.map(drop).map_err(classify)
+        result.map(drop).map_err(|error| match classify(error) {
+            // The SDK's last attempt was refused, but an earlier one may have
+            // reached AWS IoT: the message may be published.
+            PublishError::Unavailable(detail) | PublishError::Throttled(detail)
+                if attempts.earlier_may_have_arrived() =>
+            {
+                PublishError::Unknown(format!("{detail} (after an earlier attempt whose outcome is unknown)"))
+            }
+            other => other,
+        })
+    }
+}
+
+/// Whether each of one publish's attempts may have reached AWS IoT: one that
+/// got no answer (a timeout, a connection lost mid-call; not a refused
+/// connection) or a 5xx other than 503. The SDK retries those, and an answer
+/// to the last attempt says nothing of the earlier ones.
+#[derive(Debug, Clone, Default)]
+struct Attempts(Arc<std::sync::Mutex<Vec<bool>>>);
+
+impl Attempts {
+    fn earlier_may_have_arrived(&self) -> bool {
+        let attempts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        attempts.split_last().is_some_and(|(_, earlier)| earlier.iter().any(|&may| may))
+    }
+}
+
+impl Intercept for Attempts {
+    fn name(&self) -> &'static str {
+        "Attempts"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        _: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let may_have_arrived = match (context.response(), context.output_or_error()) {
+            (Some(response), _) => response.status().as_u16() >= 500 && response.status().as_u16() != 503,
+            (None, Some(Err(error))) => !refused(error),
+            (None, _) => true,
+        };
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(may_have_arrived);
+        Ok(())
     }
 }
 
