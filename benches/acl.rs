@@ -9,7 +9,7 @@
 use std::hint::black_box;
 use std::time::Instant;
 
-use mqtt_http_publish::acl::{Access, Acl, Effect, Rule, TopicFilter};
+use mqtt_http_publish::acl::{Access, Acl, Action, Effect, Rule, TopicFilter};
 use mqtt_http_publish::contract::{Topic, TopicLimits};
 
 fn rule(priority: i64, effect: Effect, topic: &str, username: Option<String>) -> Rule {
@@ -23,6 +23,7 @@ fn rule(priority: i64, effect: Effect, topic: &str, username: Option<String>) ->
         qos: None,
         retain: None,
         auth: None,
+        actions: mqtt_http_publish::acl::Actions::PUBLISH,
     }
 }
 
@@ -79,6 +80,7 @@ fn main() {
                     retain: false,
                     basic: true,
                     certificate: false,
+                    action: Action::Publish,
                 };
                 allowed += usize::from(black_box(acl.decide(black_box(&access))) == Effect::Allow);
             }

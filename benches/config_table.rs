@@ -89,6 +89,7 @@ async fn run(endpoint: &str) {
             qos: None,
             retain: None,
             auth: None,
+            actions: None,
         })
         .collect();
     let config = ConfigFile { users, rules, ..ConfigFile::default() };

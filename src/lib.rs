@@ -18,6 +18,9 @@
 //!   (through caches); and the tools that manage them.
 //! - [`publish`]: the edge towards a broker: the [`publish::Publisher`] trait
 //!   and its AWS IoT Core adapter.
+//! - [`replies`]: the edge that waits for a device's reply (`ResponseTimeout`):
+//!   one MQTT 5 connection subscribing to response topics, to the broker or to
+//!   AWS IoT over a SigV4-signed WebSocket.
 //! - [`aws`]: the AWS SDK config the IoT publisher and the config table share.
 //! - [`quota`]: the `[limits]` rate limits (429), and each source address's
 //!   budget of password checks.
@@ -50,6 +53,7 @@ pub mod logs;
 pub mod metrics;
 pub mod publish;
 pub mod quota;
+pub mod replies;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod service;

@@ -14,6 +14,8 @@ use mqtt_http_publish::idempotency::dynamo::DynamoKeys;
 use mqtt_http_publish::idempotency::KeyStore;
 use mqtt_http_publish::logs::{self, Output};
 use mqtt_http_publish::publish::iot::{IotPublisher, IotSettings};
+use mqtt_http_publish::replies::sigv4::{IotMqtt, Signer};
+use mqtt_http_publish::replies::Replies;
 use mqtt_http_publish::service::Service;
 
 fn main() -> ExitCode {
@@ -115,10 +117,40 @@ async fn build_service() -> anyhow::Result<Service<IotPublisher>> {
             }
         };
     let publisher = IotPublisher::new(&sdk, &IotSettings::from_env());
-    let service = Service::with_store(publisher, store).with_amzn_trace_id();
+    let replies = Arc::new(Replies::new(iot_replies(&sdk, publisher.clone())));
+    let service = Service::with_store(publisher, store)
+        .with_amzn_trace_id()
+        .with_replies(replies, mqtt_http_publish::replies::sigv4::MAX_LAMBDA_RESPONSE_TIMEOUT);
     Ok(match keys {
         Some(keys) => service.with_key_store(keys),
         None => service,
+    })
+}
+
+/// The connection that waits for replies on Lambda: MQTT 5 over a WebSocket to
+/// the account's AWS IoT endpoint (`IOT_MQTT_URL` overrides it), signed with the
+/// function's role, under a client id unique to this container.
+fn iot_replies(sdk: &aws_config::SdkConfig, publisher: IotPublisher) -> mqtt_http_publish::replies::Connect {
+    let sdk = sdk.clone();
+    let client_id = IotMqtt::client_id(std::env::var("AWS_LAMBDA_FUNCTION_NAME").ok().as_deref());
+    Box::new(move || {
+        let (sdk, publisher, client_id) = (sdk.clone(), publisher.clone(), client_id.clone());
+        Box::pin(async move {
+            let url = match std::env::var("IOT_MQTT_URL").ok().filter(|u| !u.is_empty()) {
+                Some(url) => url,
+                None => match publisher.endpoint_host().await.map_err(|e| e.to_string())? {
+                    Some(host) => format!("wss://{host}/mqtt"),
+                    None => {
+                        return Err("the AWS IoT endpoint is not known: set IOT_DATA_ENDPOINT or IOT_MQTT_URL".into())
+                    }
+                },
+            };
+            let signer = match (sdk.credentials_provider(), sdk.region()) {
+                (Some(credentials), Some(region)) => Some(Signer { credentials, region: region.to_string() }),
+                _ => None,
+            };
+            Ok(IotMqtt { url, client_id, signer, max_packet: IotMqtt::MAX_PACKET }.options())
+        })
     })
 }
 

@@ -42,6 +42,8 @@ pub enum Refusal {
     User,
     /// Too many slow password checks from the source address.
     PasswordChecks,
+    /// `[limits] max_waiting` requests already wait for replies.
+    Waiting,
 }
 
 struct Metrics {
@@ -199,6 +201,7 @@ pub fn refused(why: Refusal) {
         Refusal::Instance => "instance",
         Refusal::User => "user",
         Refusal::PasswordChecks => "password_checks",
+        Refusal::Waiting => "waiting",
     };
     METRICS.refusals.get_or_create(&KindLabels { kind }).inc();
 }

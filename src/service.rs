@@ -2,6 +2,7 @@
 //! publish, answer. The Lambda function and `serve` differ only in how they
 //! turn their input into an [`HttpRequest`] and the answer back.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -9,19 +10,47 @@ use bytes::Bytes;
 use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
 use tracing::{field, info, info_span, warn, Instrument, Span};
 
-use crate::acl::{Access, Effect};
+use crate::acl::{Access, Action, Effect};
 use crate::auth::Authenticator;
 use crate::config::source::{ConfigStore, FileStore};
 use crate::config::{Policy, RuleSet, StoreError};
-use crate::contract::{cors, parse_request, ApiError, ErrorCode, HttpRequest, MessageId, TraceContext};
+use crate::contract::headers::{payload_format_indicator_header, user_properties_header};
+use crate::contract::query::MAX_RESPONSE_TIMEOUT;
+use crate::contract::{cors, parse_request, ApiError, ErrorCode, HttpRequest, MessageId, Topic, TraceContext};
 use crate::idempotency::{Begin, Claim, KeyStore, MemoryKeys, Outcome, Pending};
 use crate::publish::{Message, PublishError, Publisher};
 use crate::quota::{Quotas, SharedQuotas};
+use crate::replies::{Replies, Reply, WaitError};
 
 /// `Retry-After` seconds when the backend throttles.
 const THROTTLED_RETRY_AFTER: u32 = 1;
 /// `Retry-After` seconds when the backend or the config store is unavailable.
 const UNAVAILABLE_RETRY_AFTER: u32 = 5;
+/// A wait cut by the invocation's deadline ends this much before it, so its
+/// 504 is the answer rather than the deadline's 503.
+const REPLY_DEADLINE_MARGIN: Duration = Duration::from_millis(50);
+
+/// The response topic of a waiting request: its own `ResponseTopic`, else
+/// `replies/{client_id}/{message id}`.
+fn response_topic(
+    properties: &crate::contract::Properties,
+    client_id: &str,
+    message_id: MessageId,
+    limits: crate::contract::TopicLimits,
+) -> Result<Topic, ApiError> {
+    let name = match &properties.response_topic {
+        Some(topic) => topic.clone(),
+        None => format!("{DEFAULT_REPLY_TOPIC_ROOT}/{client_id}/{message_id}"),
+    };
+    Topic::parse(name.into_bytes(), limits).map_err(|e| {
+        ApiError::bad_request(ErrorCode::InvalidResponseTopic, format!("the response topic is not valid here: {e}"))
+    })
+}
+
+/// The correlation data of a waiting request: its own, else the message id's 32 characters.
+fn correlation_of(properties: &crate::contract::Properties, message_id: MessageId) -> Bytes {
+    properties.correlation_data.clone().unwrap_or_else(|| Bytes::from(message_id.to_string()))
+}
 
 /// The config's payload limit, capped by the backend's.
 fn payload_limit(rules: &RuleSet, backend: usize) -> usize {
@@ -86,6 +115,46 @@ struct Published {
     /// `Idempotent-Replayed`: `true` (answered from the record, nothing
     /// published) or `unknown-outcome` (published again under the first id).
     replayed: Option<&'static str>,
+    /// The device's reply, for a request that waited for one.
+    reply: Option<Reply>,
+}
+
+/// The prefix of the response topic a waiting request gets unless it names its
+/// own: `replies/{client_id}/{message id}`.
+pub const DEFAULT_REPLY_TOPIC_ROOT: &str = "replies";
+
+/// One request's place among those waiting for replies; counted until dropped.
+struct WaitSlot(Arc<AtomicUsize>);
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The answer to a request whose device replied: the reply's payload, its
+/// content type and properties, and our message id.
+fn reply_response(published: &Published, reply: Reply) -> Response<Bytes> {
+    let content_type = reply
+        .content_type
+        .as_deref()
+        .and_then(|t| HeaderValue::from_str(t).ok())
+        .unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let mut ok = Response::builder()
+        .status(StatusCode::OK)
+        .header("X-Message-Id", published.message_id.to_string())
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::CONTENT_LENGTH, reply.payload.len());
+    if !reply.user_properties.is_empty() {
+        ok = ok.header(crate::contract::headers::USER_PROPERTIES, user_properties_header(&reply.user_properties));
+    }
+    if let Some(indicator) = reply.payload_format_indicator {
+        ok = ok.header(crate::contract::headers::PAYLOAD_FORMAT_INDICATOR, payload_format_indicator_header(indicator));
+    }
+    if let Some(replayed) = published.replayed {
+        ok = ok.header(REPLAYED_HEADER, replayed);
+    }
+    ok.body(reply.payload).expect("every header value is checked or static")
 }
 
 /// How a publish's result leaves its key. Released only on a refusal that
@@ -127,6 +196,12 @@ pub struct Service<P> {
     /// Whether the log line carries `X-Amzn-Trace-Id`'s root (on Lambda, where
     /// API Gateway sets it; a client of `serve` could write anything there).
     read_amzn_trace_id: bool,
+    /// The connection that waits for replies; without one, `ResponseTimeout` is 503.
+    replies: Option<Arc<Replies>>,
+    /// Requests waiting for replies now (bounded by `[limits] max_waiting`).
+    waiting: Arc<AtomicUsize>,
+    /// The longest `ResponseTimeout` this entry point allows.
+    max_response_timeout: u32,
 }
 
 impl<P: Publisher> Service<P> {
@@ -146,7 +221,23 @@ impl<P: Publisher> Service<P> {
             keys: Arc::new(MemoryKeys::default()),
             login_refusal_delay: Duration::ZERO,
             read_amzn_trace_id: false,
+            replies: None,
+            waiting: Arc::new(AtomicUsize::new(0)),
+            max_response_timeout: MAX_RESPONSE_TIMEOUT,
         }
+    }
+
+    /// Waits for replies (`ResponseTimeout`) over `replies`, for at most
+    /// `max_seconds` (and, with a deadline, no longer than it leaves).
+    pub fn with_replies(mut self, replies: Arc<Replies>, max_seconds: u32) -> Service<P> {
+        self.replies = Some(replies);
+        self.max_response_timeout = max_seconds.min(MAX_RESPONSE_TIMEOUT);
+        self
+    }
+
+    /// Requests waiting for a reply now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
     }
 
     /// Logs the X-Ray trace id of the `X-Amzn-Trace-Id` header that API Gateway
@@ -233,7 +324,7 @@ impl<P: Publisher> Service<P> {
             if let Some(preflight) = cors::preflight(rules.cors.as_ref(), &request) {
                 return Ok(Err(preflight));
             }
-            self.publish(&request, &rules, message_id, &mut sent_as).await.map(Ok)
+            self.publish(&request, &rules, message_id, answer_by, &mut sent_as).await.map(Ok)
         }
         .instrument(span.clone());
         let result = match answer_by {
@@ -259,19 +350,23 @@ impl<P: Publisher> Service<P> {
         let mut answered_id = message_id;
         let mut response = match result {
             Ok(Err(preflight)) => preflight,
-            Ok(Ok(published)) => {
+            Ok(Ok(mut published)) => {
                 answered_id = published.message_id;
-                let mut ok = Response::builder()
-                    .status(StatusCode::OK)
-                    .header("X-Message-Id", published.message_id.to_string())
-                    .header(header::CONTENT_LENGTH, "0");
-                if let Some(replayed) = published.replayed {
-                    ok = ok.header(REPLAYED_HEADER, replayed);
+                if let Some(reply) = published.reply.take() {
+                    reply_response(&published, reply)
+                } else {
+                    let mut ok = Response::builder()
+                        .status(StatusCode::OK)
+                        .header("X-Message-Id", published.message_id.to_string())
+                        .header(header::CONTENT_LENGTH, "0");
+                    if let Some(replayed) = published.replayed {
+                        ok = ok.header(REPLAYED_HEADER, replayed);
+                    }
+                    ok.body(Bytes::new()).expect("static headers are valid")
                 }
-                ok.body(Bytes::new()).expect("static headers are valid")
             }
             Err(error) => {
-                let unknown = matches!(error, ApiError::UnknownOutcome { .. });
+                let unknown = error.after_publish();
                 let mut response = error.into_response();
                 // A message that may have been published: the id it would carry.
                 if let (true, Some(id)) = (unknown, sent_as) {
@@ -318,6 +413,7 @@ impl<P: Publisher> Service<P> {
         request: &HttpRequest,
         rules: &RuleSet,
         message_id: MessageId,
+        answer_by: Option<tokio::time::Instant>,
         sent_as: &mut Option<MessageId>,
     ) -> Result<Published, ApiError> {
         let span = Span::current();
@@ -352,6 +448,7 @@ impl<P: Publisher> Service<P> {
             retain: parsed.options.retain,
             basic: identity.basic,
             certificate: identity.certificate,
+            action: Action::Publish,
         };
         if rules.acl.decide(&access) == Effect::Deny {
             return Err(ApiError::Unauthorized {
@@ -359,6 +456,31 @@ impl<P: Publisher> Service<P> {
                 message: "the ACL does not allow this client to publish to this topic",
             });
         }
+
+        // A request that waits for its reply: the caller must be allowed to
+        // receive on the response topic, and a place among the waiters.
+        let wait = match parsed.options.response_timeout {
+            None => None,
+            Some(seconds) => {
+                let allowed = self.response_timeout_allowed(answer_by);
+                if seconds > allowed {
+                    return Err(ApiError::bad_request(
+                        ErrorCode::InvalidResponseTimeout,
+                        format!("ResponseTimeout may be at most {allowed} s here, not {seconds}"),
+                    ));
+                }
+                let topic =
+                    response_topic(&parsed.options.properties, identity.client_id.as_str(), message_id, limits.topic)?;
+                let receive = Access { topic: &topic, qos: 1, retain: false, action: Action::Subscribe, ..access };
+                if rules.acl.decide(&receive) == Effect::Deny {
+                    return Err(ApiError::Unauthorized {
+                        code: ErrorCode::NotAuthorized,
+                        message: "the ACL does not allow this client to receive replies on the response topic",
+                    });
+                }
+                Some((seconds, self.take_wait_slot(&rules.limits)?))
+            }
+        };
 
         let quota_user = identity.username.as_deref().or(identity.certificate.then_some(identity.client_id.as_str()));
 
@@ -383,6 +505,7 @@ impl<P: Publisher> Service<P> {
         let mut message_id = message_id;
         let mut replayed = None;
         let mut pending = None;
+        let mut republish = true;
         if let Some(key) = &parsed.idempotency {
             span.record("step", "claiming the idempotency key");
             // The verified user name, else the certificate's CN (its client id).
@@ -407,9 +530,16 @@ impl<P: Publisher> Service<P> {
                     replayed = Some("unknown-outcome");
                     pending = Some(Pending::new(Arc::clone(&self.keys), claim.taking_over(first)));
                 }
+                Begin::Done(first) if wait.is_some() => {
+                    // Published already: wait for its reply again, publishing nothing.
+                    guard.forget();
+                    message_id = first;
+                    replayed = Some("true");
+                    republish = false;
+                }
                 Begin::Done(first) => {
                     guard.forget();
-                    return Ok(Published { message_id: first, replayed: Some("true") });
+                    return Ok(Published { message_id: first, replayed: Some("true"), reply: None });
                 }
                 Begin::InFlight => {
                     guard.forget();
@@ -422,6 +552,17 @@ impl<P: Publisher> Service<P> {
             }
         }
 
+        if !republish {
+            let (seconds, _slot) = wait.expect("only a waiting replay skips the publish");
+            let topic =
+                response_topic(&parsed.options.properties, identity.client_id.as_str(), message_id, limits.topic)?;
+            let correlation = correlation_of(&parsed.options.properties, message_id);
+            let mut waiting = self.subscribe(&topic, correlation, message_id).await?;
+            *sent_as = Some(message_id);
+            let reply = self.await_reply(&mut waiting, seconds, answer_by, max_payload).await?;
+            return Ok(Published { message_id, replayed, reply: Some(reply) });
+        }
+
         if let Err((quota, retry_after)) = self.admit(&rules.limits, quota_user).await {
             crate::metrics::refused(quota);
             if let Some(pending) = pending {
@@ -430,8 +571,27 @@ impl<P: Publisher> Service<P> {
             return Err(ApiError::TooManyRequests { retry_after });
         }
 
-        span.record("step", "publishing");
+        // Subscribed before the publish, so that a fast reply cannot be missed.
+        let mut waiting = None;
         let mut properties = parsed.options.properties;
+        if let Some((seconds, slot)) = wait {
+            span.record("step", "subscribing to the response topic");
+            let topic = response_topic(&properties, identity.client_id.as_str(), message_id, limits.topic)?;
+            let correlation = correlation_of(&properties, message_id);
+            match self.subscribe(&topic, correlation.clone(), message_id).await {
+                Ok(subscribed) => waiting = Some((subscribed, seconds, slot)),
+                Err(error) => {
+                    if let Some(pending) = pending {
+                        pending.finish(Outcome::NotDelivered).await;
+                    }
+                    return Err(error);
+                }
+            }
+            properties.response_topic = Some(topic.as_str().to_owned());
+            properties.correlation_data = Some(correlation);
+        }
+
+        span.record("step", "publishing");
         if let Some(name) = id_property {
             properties.user_properties.push((name.to_owned(), message_id.to_string()));
         }
@@ -450,7 +610,12 @@ impl<P: Publisher> Service<P> {
         if let Some(pending) = pending {
             pending.finish(outcome_of(&result)).await;
         }
-        result.map(|()| Published { message_id, replayed }).map_err(|error| {
+        if let (Ok(()), Some((mut subscribed, seconds, _slot))) = (&result, waiting) {
+            span.record("step", "waiting for the reply");
+            let reply = self.await_reply(&mut subscribed, seconds, answer_by, max_payload).await?;
+            return Ok(Published { message_id, replayed, reply: Some(reply) });
+        }
+        result.map(|()| Published { message_id, replayed, reply: None }).map_err(|error| {
             let status = match &error {
                 PublishError::Rejected(_) => ApiError::bad_request(
                     ErrorCode::RejectedByBroker,
@@ -467,6 +632,69 @@ impl<P: Publisher> Service<P> {
             warn!(message_id = %message_id, client_id = %identity.client_id, error = %error, "publish failed");
             status
         })
+    }
+
+    /// The longest `ResponseTimeout` a request may ask for now: this entry
+    /// point's bound, and no more whole seconds than its deadline leaves.
+    fn response_timeout_allowed(&self, answer_by: Option<tokio::time::Instant>) -> u32 {
+        let left = answer_by.map_or(u64::MAX, |by| by.saturating_duration_since(tokio::time::Instant::now()).as_secs());
+        u32::try_from(left).unwrap_or(u32::MAX).min(self.max_response_timeout)
+    }
+
+    /// A place among the requests waiting for replies, or 503 when `max_waiting` wait already.
+    fn take_wait_slot(&self, limits: &crate::config::Limits) -> Result<WaitSlot, ApiError> {
+        let before = self.waiting.fetch_add(1, Ordering::Relaxed);
+        let slot = WaitSlot(Arc::clone(&self.waiting));
+        if before >= limits.max_waiting {
+            crate::metrics::refused(crate::metrics::Refusal::Waiting);
+            return Err(ApiError::TooManyWaiting { retry_after: THROTTLED_RETRY_AFTER });
+        }
+        Ok(slot)
+    }
+
+    /// Subscribes to the response topic; 503 if the broker cannot be reached.
+    async fn subscribe(
+        &self,
+        topic: &Topic,
+        correlation: Bytes,
+        message_id: MessageId,
+    ) -> Result<crate::replies::Waiting, ApiError> {
+        let Some(replies) = &self.replies else {
+            warn!(message_id = %message_id, "ResponseTimeout asked of a service without a reply connection");
+            return Err(ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER });
+        };
+        replies.wait_for(topic.as_str(), correlation).await.map_err(|error| {
+            warn!(message_id = %message_id, %error, "cannot subscribe to the response topic");
+            match error {
+                WaitError::Refused(_) => ApiError::Internal,
+                WaitError::Unavailable(_) | WaitError::Lost => {
+                    ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }
+                }
+            }
+        })
+    }
+
+    /// Waits `seconds` for the reply (never past the deadline): 504 if none
+    /// comes, 502 if it is over `max_payload`, 503 if its connection dropped.
+    async fn await_reply(
+        &self,
+        waiting: &mut crate::replies::Waiting,
+        seconds: u32,
+        answer_by: Option<tokio::time::Instant>,
+        max_payload: usize,
+    ) -> Result<Reply, ApiError> {
+        let mut until = tokio::time::Instant::now() + Duration::from_secs(seconds.into());
+        if let Some(by) = answer_by {
+            until = until.min(by.checked_sub(REPLY_DEADLINE_MARGIN).unwrap_or(by));
+        }
+        match tokio::time::timeout_at(until, waiting.reply()).await {
+            Ok(Ok(reply)) if reply.payload.len() > max_payload => {
+                Err(ApiError::ReplyTooLarge { max: max_payload, size: reply.payload.len() })
+            }
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(_)) => Err(ApiError::ReplyLost { retry_after: UNAVAILABLE_RETRY_AFTER }),
+            Err(_) => Err(ApiError::ReplyTimeout { seconds }),
+        }
     }
 
     /// The instance and user quotas: the fleet's when shared and reachable,

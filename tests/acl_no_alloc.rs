@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
-use mqtt_http_publish::acl::{Access, Acl, Cidr, Effect, Glob, Rule, TopicFilter};
+use mqtt_http_publish::acl::{Access, Acl, Action, Cidr, Effect, Glob, Rule, TopicFilter};
 use mqtt_http_publish::contract::{Topic, TopicLimits};
 
 /// The system allocator, counting this thread's allocations.
@@ -92,6 +92,7 @@ fn a_decision_allocates_nothing() {
                 retain: false,
                 basic: username.is_some(),
                 certificate: username.is_none(),
+                action: Action::Publish,
             })
         })
         .collect();

@@ -92,6 +92,7 @@ fn allow(priority: i64, topic: &str, users: &[&str]) -> RuleEntry {
         qos: None,
         retain: None,
         auth: None,
+        actions: None,
     }
 }
 

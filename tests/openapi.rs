@@ -162,6 +162,10 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Internal,
         ApiError::Unavailable { retry_after: 5 },
         ApiError::UnknownOutcome { retry_after: 5 },
+        ApiError::TooManyWaiting { retry_after: 1 },
+        ApiError::ReplyLost { retry_after: 5 },
+        ApiError::ReplyTimeout { seconds: 10 },
+        ApiError::ReplyTooLarge { max: 1, size: 2 },
     ];
     for error in &all {
         // A new variant stops this compiling: add it to the list above (and to openapi.yaml).
@@ -177,7 +181,11 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::IdempotencyKeyReused
             | ApiError::Internal
             | ApiError::Unavailable { .. }
-            | ApiError::UnknownOutcome { .. } => {}
+            | ApiError::UnknownOutcome { .. }
+            | ApiError::TooManyWaiting { .. }
+            | ApiError::ReplyLost { .. }
+            | ApiError::ReplyTimeout { .. }
+            | ApiError::ReplyTooLarge { .. } => {}
         }
     }
     all

@@ -22,8 +22,8 @@ use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
 use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
-use mqtt_http_publish::acl::{Access, Acl, Effect, Placeholders, Rule, TopicFilter};
-use mqtt_http_publish::config::{AuthEntry, EffectEntry, Limits, RuleEntry, RuleSet};
+use mqtt_http_publish::acl::{Access, Acl, Action, Effect, Placeholders, Rule, TopicFilter};
+use mqtt_http_publish::config::{ActionEntry, AuthEntry, EffectEntry, Limits, RuleEntry, RuleSet};
 use mqtt_http_publish::contract::headers::{CORRELATION_DATA, PAYLOAD_FORMAT_INDICATOR, USER_PROPERTIES};
 use mqtt_http_publish::contract::trace::{TRACEPARENT, TRACESTATE};
 use mqtt_http_publish::contract::{
@@ -146,6 +146,7 @@ proptest! {
             retain: false,
             basic: true,
             certificate: false,
+            action: Action::Publish,
         };
         let allowed = one_rule(parsed).decide(&access) == Effect::Allow;
         prop_assert_eq!(allowed, expected, "the ACL's trie");
@@ -353,6 +354,8 @@ struct Caller {
     retain: bool,
     basic: bool,
     certificate: bool,
+    /// Waiting for a reply there, rather than publishing.
+    subscribe: bool,
 }
 
 /// A rule entry holds when a filter matches and every condition given holds.
@@ -373,6 +376,12 @@ fn reference_rule_matches(rule: &RuleEntry, c: &Caller) -> bool {
             AuthEntry::Basic => c.basic,
             AuthEntry::Certificate => c.certificate,
         })
+        && match &rule.actions {
+            None => !c.subscribe,
+            Some(actions) => {
+                actions.contains(if c.subscribe { &ActionEntry::Subscribe } else { &ActionEntry::Publish })
+            }
+        }
 }
 
 /// Sort by priority, take the first rule that holds; none is deny.
@@ -401,8 +410,16 @@ fn rule_strategy() -> impl Strategy<Value = RuleEntry> {
         prop::option::weighted(0.3, prop::collection::vec(0u8..=2, 1..3)),
         prop::option::weighted(0.2, any::<bool>()),
         prop::option::weighted(0.2, select(vec![AuthEntry::Basic, AuthEntry::Certificate])),
+        prop::option::weighted(
+            0.4,
+            select(vec![
+                vec![ActionEntry::Publish],
+                vec![ActionEntry::Subscribe],
+                vec![ActionEntry::Subscribe, ActionEntry::Publish],
+            ]),
+        ),
     )
-        .prop_map(|(allow, topics, usernames, client_ids, source_ips, qos, retain, auth)| {
+        .prop_map(|(allow, topics, usernames, client_ids, source_ips, qos, retain, auth, actions)| {
             let strings = |v: Vec<&str>| v.into_iter().map(str::to_owned).collect::<Vec<_>>();
             RuleEntry {
                 priority: 0,
@@ -414,6 +431,7 @@ fn rule_strategy() -> impl Strategy<Value = RuleEntry> {
                 qos,
                 retain,
                 auth,
+                actions,
             }
         })
 }
@@ -448,8 +466,9 @@ fn caller_strategy() -> impl Strategy<Value = Caller> {
         0u8..=2,
         any::<bool>(),
         any::<(bool, bool)>(),
+        any::<bool>(),
     )
-        .prop_map(|(topic, username, client_id, ip, qos, retain, (basic, certificate))| Caller {
+        .prop_map(|(topic, username, client_id, ip, qos, retain, (basic, certificate), subscribe)| Caller {
             topic,
             username,
             client_id,
@@ -458,6 +477,7 @@ fn caller_strategy() -> impl Strategy<Value = Caller> {
             retain,
             basic,
             certificate,
+            subscribe,
         })
 }
 
@@ -481,6 +501,7 @@ proptest! {
                 retain: caller.retain,
                 basic: caller.basic,
                 certificate: caller.certificate,
+                action: if caller.subscribe { Action::Subscribe } else { Action::Publish },
             };
             prop_assert_eq!(compiled.acl.decide(&access), linear(&rules, caller), "{:?}", caller);
         }

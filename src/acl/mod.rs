@@ -26,6 +26,37 @@ pub enum Effect {
     Deny,
 }
 
+/// What a caller asks to do on a topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Publish to it (every request).
+    Publish,
+    /// Receive on it: wait for a reply there (`ResponseTimeout`).
+    Subscribe,
+}
+
+/// The actions a rule covers; a rule says nothing about the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Actions {
+    /// The rule decides publishes.
+    pub publish: bool,
+    /// The rule decides subscriptions (waiting for replies).
+    pub subscribe: bool,
+}
+
+impl Actions {
+    /// `["publish"]`: what a rule covers unless it says otherwise.
+    pub const PUBLISH: Actions = Actions { publish: true, subscribe: false };
+
+    /// Whether the rule covers `action`.
+    pub fn covers(self, action: Action) -> bool {
+        match action {
+            Action::Publish => self.publish,
+            Action::Subscribe => self.subscribe,
+        }
+    }
+}
+
 /// How a caller proved who it is, for the `auth` condition.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AuthMethod {
@@ -56,6 +87,8 @@ pub struct Rule {
     pub retain: Option<bool>,
     /// How the caller must have authenticated.
     pub auth: Option<AuthMethod>,
+    /// The actions it decides: publish unless it says otherwise.
+    pub actions: Actions,
 }
 
 /// Everything a decision looks at.
@@ -77,6 +110,8 @@ pub struct Access<'a> {
     pub basic: bool,
     /// A client certificate was verified.
     pub certificate: bool,
+    /// Publish to the topic, or subscribe to it (for a reply: QoS 1, not retained).
+    pub action: Action,
 }
 
 impl Access<'_> {
@@ -98,14 +133,16 @@ impl Rule {
             qos: None,
             retain: None,
             auth: None,
+            actions: Actions::PUBLISH,
         }
     }
 
     /// Whether every condition of the rule holds (topics aside).
     pub fn conditions_hold(&self, access: &Access<'_>) -> bool {
-        self.usernames
-            .as_ref()
-            .is_none_or(|names| access.username.is_some_and(|u| names.binary_search_by(|n| n.as_str().cmp(u)).is_ok()))
+        self.actions.covers(access.action)
+            && self.usernames.as_ref().is_none_or(|names| {
+                access.username.is_some_and(|u| names.binary_search_by(|n| n.as_str().cmp(u)).is_ok())
+            })
             && self.client_ids.as_ref().is_none_or(|globs| globs.iter().any(|g| g.matches(access.client_id)))
             && self
                 .source_ips
@@ -278,6 +315,7 @@ mod tests {
             retain: false,
             basic: true,
             certificate: false,
+            action: Action::Publish,
         }
     }
 

@@ -296,6 +296,7 @@ mod tests {
             client_id: client_id.map(|id| ClientId::parse(id).unwrap()),
             username: Some("sample-user".into()),
             properties: Default::default(),
+            response_timeout: None,
         }
     }
 

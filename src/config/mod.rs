@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::acl::{Acl, AuthMethod, Cidr, Effect, Glob, Rule, TopicFilter};
+use crate::acl::{Acl, Actions, AuthMethod, Cidr, Effect, Glob, Rule, TopicFilter};
 use crate::auth::{StoredHash, Users};
 
 /// The default payload limit: AWS IoT Core's 128 KiB.
@@ -139,6 +139,19 @@ pub struct RuleEntry {
     /// `"basic"` or `"certificate"`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthEntry>,
+    /// `"publish"` and/or `"subscribe"` (waiting for replies there); `["publish"]` if absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actions: Option<Vec<ActionEntry>>,
+}
+
+/// An `actions` entry as written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ActionEntry {
+    /// `"publish"`.
+    Publish,
+    /// `"subscribe"`: receive replies on the rule's topics.
+    Subscribe,
 }
 
 /// `effect` as written.
@@ -189,6 +202,20 @@ pub struct Limits {
     /// Burst of each source address's password checks.
     #[serde(default = "default_password_check_burst", skip_serializing_if = "is_default_password_check_burst")]
     pub password_check_burst: Option<u32>,
+    /// Requests that may wait for a reply at once, per process; beyond, 503.
+    #[serde(default = "default_max_waiting", skip_serializing_if = "is_default_max_waiting")]
+    pub max_waiting: usize,
+}
+
+/// Requests waiting for replies at once per process, by default.
+pub const DEFAULT_MAX_WAITING: usize = 1000;
+
+fn default_max_waiting() -> usize {
+    DEFAULT_MAX_WAITING
+}
+
+fn is_default_max_waiting(v: &usize) -> bool {
+    *v == DEFAULT_MAX_WAITING
 }
 
 /// Password checks a source address may cost by default: a second, and at once.
@@ -226,6 +253,7 @@ impl Default for Limits {
             user_burst: None,
             password_checks_per_second: default_password_checks_per_second(),
             password_check_burst: default_password_check_burst(),
+            max_waiting: DEFAULT_MAX_WAITING,
         }
     }
 }
@@ -442,6 +470,15 @@ fn validate_rule(entry: RuleEntry) -> Result<Rule, ConfigError> {
     if let Some(bad) = entry.qos.iter().flatten().find(|&&q| q > 2) {
         return Err(at(format!("qos {bad} is not 0, 1 or 2")));
     }
+    let actions = match &entry.actions {
+        None => Actions::PUBLISH,
+        Some(list) if list.is_empty() => {
+            return Err(at("actions is empty: name \"publish\", \"subscribe\" or both".into()))
+        }
+        Some(list) => {
+            Actions { publish: list.contains(&ActionEntry::Publish), subscribe: list.contains(&ActionEntry::Subscribe) }
+        }
+    };
     let usernames = entry.usernames.map(|mut names| {
         names.sort();
         names.dedup();
@@ -463,6 +500,7 @@ fn validate_rule(entry: RuleEntry) -> Result<Rule, ConfigError> {
             AuthEntry::Basic => AuthMethod::Basic,
             AuthEntry::Certificate => AuthMethod::Certificate,
         }),
+        actions,
     })
 }
 

@@ -6,8 +6,8 @@
 //! | item | `pk` | `sk` | attributes |
 //! |---|---|---|---|
 //! | a user | `user#{username}` | `user` | `username` S, `password_hash` S |
-//! | a rule | `acl` | `rule#{priority}` | `priority` N, `effect` S, `topics` L of S, optional `usernames`, `client_ids`, `source_ips` (L of S), `qos` (L of N), `retain` BOOL, `auth` S |
-//! | the limits | `acl` | `limits` | `max_payload_bytes` N, optional `messages_per_second`, `burst`, `user_messages_per_second`, `user_burst` N |
+//! | a rule | `acl` | `rule#{priority}` | `priority` N, `effect` S, `topics` L of S, optional `usernames`, `client_ids`, `source_ips`, `actions` (L of S), `qos` (L of N), `retain` BOOL, `auth` S |
+//! | the limits | `acl` | `limits` | `max_payload_bytes` N, optional `messages_per_second`, `burst`, `user_messages_per_second`, `user_burst`, `max_waiting` N |
 //! | `[cors]`, if set | `acl` | `cors` | `allowed_origins` L of S, `max_age_seconds` N |
 //! | `[publish]`, if set | `acl` | `publish` | optional `message_id_property` S |
 //! | `[idempotency]`, if set | `acl` | `idempotency` | optional `retention_seconds` N |
@@ -419,7 +419,7 @@ pub fn config_from_items(items: &BTreeMap<(String, String), Item>) -> Result<Con
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthEntry, EffectEntry};
+    use crate::config::{ActionEntry, AuthEntry, EffectEntry};
 
     fn n(number: &str) -> AttributeValue {
         AttributeValue::N(number.into())
@@ -444,6 +444,7 @@ mod tests {
             qos: None,
             retain: None,
             auth: None,
+            actions: None,
         }
     }
 
@@ -476,6 +477,7 @@ mod tests {
             qos: Some(vec![0, 1]),
             retain: Some(true),
             auth: Some(AuthEntry::Certificate),
+            actions: Some(vec![ActionEntry::Publish, ActionEntry::Subscribe]),
         };
         assert_eq!(
             rule_item(&full),
@@ -491,6 +493,7 @@ mod tests {
                 ("qos", AttributeValue::L(vec![n("0"), n("1")])),
                 ("retain", AttributeValue::Bool(true)),
                 ("auth", s("certificate")),
+                ("actions", l(&["publish", "subscribe"])),
             ])
         );
         assert_eq!(

@@ -68,6 +68,8 @@ error_codes! {
     InvalidResponseTopic = 400 "invalid_response_topic",
     /// The payload is not what its format indicator says.
     InvalidPayload = 400 "invalid_payload",
+    /// `ResponseTimeout` is not a whole number of seconds this deployment can wait.
+    InvalidResponseTimeout = 400 "invalid_response_timeout",
     /// The body could not be read or decoded.
     InvalidBody = 400 "invalid_body",
     /// `retained=true`, but the broker takes no retained messages.
@@ -108,8 +110,14 @@ error_codes! {
     HeadersTooLarge = 431 "headers_too_large",
     /// A fault on our side.
     InternalError = 500 "internal_error",
+    /// The reply is larger than `max_payload_bytes`.
+    ReplyTooLarge = 502 "reply_too_large",
     /// The backend or the config store is unavailable, or time ran out.
     ServiceUnavailable = 503 "service_unavailable",
+    /// `[limits] max_waiting` requests already wait for replies in this process.
+    TooManyWaiting = 503 "too_many_waiting",
+    /// The command was published, but no reply came within `ResponseTimeout`.
+    ReplyTimeout = 504 "reply_timeout",
 }
 
 impl std::fmt::Display for ErrorCode {
@@ -183,6 +191,29 @@ pub enum ApiError {
         /// Seconds after which a retry may succeed.
         retry_after: u32,
     },
+    /// 503: `max_waiting` requests already wait for replies.
+    TooManyWaiting {
+        /// Seconds after which a retry may succeed.
+        retry_after: u32,
+    },
+    /// 503: the command was published, then the connection that waited for
+    /// its reply dropped: no reply can be matched to it any more.
+    ReplyLost {
+        /// Seconds after which a retry may succeed.
+        retry_after: u32,
+    },
+    /// 504: the command was published; no reply came in `seconds`.
+    ReplyTimeout {
+        /// The `ResponseTimeout` waited.
+        seconds: u32,
+    },
+    /// 502: the reply's payload is over the limit of `max` bytes.
+    ReplyTooLarge {
+        /// The limit in bytes.
+        max: usize,
+        /// The reply's size.
+        size: usize,
+    },
 }
 
 impl ApiError {
@@ -215,7 +246,12 @@ impl ApiError {
             ApiError::RequestInProgress => ErrorCode::RequestInProgress,
             ApiError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             ApiError::Internal => ErrorCode::InternalError,
-            ApiError::Unavailable { .. } | ApiError::UnknownOutcome { .. } => ErrorCode::ServiceUnavailable,
+            ApiError::Unavailable { .. } | ApiError::UnknownOutcome { .. } | ApiError::ReplyLost { .. } => {
+                ErrorCode::ServiceUnavailable
+            }
+            ApiError::TooManyWaiting { .. } => ErrorCode::TooManyWaiting,
+            ApiError::ReplyTimeout { .. } => ErrorCode::ReplyTimeout,
+            ApiError::ReplyTooLarge { .. } => ErrorCode::ReplyTooLarge,
         }
     }
 
@@ -248,7 +284,31 @@ impl ApiError {
             ApiError::UnknownOutcome { retry_after } => format!(
                 "the message broker did not confirm the message in time: it may have been published, under this answer's X-Message-Id; retry after {retry_after} s with the same Idempotency-Key to publish it again under that id"
             ),
+            ApiError::TooManyWaiting { retry_after } => format!(
+                "too many requests are waiting for replies on this server; nothing was published; retry after {retry_after} s"
+            ),
+            ApiError::ReplyLost { retry_after } => format!(
+                "the command was published (under this answer's X-Message-Id), but the connection waiting for its reply dropped; retry after {retry_after} s"
+            ),
+            ApiError::ReplyTimeout { seconds } => format!(
+                "the command was published (under this answer's X-Message-Id), but no reply came within {seconds} s"
+            ),
+            ApiError::ReplyTooLarge { max, size } => format!(
+                "the command was published (under this answer's X-Message-Id); its reply of {size} bytes exceeds the limit of {max} bytes"
+            ),
         }
+    }
+
+    /// Whether this error comes after the message was handed to the broker: its
+    /// answer carries the `X-Message-Id` the message was (or may have been) published under.
+    pub fn after_publish(&self) -> bool {
+        matches!(
+            self,
+            ApiError::UnknownOutcome { .. }
+                | ApiError::ReplyLost { .. }
+                | ApiError::ReplyTimeout { .. }
+                | ApiError::ReplyTooLarge { .. }
+        )
     }
 
     /// The full HTTP answer: status, headers the status calls for, and the JSON body.
@@ -276,7 +336,9 @@ impl ApiError {
             ApiError::TooManyRequests { retry_after }
             | ApiError::TooManyLoginAttempts { retry_after }
             | ApiError::Unavailable { retry_after }
-            | ApiError::UnknownOutcome { retry_after } => {
+            | ApiError::UnknownOutcome { retry_after }
+            | ApiError::TooManyWaiting { retry_after }
+            | ApiError::ReplyLost { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
             ApiError::RequestInProgress => {

@@ -34,6 +34,30 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// AWS IoT's form of user properties: a JSON array of one-member objects, in
+/// order, keys may repeat (the header carries it base64-encoded).
+pub fn user_properties_json(pairs: &[(String, String)]) -> String {
+    let array: Vec<serde_json::Value> = pairs
+        .iter()
+        .map(|(k, v)| serde_json::Value::Object([(k.clone(), v.clone().into())].into_iter().collect()))
+        .collect();
+    serde_json::Value::Array(array).to_string()
+}
+
+/// The `x-amz-mqtt5-user-properties` value of `pairs`: what [`merge`] reads back.
+pub fn user_properties_header(pairs: &[(String, String)]) -> String {
+    base64::engine::general_purpose::STANDARD.encode(user_properties_json(pairs))
+}
+
+/// The `x-amz-mqtt5-payload-format-indicator` value of an indicator.
+pub fn payload_format_indicator_header(indicator: u8) -> &'static str {
+    if indicator == 1 {
+        "UTF8_DATA"
+    } else {
+        "UNSPECIFIED_BYTES"
+    }
+}
+
 /// Adds the properties the `x-amz-mqtt5-*` headers carry to those of the query.
 pub fn merge(headers: &HeaderMap, properties: &mut Properties) -> Result<(), ApiError> {
     if let Some(value) = single(headers, PAYLOAD_FORMAT_INDICATOR, ErrorCode::InvalidPayloadFormatIndicator)? {
@@ -155,6 +179,18 @@ mod tests {
     use http::HeaderValue;
 
     use super::*;
+
+    #[test]
+    fn user_properties_keep_order_and_repeats() {
+        let pairs =
+            [("b".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned()), ("b".to_owned(), "3".to_owned())];
+        assert_eq!(user_properties_json(&pairs), r#"[{"b":"1"},{"a":"2"},{"b":"3"}]"#);
+        let mut headers = HeaderMap::new();
+        headers.insert(USER_PROPERTIES, user_properties_header(&pairs).parse().unwrap());
+        let mut read = Properties::default();
+        merge(&headers, &mut read).unwrap();
+        assert_eq!(read.user_properties, pairs, "the header reads back what it was written from");
+    }
 
     fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
         let mut map = HeaderMap::new();

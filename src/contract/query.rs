@@ -45,7 +45,14 @@ pub struct PublishOptions {
     pub username: Option<String>,
     /// MQTT 5 properties, passed through to the backend.
     pub properties: Properties,
+    /// `ResponseTimeout`: seconds to wait for the reply, 1 to [`MAX_RESPONSE_TIMEOUT`]
+    /// (an entry point may allow less); `None` answers once the broker accepts the message.
+    pub response_timeout: Option<u32>,
 }
+
+/// The longest `ResponseTimeout` the contract allows (`serve`'s bound; the
+/// Lambda function allows what its time budget leaves, at most 25).
+pub const MAX_RESPONSE_TIMEOUT: u32 = 60;
 
 /// Decodes one `application/x-www-form-urlencoded` component: `+` is a space and
 /// `%XX` a byte, as browsers, `curl --data-urlencode` and Python's `urlencode` send it.
@@ -97,6 +104,7 @@ pub fn parse_options(
             correlation_data: scalars.get("correlationdata").map(|&v| Bytes::copy_from_slice(v.as_bytes())),
             user_properties: pair_user_properties(user_props)?,
         },
+        response_timeout: scalars.get("responsetimeout").map(|v| parse_response_timeout(v)).transpose()?,
     })
 }
 
@@ -187,6 +195,20 @@ fn parse_expiry(v: &str) -> Result<u32, ApiError> {
     })
 }
 
+fn parse_response_timeout(v: &str) -> Result<u32, ApiError> {
+    v.parse::<u32>()
+        .ok()
+        .filter(|s| v.bytes().all(|b| b.is_ascii_digit()) && (1..=MAX_RESPONSE_TIMEOUT).contains(s))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                ErrorCode::InvalidResponseTimeout,
+                format!(
+                    "ResponseTimeout must be a whole number of seconds from 1 to {MAX_RESPONSE_TIMEOUT}, not {v:?}"
+                ),
+            )
+        })
+}
+
 fn parse_response_topic(v: &str, topic_limits: TopicLimits) -> Result<String, ApiError> {
     Topic::check(v, topic_limits).map_err(|e| {
         ApiError::bad_request(ErrorCode::InvalidResponseTopic, format!("ResponseTopic is not a valid topic name: {e}"))
@@ -215,7 +237,7 @@ fn pair_user_properties(user_props: BTreeMap<u32, UserPropSlot>) -> Result<Vec<(
 /// Every query parameter read (lower-cased: names match case-insensitively),
 /// with the one name it is read as (`retain` is AWS IoT's `retained`).
 /// `UserProp.N.Key` and `UserProp.N.Value` ([`USER_PROPERTY_PREFIX`]) come on top.
-pub const PARAMETERS: [(&str, &str); 11] = [
+pub const PARAMETERS: [(&str, &str); 12] = [
     ("qos", "qos"),
     ("retained", "retained"),
     ("retain", "retained"),
@@ -227,6 +249,7 @@ pub const PARAMETERS: [(&str, &str); 11] = [
     ("payloadformatindicator", "payloadformatindicator"),
     ("messageexpiryinterval", "messageexpiryinterval"),
     ("messageexpiry", "messageexpiryinterval"),
+    ("responsetimeout", "responsetimeout"),
 ];
 
 /// The lower-cased prefix of the user property parameters, `UserProp.N.Key` and `UserProp.N.Value`.
@@ -367,6 +390,16 @@ mod tests {
         assert_eq!(p.message_expiry_interval, Some(3600));
         let props: Vec<(&str, &str)> = p.user_properties.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         assert_eq!(props, [("a", "v1"), ("b", "v2"), ("a", "v3")], "order of N, repeated keys kept");
+    }
+
+    #[test]
+    fn response_timeout_is_a_whole_number_of_seconds_from_1_to_60() {
+        assert_eq!(parse("").unwrap().response_timeout, None);
+        assert_eq!(parse("ResponseTimeout=1").unwrap().response_timeout, Some(1));
+        assert_eq!(parse("responsetimeout=60").unwrap().response_timeout, Some(60));
+        for bad in ["0", "61", "-1", "+5", "1.5", "", "ten", "4294967296"] {
+            assert_eq!(code(&format!("ResponseTimeout={bad}")), "invalid_response_timeout", "{bad:?}");
+        }
     }
 
     #[test]

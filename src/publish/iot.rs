@@ -117,6 +117,9 @@ struct Inner {
     client: OnceCell<Client>,
     /// What finds the endpoint: the SDK config and the control plane's URL.
     discovery: Option<(SdkConfig, Option<String>)>,
+    /// The endpoint's host, once known (given, or found); the SDK's own
+    /// resolution (`AWS_ENDPOINT_URL_IOT_DATA_PLANE`) does not say it.
+    host: std::sync::OnceLock<String>,
 }
 
 impl IotPublisher {
@@ -147,7 +150,11 @@ impl IotPublisher {
             None => OnceCell::new_with(Some(Client::from_conf(config.clone()))),
             Some(_) => OnceCell::new(),
         };
-        IotPublisher { inner: Arc::new(Inner { config, client, discovery }) }
+        let host = std::sync::OnceLock::new();
+        if let IotEndpoint::Given(endpoint) = &settings.endpoint {
+            let _ = host.set(host_of(endpoint).to_owned());
+        }
+        IotPublisher { inner: Arc::new(Inner { config, client, discovery, host }) }
     }
 
     /// The client, finding the account's endpoint first if that is still to do.
@@ -165,10 +172,29 @@ impl IotPublisher {
                         PublishError::Unavailable(e.to_string())
                     })?;
                 info!(endpoint = %host, "found the account's AWS IoT data endpoint");
+                let _ = inner.host.set(host.clone());
                 Ok(Client::from_conf(inner.config.to_builder().endpoint_url(endpoint_url(&host)).build()))
             })
             .await
     }
+}
+
+impl IotPublisher {
+    /// The data endpoint's host (`xxx-ats.iot.REGION.amazonaws.com`), which
+    /// also serves MQTT over WebSocket: found first if that is still to do.
+    /// `None` when the SDK resolves the endpoint itself.
+    pub async fn endpoint_host(&self) -> Result<Option<String>, PublishError> {
+        if self.inner.discovery.is_some() {
+            self.client().await?;
+        }
+        Ok(self.inner.host.get().cloned())
+    }
+}
+
+/// The host of an endpoint given as a host or a URL.
+fn host_of(endpoint: &str) -> &str {
+    let rest = endpoint.split_once("://").map_or(endpoint, |(_, rest)| rest);
+    rest.split('/').next().unwrap_or(rest)
 }
 
 /// A host becomes an `https://` URL; a URL stays as given.
@@ -187,7 +213,8 @@ impl Publisher for IotPublisher {
 
     async fn publish(&self, message: Message) -> Result<(), PublishError> {
         let p = message.properties;
-        let user_properties = (!p.user_properties.is_empty()).then(|| user_properties_json(&p.user_properties));
+        let user_properties =
+            (!p.user_properties.is_empty()).then(|| crate::contract::headers::user_properties_json(&p.user_properties));
         let attempts = Attempts::default();
         let result = self
             .client()
@@ -259,16 +286,6 @@ impl Intercept for Attempts {
     }
 }
 
-/// AWS IoT's form: a JSON array of one-member objects, in order, keys may repeat.
-/// (The SDK base64-encodes the header itself.)
-fn user_properties_json(pairs: &[(String, String)]) -> String {
-    let array: Vec<serde_json::Value> = pairs
-        .iter()
-        .map(|(k, v)| serde_json::Value::Object([(k.clone(), v.clone().into())].into_iter().collect()))
-        .collect();
-    serde_json::Value::Array(array).to_string()
-}
-
 /// Maps the SDK's error as docs/aws.md's "Errors from AWS IoT" says. The SDK picks a modelled variant from
 /// `x-amzn-ErrorType`; a response without it arrives unhandled, and is then
 /// classified by its error code if any, else its raw HTTP status.
@@ -317,16 +334,4 @@ fn refused(err: &(dyn std::error::Error + 'static)) -> bool {
         cause = error.source();
     }
     false
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_properties_keep_order_and_repeats() {
-        let pairs =
-            [("b".to_owned(), "1".to_owned()), ("a".to_owned(), "2".to_owned()), ("b".to_owned(), "3".to_owned())];
-        assert_eq!(user_properties_json(&pairs), r#"[{"b":"1"},{"a":"2"},{"b":"3"}]"#);
-    }
 }

@@ -95,6 +95,32 @@ pub struct BrokerSettings {
     pub connections: Option<NonZeroUsize>,
 }
 
+/// The largest reply payload the reply connection takes (with room for its
+/// topic and properties): a broker drops a larger one rather than send it.
+pub const MAX_REPLY_PAYLOAD: usize = 16 * 1024 * 1024;
+
+/// The connection that waits for replies (`ResponseTimeout`) to the same
+/// broker: client id `{client_id}-replies`, the same credentials and TLS.
+pub fn replies_connect(settings: &BrokerSettings) -> crate::replies::Connect {
+    let settings = settings.clone();
+    Box::new(move || {
+        let max_packet = settings.max_payload_bytes.min(MAX_REPLY_PAYLOAD) + 64 * 1024;
+        let mut options = crate::replies::options(
+            format!("{}-replies", settings.client_id),
+            settings.host.clone(),
+            settings.port,
+            u32::try_from(max_packet).unwrap_or(u32::MAX),
+        );
+        if let Some((user, password)) = &settings.credentials {
+            options.set_credentials(user.clone(), password.clone());
+        }
+        if let Some(tls) = &settings.tls {
+            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
+        }
+        Box::pin(async move { Ok(options) })
+    })
+}
+
 /// The default pool: enough connections to carry [`IN_FLIGHT_PER_CORE`] publishes
 /// per core within each connection's `receive_maximum` (and [`MAX_INFLIGHT`]); at
 /// least one per core, at most [`MAX_POOL`].

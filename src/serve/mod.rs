@@ -22,7 +22,9 @@ use tracing::{error, info, warn};
 use crate::config::source::{CacheSettings, CachedTable, ConfigStore, FileStore};
 use crate::config::table::TableStore;
 use crate::config::{ConfigError, Policy};
+use crate::contract::query::MAX_RESPONSE_TIMEOUT;
 use crate::publish::mqtt::{BrokerSettings, MqttPublisher, MQTT_LIMITS};
+use crate::replies::Replies;
 use crate::service::Service;
 
 /// Everything `serve` is told on its command line.
@@ -72,6 +74,13 @@ password_hash = "$argon2id$v=19$m=19456,t=2,p=1$eRi/JmbC+0iM7lbk0iybwA$cok3Q+hd+
 priority = 1
 effect = "allow"
 topics = ["#"]
+
+# Waiting for a reply (ResponseTimeout) on the default response topic.
+[[rules]]
+priority = 2
+effect = "allow"
+topics = ["replies/${client_id}/#"]
+actions = ["subscribe"]
 
 [cors]
 allowed_origins = ["http://127.0.0.1:9090", "http://localhost:9090"]
@@ -190,6 +199,7 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
         })?),
         None => None,
     };
+    let replies = Arc::new(Replies::new(crate::publish::mqtt::replies_connect(&broker)));
     let publisher = MqttPublisher::connect(broker, BROKER_PATIENCE).await;
     let listener = TcpListener::bind(options.listen).await.map_err(|source| ServeError::Listen {
         what: "the server",
@@ -209,7 +219,9 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
         let page = admin::TryPage::new(api_address.port(), acceptor.is_some());
         tokio::spawn(admin::serve(admin_listener, Arc::new(Ready { publisher: publisher.clone(), table }), page));
     }
-    let mut service = Service::with_store(publisher, config.store()).with_login_refusal_delay(LOGIN_REFUSAL_DELAY);
+    let mut service = Service::with_store(publisher, config.store())
+        .with_login_refusal_delay(LOGIN_REFUSAL_DELAY)
+        .with_replies(replies, MAX_RESPONSE_TIMEOUT);
     if let Some(shared) = shared {
         info!("idempotency keys and the [limits] quotas are shared through Redis");
         service = service.with_key_store(Arc::clone(&shared) as _).with_shared_quotas(shared);

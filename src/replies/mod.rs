@@ -1,0 +1,360 @@
+//! Waiting for replies (`ResponseTimeout`): one MQTT 5 connection, opened on
+//! first need, that subscribes to the response topics requests wait on and
+//! hands each request the first message on its topic whose correlation data is
+//! its own. The same code runs on both entry points; only the connection
+//! differs: `serve` connects to its broker like its publishers do, the Lambda
+//! function to AWS IoT over a SigV4-signed WebSocket ([`sigv4`]).
+//!
+//! **One subscription per topic.** Requests waiting on the same response topic
+//! share its subscription, counted by the waiters it holds: the first subscribes
+//! (and every joiner waits for that SUBACK), the last to leave unsubscribes. A
+//! leaver's UNSUBSCRIBE and a newcomer's SUBSCRIBE on one connection are taken
+//! by the broker in order, so the newcomer's SUBACK comes after the broker is
+//! subscribed again; a SUBACK is credited only to the subscription that sent it.
+//!
+//! **Never a wrong reply.** A message is a reply only if it arrives on a topic
+//! with waiters, is not a retained message (subscriptions ask for none), and
+//! carries a waiter's correlation data byte for byte; anything else is dropped.
+//! When the connection drops, every subscription is gone with it (a clean
+//! start): each waiter gets [`WaitError::Lost`] at once, never a reply from a
+//! later session.
+
+pub mod sigv4;
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Filter, Publish, RetainForwardRule, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming, MqttOptions};
+use rumqttc::Outgoing;
+use tokio::sync::{oneshot, watch, OnceCell};
+use tracing::{info, warn};
+
+/// How long the first waiter waits for the connection to come up.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a waiter waits for its subscription's SUBACK.
+const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Subscribes and unsubscribes queued towards the connection at most.
+const CHANNEL_CAPACITY: usize = 4096;
+
+/// A reply, as the device sent it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reply {
+    /// The payload, byte for byte.
+    pub payload: Bytes,
+    /// Its MQTT 5 Content Type, if any.
+    pub content_type: Option<String>,
+    /// Its user properties, in order.
+    pub user_properties: Vec<(String, String)>,
+    /// Its Payload Format Indicator, if set.
+    pub payload_format_indicator: Option<u8>,
+}
+
+/// Why no reply can be waited for, or none came.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WaitError {
+    /// Not connected, the connection dropped, or no SUBACK in time: no reply
+    /// can arrive on this connection for now.
+    #[error("the connection that waits for replies is unavailable: {0}")]
+    Unavailable(String),
+    /// The connection dropped while the request waited: its subscription is gone.
+    #[error("the connection that waits for replies dropped")]
+    Lost,
+    /// The broker refused the subscription (our own permissions: a server fault).
+    #[error("the broker refused the subscription: {0}")]
+    Refused(String),
+}
+
+/// Builds the connection's options when it is (re)opened for the first time:
+/// may look up an endpoint first.
+pub type Connect = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<MqttOptions, String>> + Send>> + Send + Sync>;
+
+/// The connection that waits for replies, shared by every request of a process.
+pub struct Replies {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// The connection's options, built on first need.
+    connect: Connect,
+    /// The client, once the connection task runs; `up` says whether it is connected.
+    client: OnceCell<AsyncClient>,
+    up: watch::Sender<bool>,
+    state: Mutex<State>,
+}
+
+/// Subscriptions and their waiters.
+#[derive(Default)]
+struct State {
+    connected: bool,
+    topics: HashMap<String, Subscription>,
+    /// Subscribes handed to rumqttc, not yet written: (topic, token), in channel order.
+    queued: VecDeque<(String, u64)>,
+    /// Written subscribes by packet id, awaiting their SUBACK.
+    subacks: HashMap<u16, (String, u64)>,
+    /// The next waiter id and subscription token: unique for the process's life.
+    next_id: u64,
+}
+
+/// One response topic's subscription.
+struct Subscription {
+    /// Which SUBSCRIBE this subscription sent: only its SUBACK counts.
+    token: u64,
+    ready: watch::Sender<Ready>,
+    waiters: Vec<Waiter>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Ready {
+    Pending,
+    Active,
+    Failed(WaitError),
+}
+
+struct Waiter {
+    id: u64,
+    correlation: Bytes,
+    reply: oneshot::Sender<Result<Reply, WaitError>>,
+}
+
+/// One request's wait: its reply arrives through [`Waiting::reply`]; dropping it
+/// leaves the subscription (unsubscribing it if it was the last waiter).
+pub struct Waiting {
+    inner: Arc<Inner>,
+    topic: String,
+    id: u64,
+    reply: oneshot::Receiver<Result<Reply, WaitError>>,
+}
+
+impl Waiting {
+    /// The reply, once it arrives, or why none will.
+    pub async fn reply(&mut self) -> Result<Reply, WaitError> {
+        (&mut self.reply).await.unwrap_or(Err(WaitError::Lost))
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let Some(client) = self.inner.client.get() else { return };
+        let mut state = self.inner.lock();
+        if let Some(subscription) = state.topics.get_mut(&self.topic) {
+            let before = subscription.waiters.len();
+            subscription.waiters.retain(|w| w.id != self.id);
+            if before != subscription.waiters.len() && subscription.waiters.is_empty() {
+                state.topics.remove(&self.topic);
+                let _ = client.try_unsubscribe(self.topic.clone());
+            }
+        }
+    }
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Replies {
+    /// Replies over the connection `connect` describes, opened on first need
+    /// and re-opened (with backoff) whenever it drops.
+    pub fn new(connect: Connect) -> Replies {
+        let (up, _) = watch::channel(false);
+        Replies { inner: Arc::new(Inner { connect, client: OnceCell::new(), up, state: Mutex::new(State::default()) }) }
+    }
+
+    /// Subscribes to `topic` (or joins its subscription) and returns once the
+    /// broker confirmed it: a reply published from then on reaches the wait.
+    /// A subscription lost to a connection that had died unnoticed (a Lambda
+    /// container thawed after a freeze) is tried once more on the new one.
+    pub async fn wait_for(&self, topic: &str, correlation: Bytes) -> Result<Waiting, WaitError> {
+        let mut retried = false;
+        loop {
+            let client = self.client().await?;
+            let (waiting, mut ready) = self.join(client, topic, correlation.clone())?;
+            let confirmed = tokio::time::timeout(SUBACK_TIMEOUT, ready.wait_for(|r| *r != Ready::Pending)).await;
+            let outcome = match confirmed {
+                Ok(Ok(ready)) => ready.clone(),
+                Ok(Err(_)) => Ready::Failed(WaitError::Lost),
+                Err(_) => Ready::Failed(WaitError::Unavailable("the broker did not confirm the subscription".into())),
+            };
+            match outcome {
+                Ready::Active => return Ok(waiting),
+                Ready::Failed(WaitError::Lost) if !retried => retried = true,
+                Ready::Failed(WaitError::Lost) => {
+                    return Err(WaitError::Unavailable("the connection dropped while subscribing".into()))
+                }
+                Ready::Failed(error) => return Err(error),
+                Ready::Pending => unreachable!("waited until it was not pending"),
+            }
+        }
+    }
+
+    /// Subscriptions live now (for tests and metrics).
+    pub fn subscriptions(&self) -> usize {
+        self.inner.lock().topics.len()
+    }
+
+    /// The client, starting the connection task on first need; waits up to
+    /// [`CONNECT_TIMEOUT`] for the connection to be up.
+    async fn client(&self) -> Result<&AsyncClient, WaitError> {
+        let client = self
+            .inner
+            .client
+            .get_or_try_init(|| async {
+                let options = (self.inner.connect)().await.map_err(WaitError::Unavailable)?;
+                let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
+                tokio::spawn(drive(eventloop, Arc::clone(&self.inner), client.clone()));
+                Ok::<_, WaitError>(client)
+            })
+            .await?;
+        let mut up = self.inner.up.subscribe();
+        let connected = matches!(tokio::time::timeout(CONNECT_TIMEOUT, up.wait_for(|up| *up)).await, Ok(Ok(_)));
+        if connected {
+            Ok(client)
+        } else {
+            Err(WaitError::Unavailable("not connected to the broker".into()))
+        }
+    }
+
+    /// Adds a waiter to `topic`'s subscription, subscribing if it has none.
+    fn join(
+        &self,
+        client: &AsyncClient,
+        topic: &str,
+        correlation: Bytes,
+    ) -> Result<(Waiting, watch::Receiver<Ready>), WaitError> {
+        let mut state = self.inner.lock();
+        if !state.connected {
+            return Err(WaitError::Unavailable("not connected to the broker".into()));
+        }
+        let id = state.next_id;
+        state.next_id += 1;
+        if !state.topics.contains_key(topic) {
+            // Retained messages are never replies: a stale one must not answer.
+            let filter = Filter {
+                path: topic.to_owned(),
+                qos: QoS::AtLeastOnce,
+                nolocal: false,
+                preserve_retain: false,
+                retain_forward_rule: RetainForwardRule::Never,
+            };
+            client
+                .try_subscribe_many([filter])
+                .map_err(|e| WaitError::Unavailable(format!("the subscription queue is full: {e}")))?;
+            state.queued.push_back((topic.to_owned(), id));
+            let (ready, _) = watch::channel(Ready::Pending);
+            state.topics.insert(topic.to_owned(), Subscription { token: id, ready, waiters: Vec::new() });
+        }
+        let subscription = state.topics.get_mut(topic).expect("inserted above");
+        let (tx, rx) = oneshot::channel();
+        subscription.waiters.push(Waiter { id, correlation, reply: tx });
+        let ready = subscription.ready.subscribe();
+        Ok((Waiting { inner: Arc::clone(&self.inner), topic: topic.to_owned(), id, reply: rx }, ready))
+    }
+}
+
+/// Runs the connection: credits SUBACKs, routes replies, reconnects with backoff.
+async fn drive(mut eventloop: EventLoop, inner: Arc<Inner>, client: AsyncClient) {
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        match eventloop.poll().await {
+            Ok(event) => {
+                let mut state = inner.lock();
+                match event {
+                    Event::Incoming(Incoming::ConnAck(_)) => {
+                        state.connected = true;
+                        inner.up.send_replace(true);
+                        backoff = Duration::from_millis(100);
+                        info!(
+                            broker = %eventloop.options.broker_address().0,
+                            client_id = %eventloop.options.client_id(),
+                            "the connection that waits for replies is up"
+                        );
+                    }
+                    Event::Outgoing(Outgoing::Subscribe(pkid)) => {
+                        if let Some(queued) = state.queued.pop_front() {
+                            state.subacks.insert(pkid, queued);
+                        }
+                    }
+                    Event::Incoming(Incoming::SubAck(ack)) => {
+                        if let Some((topic, token)) = state.subacks.remove(&ack.pkid) {
+                            if let Some(subscription) = state.topics.get(&topic).filter(|s| s.token == token) {
+                                subscription.ready.send_replace(match ack.return_codes.first() {
+                                    Some(SubscribeReasonCode::Success(_)) => Ready::Active,
+                                    other => Ready::Failed(WaitError::Refused(format!("SUBACK {other:?}"))),
+                                });
+                            }
+                        }
+                    }
+                    Event::Incoming(Incoming::Publish(publish)) => route(&mut state, &client, publish),
+                    _ => {}
+                }
+            }
+            Err(error) => {
+                {
+                    let mut state = inner.lock();
+                    if state.connected {
+                        warn!(%error, "lost the connection that waits for replies; reconnecting");
+                    }
+                    state.connected = false;
+                    inner.up.send_replace(false);
+                    // A clean start: the subscriptions are gone with the session,
+                    // and nothing queued for it may be written to the next one.
+                    eventloop.clean();
+                    eventloop.pending.clear();
+                    state.queued.clear();
+                    state.subacks.clear();
+                    for (_, subscription) in state.topics.drain() {
+                        subscription.ready.send_replace(Ready::Failed(WaitError::Lost));
+                        for waiter in subscription.waiters {
+                            let _ = waiter.reply.send(Err(WaitError::Lost));
+                        }
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Hands `publish` to the first waiter on its topic with its correlation data;
+/// drops it if there is none, or if it is a retained message.
+fn route(state: &mut State, client: &AsyncClient, publish: Publish) {
+    if publish.retain {
+        return;
+    }
+    let Ok(topic) = std::str::from_utf8(&publish.topic) else { return };
+    let Some(subscription) = state.topics.get_mut(topic) else { return };
+    let Some(properties) = publish.properties else { return };
+    let Some(correlation) = properties.correlation_data.as_ref() else { return };
+    let Some(index) = subscription.waiters.iter().position(|w| w.correlation == correlation) else { return };
+    let waiter = subscription.waiters.remove(index);
+    let _ = waiter.reply.send(Ok(Reply {
+        payload: publish.payload,
+        content_type: properties.content_type,
+        user_properties: properties.user_properties,
+        payload_format_indicator: properties.payload_format_indicator,
+    }));
+    if subscription.waiters.is_empty() {
+        state.topics.remove(topic);
+        let _ = client.try_unsubscribe(topic.to_owned());
+    }
+}
+
+/// Options for a connection that waits for replies: a clean start, and a
+/// Maximum Packet Size of `max_packet` so a broker drops (rather than sends)
+/// anything larger, which would otherwise cost the connection.
+pub fn options(client_id: String, broker: String, port: u16, max_packet: u32) -> MqttOptions {
+    let mut options = MqttOptions::new(client_id, broker, port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_start(true);
+    options.set_connection_timeout(5);
+    options.set_max_packet_size(Some(max_packet));
+    options
+}
