@@ -516,3 +516,150 @@ async fn each_request_s_log_line_is_a_cloudwatch_embedded_metric_format_document
     let with_metrics = logs.lines().filter(|line| line.contains("\"_aws\"")).count();
     assert_eq!(with_metrics, 3, "{logs}");
 }
+
+/// Debian's mosquitto with a plain listener (the device's) and a WebSocket one
+/// (the function's; mosquitto 2.0 serves no WebSocket listener alone). The
+/// WebSocket listener needs room for a presigned URL's long request line.
+async fn mosquitto_with_websockets() -> (common::Proc, u16, u16) {
+    let (plain, websockets) = (common::free_port(), common::free_port());
+    let dir = std::env::temp_dir().join(format!("mhp-lambda-ws-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = dir.join("mosquitto.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "allow_anonymous true\npersistence false\nwebsockets_headers_size 8192\n\
+             listener {plain} 127.0.0.1\nlistener {websockets} 127.0.0.1\nprotocol websockets\n"
+        ),
+    )
+    .unwrap();
+    let child = std::process::Command::new("mosquitto")
+        .args(["-c", conf.to_str().unwrap()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto (scripts/test installs it)");
+    for port in [plain, websockets] {
+        let mut up = false;
+        for _ in 0..200 {
+            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                up = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(up, "mosquitto did not listen on {port}");
+    }
+    (common::Proc(child), plain, websockets)
+}
+
+/// A loopback relay to `upstream` that keeps the first line each connection sends
+/// (a WebSocket handshake's request line: the presigned URL).
+async fn recording_relay(upstream: u16) -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&lines);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut server = TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
+                let mut first = Vec::new();
+                let mut byte = [0u8; 1];
+                while client.read_exact(&mut byte).await.is_ok() {
+                    first.push(byte[0]);
+                    if byte[0] == b'\n' {
+                        break;
+                    }
+                }
+                seen.lock().await.push(String::from_utf8_lossy(&first).trim_end().to_owned());
+                server.write_all(&first).await.unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+            });
+        }
+    });
+    (port, lines)
+}
+
+#[tokio::test]
+async fn a_request_that_waits_gets_the_device_s_reply_over_a_signed_websocket() {
+    // GIVEN the function publishing to moto and waiting for replies over a WebSocket to mosquitto
+    let moto = moto_url();
+    start_recording(&moto).await;
+    let app = unique_app_name("replies");
+    let (_mosquitto, plain, websockets) = mosquitto_with_websockets().await;
+    let (relay, handshakes) = recording_relay(websockets).await;
+    let (runtime_api, state) = start_emulator(vec![("req-1".to_owned(), event("response-timeout.json"))]).await;
+    let url = format!("ws://127.0.0.1:{relay}/mqtt");
+    let mut child = spawn_function(
+        &runtime_api,
+        &[
+            ("CONFIG_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml")),
+            ("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &moto),
+            ("AWS_SDK_UA_APP_ID", &app),
+            ("IOT_MQTT_URL", &url),
+            ("AWS_SESSION_TOKEN", "the-role-s-session-token"),
+        ],
+    );
+
+    // WHEN the device (this test, reading what AWS IoT was asked to publish) answers the
+    // command on its response topic with its correlation data
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let command = loop {
+        if let Some(command) = recorded(&moto, &app).await.into_iter().find(|r| r.topic() == "home/lamp") {
+            break command;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the command never reached moto");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let response_topic = command.query("responseTopic").expect("the command names its response topic");
+    let correlation = common::base64_decode(&command.headers["x-amz-mqtt5-correlation-data"]);
+    assert!(response_topic.starts_with("replies/curl-x/"), "{response_topic}");
+    assert_eq!(correlation.len(), 32, "the message id's 32 characters");
+    let mut options = rumqttc::v5::MqttOptions::new("device-lamp", "127.0.0.1", plain);
+    options.set_keep_alive(Duration::from_secs(5));
+    let (device, mut eventloop) = rumqttc::v5::AsyncClient::new(options, 8);
+    let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+        correlation_data: Some(correlation.clone().into()),
+        content_type: Some("text/plain".into()),
+        user_properties: vec![("lamp".into(), "off".into())],
+        ..Default::default()
+    };
+    device
+        .publish_with_properties(
+            &response_topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            false,
+            "lamp is off",
+            properties,
+        )
+        .await
+        .unwrap();
+    tokio::spawn(async move { while eventloop.poll().await.is_ok() {} });
+
+    // THEN the invocation's answer is the reply
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        if let Some((_, answer)) = state.lock().await.responses.first().cloned() {
+            break answer;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no answer to the waiting request");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    child.kill().await.unwrap();
+    let logs = logs_of(&mut child).await;
+    assert_eq!(answer["statusCode"], 200, "{answer}\n{logs}");
+    assert_eq!(answer["body"], "lamp is off");
+    assert_eq!(answer["headers"]["content-type"], "text/plain");
+    assert_eq!(answer["headers"]["x-message-id"].as_str().unwrap().as_bytes(), &correlation[..]);
+    let properties = common::base64_decode(answer["headers"]["x-amz-mqtt5-user-properties"].as_str().unwrap());
+    assert_eq!(properties, br#"[{"lamp":"off"}]"#);
+    // AND the function's WebSocket handshake was presigned for AWS IoT, the session token after the signature
+    let handshakes = handshakes.lock().await;
+    let line = handshakes.first().expect("a WebSocket handshake");
+    assert!(line.starts_with("GET /mqtt?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential="), "{line}");
+    assert!(line.contains("%2Fus-east-1%2Fiotdevicegateway%2Faws4_request"), "{line}");
+    assert!(line.ends_with("&X-Amz-Security-Token=the-role-s-session-token HTTP/1.1"), "{line}");
+    assert!(!logs.contains("the-role-s-session-token"), "no secret in a log line:\n{logs}");
+}
