@@ -945,6 +945,35 @@ mod tests {
         assert!(publisher.sent().is_empty());
         reached.extend(["invalid_idempotency_key", "idempotency_key_reused", "request_in_progress"].map(String::from));
 
+        // ResponseTimeout: out of range, beyond what the deadline leaves, on a topic the
+        // caller may not receive on, beyond max_waiting, and without a reply connection.
+        let (service, publisher, _) = fake_service();
+        let waits = |query| Case { query, ..POST };
+        assert_eq!(
+            answer(&service, waits("ResponseTimeout=61").request()).await,
+            (400, "invalid_response_timeout".into())
+        );
+        let soon = Some(tokio::time::Instant::now() + Duration::from_secs(3));
+        let response = service.handle_by(waits("ResponseTimeout=5").request(), soon).await;
+        assert_eq!(response.status(), 400, "a Lambda deadline 3 s away allows 2 s");
+        assert!(std::str::from_utf8(response.body()).unwrap().contains("at most 2 s"));
+        assert_eq!(answer(&service, waits("ResponseTimeout=5").request()).await, (401, "not_authorized".into()));
+        assert!(publisher.sent().is_empty());
+        let receive = "\n[[rules]]\npriority = 30\neffect = \"allow\"\ntopics = [\"replies/${client_id}/#\"]\nactions = [\"subscribe\"]\n";
+        let full = config().replace("[limits]", &format!("{receive}\n[limits]\nmax_waiting = 0"));
+        let (publisher, store) = (FakePublisher::new(), FakeStore::new(&full));
+        let service = Service::with_store(publisher.clone(), store as Arc<dyn ConfigStore>);
+        assert_eq!(answer(&service, waits("ResponseTimeout=5").request()).await, (503, "too_many_waiting".into()));
+        let (publisher, store) =
+            (FakePublisher::new(), FakeStore::new(&config().replace("[limits]", &format!("{receive}\n[limits]"))));
+        let service = Service::with_store(publisher.clone(), store as Arc<dyn ConfigStore>);
+        assert_eq!(answer(&service, waits("ResponseTimeout=5").request()).await, (503, "service_unavailable".into()));
+        assert_eq!(service.waiting(), 0, "a refused wait leaves its place");
+        assert!(publisher.sent().is_empty(), "nothing is published without a subscription for its reply");
+        reached.extend(["invalid_response_timeout", "too_many_waiting"].map(String::from));
+        // Only a broker's reply (or its absence) answers these: tests/serve.rs.
+        reached.extend(["reply_timeout", "reply_too_large"].map(String::from));
+
         // The config store down: 503, never 401.
         let (service, publisher, store) = fake_service();
         store.set_down(true);

@@ -123,7 +123,7 @@ async fn the_handler_authenticates_and_authorizes_from_a_pushed_table() {
     assert!(ok, "{err}");
     assert_eq!(
         out.lines().collect::<Vec<_>>(),
-        ["add cors", "add limits", "add rule 10", "add rule 20", "add rule 30", "add user user0"]
+        ["add cors", "add limits", "add rule 10", "add rule 20", "add rule 30", "add rule 40", "add user user0"]
     );
 
     let service = table_service(&moto, &table, CacheSettings::default()).await;

@@ -1965,3 +1965,50 @@ async fn a_thousand_requests_wait_at_once_and_cost_little_beyond_their_connectio
     );
     assert!(waiting <= 1000 * WAITER_BUDGET_KIB, "{waiting} KiB for 1 000 waiters beyond their connections");
 }
+
+#[tokio::test]
+async fn a_reply_over_max_payload_bytes_is_502_with_the_message_id() {
+    let (_mosquitto, port) = mosquitto("reply-large").await;
+    let config = replies_config("reply-large", "[limits]\nmax_payload_bytes = 1024\n");
+    let serve = serve(Some(port), &["--config", config.to_str().unwrap()]).await;
+    device(port, "cmd/#", |command| {
+        vec![Answer::payload(&vec![b'r'; if &command.payload[..] == b"big" { 1025 } else { 1024 }])]
+    })
+    .await;
+    let response = post(&serve.url, "/topics/cmd/a?ResponseTimeout=5", &[USER0], b"big").await;
+    assert_eq!(response.status(), 502, "{response:?}");
+    let body: serde_json::Value = serde_json::from_slice(&response.body).unwrap();
+    assert_eq!(body["error"], "reply_too_large");
+    assert!(body["message"].as_str().unwrap().contains("1025"), "{body}");
+    assert_eq!(response.headers["x-message-id"].len(), 32);
+    let response = post(&serve.url, "/topics/cmd/a?ResponseTimeout=5", &[USER0], b"fits").await;
+    assert_eq!((response.status(), response.body.len()), (200, 1024), "a reply of exactly the limit is answered");
+}
+
+#[tokio::test]
+async fn a_retry_with_the_same_idempotency_key_waits_for_the_reply_again_and_publishes_nothing() {
+    let (_mosquitto, port) = mosquitto("reply-key").await;
+    let config = replies_config("reply-key", "");
+    let serve = serve(Some(port), &["--config", config.to_str().unwrap()]).await;
+    let mut commands = subscriber(port, "cmd/#").await;
+    // The device answers its first command only after 1.5 s, and every later one at once.
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    device(port, "cmd/#", move |_| {
+        let late = !answered.swap(true, std::sync::atomic::Ordering::SeqCst);
+        vec![Answer { delay: Duration::from_millis(if late { 1500 } else { 0 }), ..Answer::payload(b"done") }]
+    })
+    .await;
+    let key = ("idempotency-key", "reboot-7");
+    let first = post(&serve.url, "/topics/cmd/reboot?ResponseTimeout=1&client_id=app", &[USER0, key], b"now").await;
+    assert_eq!(first.status(), 504, "{first:?}");
+    next(&mut commands).await;
+    // The retry is not published again: it waits on the first one's response topic, and the late reply answers it.
+    let retry = post(&serve.url, "/topics/cmd/reboot?ResponseTimeout=5&client_id=app", &[USER0, key], b"now").await;
+    assert_eq!((retry.status(), &retry.body[..]), (200, &b"done"[..]), "{retry:?}");
+    assert_eq!(retry.headers["x-message-id"], first.headers["x-message-id"]);
+    assert_eq!(retry.headers["idempotent-replayed"], "true");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), commands.recv()).await.is_err(),
+        "the retry published nothing"
+    );
+}

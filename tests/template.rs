@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 
+use mqtt_http_publish::replies::sigv4::IotMqtt;
 use yaml_rust2::{Yaml, YamlLoader};
 
 fn template_text() -> String {
@@ -57,9 +58,12 @@ fn no_action_is_a_wildcard() {
             "dynamodb:PutItem",
             "dynamodb:Query",
             "dynamodb:UpdateItem",
+            "iot:Connect",
             "iot:DescribeEndpoint",
             "iot:Publish",
-            "iot:RetainPublish"
+            "iot:Receive",
+            "iot:RetainPublish",
+            "iot:Subscribe"
         ]
     );
 }
@@ -96,6 +100,33 @@ fn iot_publishing_is_scoped_to_the_topic_prefix_and_dynamodb_to_the_table() {
     let dynamodb = statements.iter().find(|s| s["Action"][0].as_str() == Some("dynamodb:GetItem")).unwrap();
     assert_eq!(dynamodb["Resource"]["Fn::GetAtt"][0].as_str(), Some("ConfigTable"));
     assert_eq!(t["Parameters"]["TopicPrefix"]["Default"].as_str(), Some(""));
+}
+
+#[test]
+fn waiting_for_replies_may_connect_as_the_function_and_receive_only_under_replies_or_the_prefix() {
+    let t = template();
+    let statements = resource(&t, "PublishFunction")["Properties"]["Policies"][0]["Statement"].as_vec().unwrap();
+    let by_sid = |sid: &str| statements.iter().find(|s| s["Sid"].as_str() == Some(sid)).unwrap();
+    let arn = "arn:${AWS::Partition}:iot:${AWS::Region}:${AWS::AccountId}";
+    let function_name = resource(&t, "PublishFunction")["Properties"]["FunctionName"]["Fn::Sub"].as_str().unwrap();
+    assert_eq!(
+        by_sid("ConnectToWaitForReplies")["Resource"]["Fn::Sub"].as_str().unwrap(),
+        format!("{arn}:client/{function_name}-*"),
+        "the client id is the function's name and a suffix (IotMqtt::client_id)"
+    );
+    assert!(IotMqtt::client_id(Some("stack-publish")).starts_with("stack-publish-"));
+    for (sid, kind) in [("SubscribeToResponseTopics", "topicfilter"), ("ReceiveReplies", "topic")] {
+        let resources = by_sid(sid)["Resource"].as_vec().unwrap();
+        assert_eq!(resources[0]["Fn::Sub"].as_str().unwrap(), format!("{arn}:{kind}/replies/*"));
+        let prefixed = &resources[1]["Fn::If"];
+        assert_eq!(prefixed[0].as_str(), Some("HasTopicPrefix"), "an empty prefix would grant every topic");
+        assert_eq!(prefixed[1]["Fn::Sub"].as_str().unwrap(), format!("{arn}:{kind}/${{TopicPrefix}}*"));
+    }
+    assert_eq!(
+        format!("{}/", mqtt_http_publish::service::DEFAULT_REPLY_TOPIC_ROOT),
+        "replies/",
+        "the default response topic is under the granted tree"
+    );
 }
 
 #[test]
@@ -364,8 +395,12 @@ fn the_function_is_built_without_the_serve_feature_and_cargo_run_with_it() {
     assert_eq!(lambda_build["x86_64"].as_bool(), Some(true), "{lambda_build:?}");
     let default = manifest["features"]["default"].as_array().unwrap();
     assert!(default.iter().any(|f| f.as_str() == Some("serve")), "`cargo run -- serve` works out of the box");
-    for dependency in ["rumqttc", "rumqttd", "tokio-rustls", "x509-parser", "rustls-pemfile"] {
+    for dependency in ["rumqttd", "tokio-rustls", "x509-parser", "rustls-pemfile"] {
         let optional = manifest["dependencies"][dependency].get("optional").and_then(|o| o.as_bool());
         assert_eq!(optional, Some(true), "{dependency} is serve's alone");
     }
+    // The function waits for replies over MQTT too (a WebSocket to AWS IoT): rumqttc is in both builds.
+    let rumqttc = &manifest["dependencies"]["rumqttc"];
+    assert!(rumqttc.get("optional").is_none(), "{rumqttc:?}");
+    assert!(rumqttc["features"].as_array().unwrap().iter().any(|f| f.as_str() == Some("websocket")));
 }

@@ -362,7 +362,7 @@ mod tests {
             home.push(&source, true, false).await.unwrap().iter().map(|c| c.to_string()).collect();
         assert_eq!(
             changes,
-            ["add cors", "add rule 10", "add rule 20", "add rule 30", "add user user0"],
+            ["add cors", "add rule 10", "add rule 20", "add rule 30", "add rule 40", "add user user0"],
             "absent limits are the defaults"
         );
         assert!(!target.exists(), "a dry run writes nothing");
