@@ -290,3 +290,14 @@ async fn every_event_file_is_covered_by_a_test() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_request_that_waits_publishes_nothing_when_no_reply_can_be_waited_for() {
+    // The full path, with the reply over a WebSocket, is tests/lambda_runtime.rs's
+    // a_request_that_waits_gets_the_device_s_reply_over_a_signed_websocket (same file).
+    // Here the service has no reply connection: the command is not sent, since its
+    // reply could not be received.
+    let (response, sent) = run("response-timeout.json").await;
+    refused(&response, &sent, 503, "service_unavailable");
+    assert!(response["headers"].get("x-message-id").is_none(), "nothing was published");
+}
