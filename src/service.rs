@@ -1134,7 +1134,7 @@ mod tests {
             assert_eq!(response.headers()["access-control-allow-origin"], PAGE, "{status}");
             assert_eq!(
                 response.headers()["access-control-expose-headers"],
-                "X-Message-Id, Retry-After, Idempotent-Replayed"
+                "X-Message-Id, Retry-After, Idempotent-Replayed, x-amz-mqtt5-user-properties, x-amz-mqtt5-payload-format-indicator"
             );
             assert!(!response.headers().contains_key("access-control-allow-credentials"));
         }

@@ -4,7 +4,7 @@
 //! `Access-Control-Request-Method: POST`) from an allowed origin is 204 with what
 //! the page may send, and needs no credentials; every other `OPTIONS` stays 405.
 //! Every answer to an allowed origin names it in `Access-Control-Allow-Origin`
-//! and exposes `X-Message-Id` and `Retry-After`. Credentials travel in the
+//! and exposes `X-Message-Id`, `Retry-After` and the reply's property headers. Credentials travel in the
 //! `Authorization` header, never cookies: `Access-Control-Allow-Credentials` is
 //! never sent.
 
@@ -23,7 +23,8 @@ use crate::config::Cors;
 pub const ALLOW_HEADERS: &str = "Authorization, Content-Type, traceparent, tracestate, Idempotency-Key, \
      x-amz-mqtt5-user-properties, x-amz-mqtt5-correlation-data, x-amz-mqtt5-payload-format-indicator";
 /// The answer headers a page may read.
-pub const EXPOSE_HEADERS: &str = "X-Message-Id, Retry-After, Idempotent-Replayed";
+pub const EXPOSE_HEADERS: &str =
+    "X-Message-Id, Retry-After, Idempotent-Replayed, x-amz-mqtt5-user-properties, x-amz-mqtt5-payload-format-indicator";
 
 /// The request's `Origin` header, if `cors` allows it.
 pub fn allowed_origin<'a>(cors: Option<&Cors>, origin: Option<&'a HeaderValue>) -> Option<&'a HeaderValue> {
