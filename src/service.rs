@@ -457,6 +457,18 @@ impl<P: Publisher> Service<P> {
             });
         }
 
+        // The client id of the default response topic: for a caller that gave none,
+        // the one made from the id the request is answered under, which for a
+        // retry with an Idempotency-Key is the first request's.
+        let defaulted = parsed.options.client_id.is_none() && !identity.certificate;
+        let reply_client_id = |id: MessageId| {
+            if defaulted {
+                crate::auth::default_client_id(id).as_str().to_owned()
+            } else {
+                identity.client_id.as_str().to_owned()
+            }
+        };
+
         // A request that waits for its reply: the caller must be allowed to
         // receive on the response topic, and a place among the waiters.
         let wait = match parsed.options.response_timeout {
@@ -470,7 +482,7 @@ impl<P: Publisher> Service<P> {
                     ));
                 }
                 let topic =
-                    response_topic(&parsed.options.properties, identity.client_id.as_str(), message_id, limits.topic)?;
+                    response_topic(&parsed.options.properties, &reply_client_id(message_id), message_id, limits.topic)?;
                 let receive = Access { topic: &topic, qos: 1, retain: false, action: Action::Subscribe, ..access };
                 if rules.acl.decide(&receive) == Effect::Deny {
                     return Err(ApiError::Unauthorized {
@@ -555,7 +567,7 @@ impl<P: Publisher> Service<P> {
         if !republish {
             let (seconds, _slot) = wait.expect("only a waiting replay skips the publish");
             let topic =
-                response_topic(&parsed.options.properties, identity.client_id.as_str(), message_id, limits.topic)?;
+                response_topic(&parsed.options.properties, &reply_client_id(message_id), message_id, limits.topic)?;
             let correlation = correlation_of(&parsed.options.properties, message_id);
             let mut waiting = self.subscribe(&topic, correlation, message_id).await?;
             *sent_as = Some(message_id);
@@ -576,7 +588,7 @@ impl<P: Publisher> Service<P> {
         let mut properties = parsed.options.properties;
         if let Some((seconds, slot)) = wait {
             span.record("step", "subscribing to the response topic");
-            let topic = response_topic(&properties, identity.client_id.as_str(), message_id, limits.topic)?;
+            let topic = response_topic(&properties, &reply_client_id(message_id), message_id, limits.topic)?;
             let correlation = correlation_of(&properties, message_id);
             match self.subscribe(&topic, correlation.clone(), message_id).await {
                 Ok(subscribed) => waiting = Some((subscribed, seconds, slot)),

@@ -1999,11 +1999,13 @@ async fn a_retry_with_the_same_idempotency_key_waits_for_the_reply_again_and_pub
     })
     .await;
     let key = ("idempotency-key", "reboot-7");
-    let first = post(&serve.url, "/topics/cmd/reboot?ResponseTimeout=1&client_id=app", &[USER0, key], b"now").await;
+    // No client_id: the default response topic names the client id made from the message id,
+    // which the retry must take from the first request.
+    let first = post(&serve.url, "/topics/cmd/reboot?ResponseTimeout=1", &[USER0, key], b"now").await;
     assert_eq!(first.status(), 504, "{first:?}");
     next(&mut commands).await;
     // The retry is not published again: it waits on the first one's response topic, and the late reply answers it.
-    let retry = post(&serve.url, "/topics/cmd/reboot?ResponseTimeout=5&client_id=app", &[USER0, key], b"now").await;
+    let retry = post(&serve.url, "/topics/cmd/reboot?ResponseTimeout=5", &[USER0, key], b"now").await;
     assert_eq!((retry.status(), &retry.body[..]), (200, &b"done"[..]), "{retry:?}");
     assert_eq!(retry.headers["x-message-id"], first.headers["x-message-id"]);
     assert_eq!(retry.headers["idempotent-replayed"], "true");

@@ -259,10 +259,13 @@ fn client_id(
         )),
         (Some(cn), _) => Ok(cn),
         (None, Some(asked)) => Ok(asked.clone()),
-        (None, None) => {
-            Ok(ClientId::parse(&format!("http-{message_id}")).expect("http- and 32 hex digits make a valid client id"))
-        }
+        (None, None) => Ok(default_client_id(message_id)),
     }
+}
+
+/// The client id of a caller that gave none: `http-{message id}`.
+pub fn default_client_id(message_id: MessageId) -> ClientId {
+    ClientId::parse(&format!("http-{message_id}")).expect("http- and 32 hex digits make a valid client id")
 }
 
 #[cfg(test)]

@@ -354,7 +354,12 @@ pub fn options(client_id: String, broker: String, port: u16, max_packet: u32) ->
     let mut options = MqttOptions::new(client_id, broker, port);
     options.set_keep_alive(Duration::from_secs(30));
     options.set_clean_start(true);
-    options.set_connection_timeout(5);
     options.set_max_packet_size(Some(max_packet));
+    // A wait is a few small packets each way (SUBSCRIBE, PUBACK, UNSUBSCRIBE):
+    // Nagle's algorithm would hold one behind another's delayed ACK, 40 ms.
+    let mut network = rumqttc::NetworkOptions::new();
+    network.set_tcp_nodelay(true);
+    network.set_connection_timeout(5);
+    options.set_network_options(network);
     options
 }
