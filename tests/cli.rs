@@ -56,7 +56,7 @@ fn config_check_summarises_a_good_file() {
     let out = run(&["config", "check", concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml")], b"", &[]);
     assert!(out.status.success(), "{out:?}");
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(text.contains("users: 1") && text.contains("rules: 3 (2 allow, 1 deny)"), "{text}");
+    assert!(text.contains("users: 1") && text.contains("rules: 4 (3 allow, 1 deny)"), "{text}");
     assert!(text.contains("browsers (cors): 2 origin(s)") && text.contains("message id property: none"), "{text}");
     assert!(text.contains("idempotency keys kept: 86400 s"), "{text}");
 }

@@ -818,7 +818,13 @@ async fn a_broker_without_retain_refuses_a_retained_publish_with_400_and_keeps_t
 /// Clients mosquitto counts as connected, from its `$SYS` tree (published every second
 /// here, when it changes): the first count that is `expected`, else the last within 5 s.
 async fn clients_connected(port: u16, expected: u64) -> u64 {
-    let mut rx = subscriber(port, "$SYS/broker/clients/connected").await;
+    sys_count(port, "$SYS/broker/clients/connected", expected).await
+}
+
+/// Waits (up to 5 s) until the count mosquitto publishes on the `$SYS` topic `topic`
+/// (every `sys_interval`) is `expected`; returns the last count read.
+async fn sys_count(port: u16, topic: &str, expected: u64) -> u64 {
+    let mut rx = subscriber(port, topic).await;
     let mut count = 0;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while let Ok(Some(p)) = tokio::time::timeout_at(deadline, rx.recv()).await {
@@ -1765,20 +1771,6 @@ async fn two_requests_waiting_on_one_response_topic_each_get_the_reply_with_thei
     assert_eq!((b.status(), &b.body[..]), (200, &b"reply to b"[..]), "{b:?}");
 }
 
-/// Waits until the broker's count of subscriptions (mosquitto's `$SYS`, refreshed every
-/// second) is `expected`, counting this probe's own; returns the last count read.
-async fn subscriptions_at_broker(port: u16, expected: u64) -> u64 {
-    let mut sys = subscriber(port, "$SYS/broker/subscriptions/count").await;
-    let mut count = 0;
-    for _ in 0..10 {
-        count = std::str::from_utf8(&next(&mut sys).await.payload).unwrap().parse().unwrap();
-        if count == expected {
-            break;
-        }
-    }
-    count
-}
-
 #[tokio::test]
 async fn a_late_reply_after_504_is_dropped_and_the_subscriptions_are_left_behind() {
     // GIVEN a device that answers the first command after 2.5 s and the others at once
@@ -1808,7 +1800,7 @@ async fn a_late_reply_after_504_is_dropped_and_the_subscriptions_are_left_behind
     }
     // THEN once nobody waits, the server holds no subscription: the device's and the counter's remain
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let count = subscriptions_at_broker(port, 2).await;
+    let count = sys_count(port, "$SYS/broker/subscriptions/count", 2).await;
     assert_eq!(count, 2, "the device's subscription and this probe's, no response topic");
 }
 
