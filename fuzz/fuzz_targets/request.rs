@@ -6,7 +6,7 @@
 //!
 //! What a fuzzer would hardly spell by chance, the target adds: AWS IoT's
 //! `x-amz-mqtt5-*` property headers, W3C `traceparent` and `tracestate`,
-//! `Idempotency-Key`, and `messageExpiry`, each well-formed (base64 of a JSON user property array in
+//! `Idempotency-Key`, `messageExpiry` and `ResponseTimeout`, each well-formed (base64 of a JSON user property array in
 //! either spelling, a traceparent near the W3C grammar) or arbitrary. The
 //! input's last bytes choose them, read backwards ([`Tail`]), and the request
 //! is parsed as written and again with them. Those bytes are mostly the body's,
@@ -224,6 +224,12 @@ impl Additions {
             }
             query.push((name.to_owned(), value));
         }
+        match tail.below(4) {
+            0 => {}
+            1 => query.push(("ResponseTimeout".to_owned(), (tail.below(64) + 1).to_string())),
+            2 => query.push(("responsetimeout".to_owned(), u32::from(tail.byte()).saturating_sub(100).to_string())),
+            _ => query.push(("ResponseTimeout".to_owned(), tail.text(6))),
+        }
         Additions { headers, query, user_properties }
     }
 
@@ -407,6 +413,11 @@ fn check_property_spellings(request: &HttpRequest, parsed: &PublishRequest) {
         if ["messageExpiry", "MessageExpiryInterval"].iter().any(|n| n.eq_ignore_ascii_case(name)) {
             assert_eq!(properties.message_expiry_interval, value.parse().ok(), "{name}={value:?}");
         }
+        if name.eq_ignore_ascii_case("ResponseTimeout") {
+            let seconds = parsed.options.response_timeout.expect("an accepted ResponseTimeout is read");
+            assert!((1..=60).contains(&seconds), "{value:?}");
+            assert_eq!(value, &seconds.to_string(), "only plain digits are a ResponseTimeout");
+        }
     }
 }
 
@@ -460,6 +471,7 @@ fn check_refusal(error: ApiError) {
         ErrorCode::InvalidCorrelationData => vec![CORRELATION_DATA],
         ErrorCode::InvalidPayloadFormatIndicator => vec![PAYLOAD_FORMAT_INDICATOR, "PayloadFormatIndicator"],
         ErrorCode::InvalidUserProperty => vec![USER_PROPERTIES, "UserProp"],
+        ErrorCode::InvalidResponseTimeout => vec!["ResponseTimeout"],
         _ => Vec::new(),
     };
     let message = error.message();
