@@ -565,6 +565,12 @@ impl<P: Publisher> Service<P> {
         }
 
         if !republish {
+            // A retry that waits again publishes nothing, but holds a subscription
+            // and a place among the waiters: it spends the quota like a request.
+            if let Err((quota, retry_after)) = self.admit(&rules.limits, quota_user).await {
+                crate::metrics::refused(quota);
+                return Err(ApiError::TooManyRequests { retry_after });
+            }
             let (seconds, _slot) = wait.expect("only a waiting replay skips the publish");
             let topic =
                 response_topic(&parsed.options.properties, &reply_client_id(message_id), message_id, limits.topic)?;
@@ -614,6 +620,16 @@ impl<P: Publisher> Service<P> {
             payload: parsed.payload,
             properties,
         };
+        // A subscription already gone with its connection: the command would go
+        // out with no way to receive its reply.
+        if let Some((subscribed, _, _)) = waiting.as_mut() {
+            if subscribed.is_lost() {
+                if let Some(pending) = pending {
+                    pending.finish(Outcome::NotDelivered).await;
+                }
+                return Err(ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER });
+            }
+        }
         if let Some(pending) = pending.as_mut() {
             pending.publishing();
         }

@@ -245,6 +245,8 @@ async fn the_first_request_after_the_port_opens_is_published_not_503() {
 async fn the_demo_config_refuses_dollar_topics_and_strangers() {
     let serve = serve(None, &[]).await;
     assert_eq!(post(&serve.url, "/topics/%24SYS/x", &[USER0], b"").await.status(), 401);
+    // Replies come from devices: a caller may wait on its own, and forge none.
+    assert_eq!(post(&serve.url, "/topics/replies/http-1/1?CorrelationData=1", &[USER0], b"").await.status(), 401);
     assert_eq!(post(&serve.url, "/topics/x", &[], b"").await.status(), 401);
     assert_eq!(post(&serve.url, "/topics/x", &[("authorization", "Basic dXNlcjA6d3Jvbmc=")], b"").await.status(), 401);
     assert_eq!(request(&serve.url, "GET", "/topics/x", &[USER0], b"").await.status(), 405);
@@ -1774,6 +1776,74 @@ async fn two_requests_waiting_on_one_response_topic_each_get_the_reply_with_thei
     // THEN each gets its own reply, and the stranger's is given to neither
     assert_eq!((a.status(), &a.body[..]), (200, &b"reply to a"[..]), "{a:?}");
     assert_eq!((b.status(), &b.body[..]), (200, &b"reply to b"[..]), "{b:?}");
+}
+
+/// A loopback relay to `upstream` that delivers every chunk `delay` after it was
+/// read, each way, in order: a broker across a network.
+async fn distant(upstream: u16, delay: Duration) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn carry(mut from: tokio::net::tcp::OwnedReadHalf, mut to: tokio::net::tcp::OwnedWriteHalf, delay: Duration) {
+        let (tx, mut rx) = mpsc::unbounded_channel::<(tokio::time::Instant, Vec<u8>)>();
+        tokio::spawn(async move {
+            while let Some((at, chunk)) = rx.recv().await {
+                tokio::time::sleep_until(at + delay).await;
+                if to.write_all(&chunk).await.is_err() {
+                    return;
+                }
+            }
+        });
+        let mut buffer = vec![0u8; 64 * 1024];
+        while let Ok(n) = from.read(&mut buffer).await {
+            if n == 0 || tx.send((tokio::time::Instant::now(), buffer[..n].to_vec())).is_err() {
+                return;
+            }
+        }
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await.unwrap();
+            let (client_read, client_write) = client.into_split();
+            let (server_read, server_write) = server.into_split();
+            tokio::spawn(carry(client_read, server_write, delay));
+            tokio::spawn(carry(server_read, client_write, delay));
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn forty_requests_waiting_at_once_on_a_distant_broker_each_get_their_own_reply() {
+    // GIVEN mosquitto's defaults 20 ms away: its Receive Maximum of 20 caps rumqttc's packet
+    // ids, so forty SUBSCRIBEs in flight share them, and each SUBACK must still reach the
+    // subscription that sent it
+    let (_mosquitto, port) = mosquitto("reply-40").await;
+    let relay = distant(port, Duration::from_millis(20)).await;
+    let config = replies_config("reply-40", "");
+    let mut serve = serve(Some(relay), &["--config", config.to_str().unwrap()]).await;
+    serve.mqtt_port = port;
+    device(port, "cmd/#", |command| {
+        let body = command.payload.to_vec();
+        vec![Answer { delay: Duration::from_millis(300), ..Answer::payload(&[b"reply to ", &body[..]].concat()) }]
+    })
+    .await;
+    let waiters: Vec<_> = (0..40)
+        .map(|i| {
+            let url = serve.url.clone();
+            tokio::spawn(async move {
+                let response =
+                    post(&url, &format!("/topics/cmd/{i}?ResponseTimeout=10"), &[USER0], i.to_string().as_bytes())
+                        .await;
+                (i, response)
+            })
+        })
+        .collect();
+    for waiter in waiters {
+        let (i, response) = waiter.await.unwrap();
+        assert_eq!(response.status(), 200, "{i}: {response:?}");
+        assert_eq!(response.body, format!("reply to {i}").as_bytes());
+    }
 }
 
 #[tokio::test]

@@ -82,7 +82,19 @@ fn unquote(inner: &[u8]) -> Option<Vec<u8>> {
 /// topic, QoS, retain, the MQTT 5 properties the request asked for (not the
 /// trace context, which a retry carries anew) and the body's SHA-256. Each
 /// field is length-prefixed, so no two requests share an encoding.
-pub fn fingerprint(topic: &Topic, qos: Qos, retain: bool, properties: &Properties, body: &Bytes) -> [u8; 32] {
+///
+/// `waits` is, for a request with `ResponseTimeout`, the client id its default
+/// response topic names (empty when it names its own topic, or gave no
+/// `client_id`): the message published carries that topic, so a retry that
+/// waits otherwise, or not at all, is another request. Not the seconds waited.
+pub fn fingerprint(
+    topic: &Topic,
+    qos: Qos,
+    retain: bool,
+    properties: &Properties,
+    body: &Bytes,
+    waits: Option<&str>,
+) -> [u8; 32] {
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hash.update((bytes.len() as u64).to_be_bytes());
@@ -108,6 +120,11 @@ pub fn fingerprint(topic: &Topic, qos: Qos, retain: bool, properties: &Propertie
         field(value.as_bytes());
     }
     field(&Sha256::digest(body));
+    // Last, and only when waiting: the fingerprints of requests that do not wait stay as they were.
+    if let Some(client_id) = waits {
+        field(b"ResponseTimeout");
+        field(client_id.as_bytes());
+    }
     hash.finalize().into()
 }
 
@@ -146,7 +163,8 @@ mod tests {
         let topic = Topic::parse(b"a/b".to_vec(), limits).unwrap();
         let base = Properties::default();
         let body = Bytes::from_static(b"on");
-        let print = |topic: &Topic, qos, retain, p: &Properties, body: &Bytes| fingerprint(topic, qos, retain, p, body);
+        let print =
+            |topic: &Topic, qos, retain, p: &Properties, body: &Bytes| fingerprint(topic, qos, retain, p, body, None);
         let first = print(&topic, Qos::AtLeastOnce, false, &base, &body);
         assert_eq!(first, print(&topic, Qos::AtLeastOnce, false, &base, &body.clone()));
         let other_topic = Topic::parse(b"a/c".to_vec(), limits).unwrap();
@@ -170,6 +188,8 @@ mod tests {
             change(&mut p);
             changed.push(print(&topic, Qos::AtLeastOnce, false, &p, &body));
         }
+        changed.push(fingerprint(&topic, Qos::AtLeastOnce, false, &base, &body, Some("")));
+        changed.push(fingerprint(&topic, Qos::AtLeastOnce, false, &base, &body, Some("app")));
         changed.push(first);
         let distinct: std::collections::HashSet<_> = changed.iter().collect();
         assert_eq!(distinct.len(), changed.len(), "every change makes another fingerprint");

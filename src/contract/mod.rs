@@ -108,9 +108,21 @@ pub fn parse_request(
     let mut options = query::parse_options(&request.query, limits.max_qos, limits.topic)?;
     headers::merge(&request.headers, &mut options.properties)?;
     // Fingerprinted before the trace context joins the properties: a retry carries its own.
+    // A request that waits publishes its response topic: the default one names its client id.
+    let waits = options.response_timeout.map(|_| match (&options.properties.response_topic, &options.client_id) {
+        (None, Some(client_id)) => client_id.as_str(),
+        _ => "",
+    });
     let idempotency = idempotency::key_of(&request.headers)?.map(|key| IdempotencyKey {
         key,
-        fingerprint: idempotency::fingerprint(&topic, options.qos, options.retain, &options.properties, &request.body),
+        fingerprint: idempotency::fingerprint(
+            &topic,
+            options.qos,
+            options.retain,
+            &options.properties,
+            &request.body,
+            waits,
+        ),
     });
     if let Some(trace) = TraceContext::from_headers(&request.headers) {
         options.properties.user_properties.extend(trace.user_properties());

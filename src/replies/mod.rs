@@ -95,8 +95,12 @@ struct State {
     topics: HashMap<String, Subscription>,
     /// Subscribes handed to rumqttc, not yet written: (topic, token), in channel order.
     queued: VecDeque<(String, u64)>,
-    /// Written subscribes by packet id, awaiting their SUBACK.
-    subacks: HashMap<u16, (String, u64)>,
+    /// Written subscribes awaiting their SUBACK, in the order written: (packet id,
+    /// topic, token). Packet ids repeat: rumqttc counts them up to the broker's
+    /// Receive Maximum (mosquitto: 20) and starts again, without holding back a
+    /// SUBSCRIBE whose id is still awaiting its SUBACK. A broker answers a
+    /// connection's SUBSCRIBEs in order, so a SUBACK is the oldest's with its id.
+    subacks: VecDeque<(u16, String, u64)>,
     /// The next waiter id and subscription token: unique for the process's life.
     next_id: u64,
 }
@@ -129,12 +133,32 @@ pub struct Waiting {
     topic: String,
     id: u64,
     reply: oneshot::Receiver<Result<Reply, WaitError>>,
+    /// What [`Waiting::is_lost`] took from the channel, for [`Waiting::reply`].
+    taken: Option<Result<Reply, WaitError>>,
 }
 
 impl Waiting {
     /// The reply, once it arrives, or why none will.
     pub async fn reply(&mut self) -> Result<Reply, WaitError> {
+        if let Some(taken) = self.taken.take() {
+            return taken;
+        }
         (&mut self.reply).await.unwrap_or(Err(WaitError::Lost))
+    }
+}
+
+impl Waiting {
+    /// Whether the subscription is already gone with its connection: a command
+    /// published now could not be answered.
+    pub fn is_lost(&mut self) -> bool {
+        if self.taken.is_none() {
+            match self.reply.try_recv() {
+                Ok(result) => self.taken = Some(result),
+                Err(oneshot::error::TryRecvError::Closed) => self.taken = Some(Err(WaitError::Lost)),
+                Err(oneshot::error::TryRecvError::Empty) => {}
+            }
+        }
+        matches!(self.taken, Some(Err(_)))
     }
 }
 
@@ -254,13 +278,16 @@ impl Replies {
         let (tx, rx) = oneshot::channel();
         subscription.waiters.push(Waiter { id, correlation, reply: tx });
         let ready = subscription.ready.subscribe();
-        Ok((Waiting { inner: Arc::clone(&self.inner), topic: topic.to_owned(), id, reply: rx }, ready))
+        Ok((Waiting { inner: Arc::clone(&self.inner), topic: topic.to_owned(), id, reply: rx, taken: None }, ready))
     }
 }
 
 /// Runs the connection: credits SUBACKs, routes replies, reconnects with backoff.
 async fn drive(mut eventloop: EventLoop, inner: Arc<Inner>, client: AsyncClient) {
     let mut backoff = Duration::from_millis(100);
+    // Whether this outage was logged: its first failure is, connected before or not
+    // (a refused handshake, wrong credentials), and then nothing until it ends.
+    let mut reported = false;
     loop {
         match eventloop.poll().await {
             Ok(event) => {
@@ -270,6 +297,7 @@ async fn drive(mut eventloop: EventLoop, inner: Arc<Inner>, client: AsyncClient)
                         state.connected = true;
                         inner.up.send_replace(true);
                         backoff = Duration::from_millis(100);
+                        reported = false;
                         info!(
                             broker = %eventloop.options.broker_address().0,
                             client_id = %eventloop.options.client_id(),
@@ -277,12 +305,13 @@ async fn drive(mut eventloop: EventLoop, inner: Arc<Inner>, client: AsyncClient)
                         );
                     }
                     Event::Outgoing(Outgoing::Subscribe(pkid)) => {
-                        if let Some(queued) = state.queued.pop_front() {
-                            state.subacks.insert(pkid, queued);
+                        if let Some((topic, token)) = state.queued.pop_front() {
+                            state.subacks.push_back((pkid, topic, token));
                         }
                     }
                     Event::Incoming(Incoming::SubAck(ack)) => {
-                        if let Some((topic, token)) = state.subacks.remove(&ack.pkid) {
+                        let oldest = state.subacks.iter().position(|(pkid, _, _)| *pkid == ack.pkid);
+                        if let Some((_, topic, token)) = oldest.and_then(|i| state.subacks.remove(i)) {
                             if let Some(subscription) = state.topics.get(&topic).filter(|s| s.token == token) {
                                 subscription.ready.send_replace(match ack.return_codes.first() {
                                     Some(SubscribeReasonCode::Success(_)) => Ready::Active,
@@ -300,7 +329,10 @@ async fn drive(mut eventloop: EventLoop, inner: Arc<Inner>, client: AsyncClient)
                     let mut state = inner.lock();
                     if state.connected {
                         warn!(%error, "lost the connection that waits for replies; reconnecting");
+                    } else if !reported {
+                        warn!(%error, "cannot connect to wait for replies; retrying");
                     }
+                    reported = true;
                     state.connected = false;
                     inner.up.send_replace(false);
                     // A clean start: the subscriptions are gone with the session,

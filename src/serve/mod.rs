@@ -63,12 +63,20 @@ pub struct ServeOptions {
 }
 
 /// The demo config: `user0` / `secret0` may publish to any topic not starting
-/// with `$` (`#` does not match those), and so may a device with a verified
-/// certificate; the try-it page of `--admin-listen 127.0.0.1:9090` may call it.
+/// with `$` (`#` does not match those) or under `replies/` (devices answer
+/// there), and so may a device with a verified certificate; both may wait for
+/// replies on their default response topics; the try-it page of
+/// `--admin-listen 127.0.0.1:9090` may call it.
 pub const DEMO_CONFIG: &str = r##"
 [[users]]
 username = "user0"
 password_hash = "$argon2id$v=19$m=19456,t=2,p=1$eRi/JmbC+0iM7lbk0iybwA$cok3Q+hd+USrvOXevP6umE7RRRhr6FtVu5mWX6zfDNk"
+
+# Replies come from devices, on the broker: a caller of the API may not forge one.
+[[rules]]
+priority = 0
+effect = "deny"
+topics = ["replies/#"]
 
 [[rules]]
 priority = 1
@@ -305,7 +313,7 @@ async fn load_config(options: &ServeOptions) -> Result<Config, ServeError> {
             Ok(Config::Table { store, name: name.clone() })
         }
         (None, None) => {
-            warn!("NO --config GIVEN: running the DEMO config. user0 / secret0 (and any client certificate the --client-ca trusts) may publish to every topic not starting with '$'. Do not expose this server.");
+            warn!("NO --config GIVEN: running the DEMO config. user0 / secret0 (and any client certificate the --client-ca trusts) may publish to every topic not starting with '$' or under replies/. Do not expose this server.");
             let demo = Policy::from_toml(DEMO_CONFIG).expect("the demo config is valid");
             Ok(Config::File(Arc::new(FileStore::new(demo))))
         }
