@@ -6,7 +6,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_http_publish::acl::{Access, Effect};
+use mqtt_http_publish::acl::{Access, Action, Effect};
 use mqtt_http_publish::config::{parse_toml, Policy};
 use mqtt_http_publish::contract::{Topic, TopicLimits};
 
@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
                 retain,
                 basic: username.is_some(),
                 certificate: username.is_none(),
+                action: Action::Publish,
             };
             let linear = acl.rules().iter().find(|r| r.matches(&access)).map_or(Effect::Deny, |r| r.effect);
             assert_eq!(acl.decide(&access), linear, "topic {name:?}");

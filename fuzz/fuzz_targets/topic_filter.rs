@@ -7,7 +7,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use mqtt_http_publish::acl::{Access, Acl, Effect, Placeholders, Rule, TopicFilter};
+use mqtt_http_publish::acl::{Access, Acl, Action, Effect, Placeholders, Rule, TopicFilter};
 use mqtt_http_publish::contract::{Topic, TopicLimits};
 
 fuzz_target!(|data: &[u8]| {
@@ -43,6 +43,7 @@ fuzz_target!(|data: &[u8]| {
         retain: false,
         basic: true,
         certificate: false,
+        action: Action::Publish,
     };
     let decided = acl.decide(&access) == Effect::Allow;
     assert_eq!(decided, expected, "the ACL's trie disagrees: filter {filter_text:?} topic {topic_text:?}");
