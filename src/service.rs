@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{header, HeaderMap, HeaderValue, Response, StatusCode};
+use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use tracing::{field, info, info_span, warn, Instrument, Span};
 
 use crate::acl::{Access, Action, Effect};
@@ -303,17 +303,7 @@ impl<P: Publisher> Service<P> {
     pub async fn handle_by(&self, request: HttpRequest, answer_by: Option<tokio::time::Instant>) -> Response<Bytes> {
         let started = Instant::now();
         let message_id = MessageId::next();
-        // The request's log lines carry the topic, once parsed, the step it is
-        // at, and the trace ids it came with.
-        let span = request_span();
-        if let Some(trace_id) = TraceContext::trace_id_of(&request.headers) {
-            span.record("trace_id", trace_id);
-        }
-        if self.read_amzn_trace_id {
-            if let Some(root) = xray_trace_id(&request.headers) {
-                span.record("xray_trace_id", root);
-            }
-        }
+        let span = self.request_span(&request.headers);
         let mut rules_read = None;
         // The id a message was handed to the backend under, once it was.
         let mut sent_as = None;
@@ -323,6 +313,9 @@ impl<P: Publisher> Service<P> {
             rules_read = Some(Arc::clone(&rules));
             if let Some(preflight) = cors::preflight(rules.cors.as_ref(), &request) {
                 return Ok(Err(preflight));
+            }
+            if request.method == Method::POST && cors::refused_cross_origin(rules.cors.as_ref(), &request.headers) {
+                return Err(ApiError::OriginNotAllowed);
             }
             self.publish(&request, &rules, message_id, answer_by, &mut sent_as).await.map(Ok)
         }
@@ -390,19 +383,34 @@ impl<P: Publisher> Service<P> {
     /// Answers with `error` a request its entry point could not decode (a Lambda
     /// event whose query or body does not decode; for `serve`, a body over the
     /// limit or a query that does not decode), with the log line of
-    /// [`Service::handle_by`]: every request has its line, and its metrics.
-    /// The request's `Origin`, when the entry point has it, earns the answer its
-    /// CORS headers, so a page can read why it was refused.
-    pub async fn refuse(&self, error: ApiError, origin: Option<&HeaderValue>) -> Response<Bytes> {
+    /// [`Service::handle_by`]: every request has its line, its trace ids and its
+    /// metrics. Its `Origin` earns the answer its CORS headers, so a page can
+    /// read why it was refused.
+    pub async fn refuse(&self, error: ApiError, headers: &HeaderMap) -> Response<Bytes> {
         let started = Instant::now();
         let code = error.code().as_str();
         let mut response = error.into_response();
         if let Ok(rules) = self.config.rules().await {
             let cors = rules.cors.as_ref();
-            cors::decorate(cors, cors::allowed_origin(cors, origin), &mut response);
+            cors::decorate(cors, cors::allowed_origin(cors, headers.get(header::ORIGIN)), &mut response);
         }
-        log_answer(&request_span(), response.status(), MessageId::next(), Some(code), started);
+        log_answer(&self.request_span(headers), response.status(), MessageId::next(), Some(code), started);
         response
+    }
+
+    /// The span of a request's log lines, with the trace ids it came with; the
+    /// topic, once parsed, and the step it is at are recorded as they come.
+    fn request_span(&self, headers: &HeaderMap) -> Span {
+        let span = request_span();
+        if let Some(trace_id) = TraceContext::trace_id_of(headers) {
+            span.record("trace_id", trace_id);
+        }
+        if self.read_amzn_trace_id {
+            if let Some(root) = xray_trace_id(headers) {
+                span.record("xray_trace_id", root);
+            }
+        }
+        span
     }
 
     /// Parses, authenticates, authorizes, claims the `Idempotency-Key`, admits
@@ -857,6 +865,8 @@ mod tests {
             (Case { query: "qos=1&QoS=0", ..POST }, 400, "conflicting_parameter"),
             (Case { query: "UserProp.1.Key=a", ..POST }, 400, "invalid_user_property"),
             (Case { query: "PayloadFormatIndicator=2", ..POST }, 400, "invalid_payload_format_indicator"),
+            (Case { query: "ContentType=text%09plain", ..POST }, 400, "invalid_content_type"),
+            (Case { headers: &[("origin", "https://elsewhere.example")], ..POST }, 403, "origin_not_allowed"),
             (Case { query: "MessageExpiryInterval=-1", ..POST }, 400, "invalid_message_expiry_interval"),
             (Case { query: "ResponseTopic=a/%2B", ..POST }, 400, "invalid_response_topic"),
             (Case { headers: &[("x-amz-mqtt5-correlation-data", "!!")], ..POST }, 400, "invalid_correlation_data"),

@@ -13,12 +13,19 @@ const HELLO: &[u8] = br#"{ "message": "Hello, world" }"#;
 
 /// Runs one event file; returns the Lambda response and what reached moto.
 async fn run(file: &str) -> (Value, Vec<Recorded>) {
+    run_changed(file, |_| {}).await
+}
+
+/// Like [`run`], with the event changed by `change` first.
+async fn run_changed(file: &str, change: impl FnOnce(&mut Value)) -> (Value, Vec<Recorded>) {
     let moto = moto_url();
     start_recording(&moto).await;
     let app = unique_app_name(file.trim_end_matches(".json"));
     let service = example_service(iot_publisher(&moto, &app, IotSettings::default()).await);
     let text = std::fs::read(format!("{}/events/{file}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-    let event = serde_json::from_slice(&text).unwrap();
+    let mut event: Value = serde_json::from_slice(&text).unwrap();
+    change(&mut event);
+    let event = serde_json::from_value(event).unwrap();
     let response = lambda::handle(&service, event, None).await.expect("an HTTP event");
     (serde_json::to_value(response).unwrap(), recorded(&moto, &app).await)
 }
@@ -199,6 +206,26 @@ async fn a_browser_s_preflight_from_an_allowed_origin_is_204_without_credentials
     assert_eq!(headers["vary"], "Origin");
     assert!(headers.get("access-control-allow-credentials").is_none(), "{response}");
     assert!(sent.is_empty(), "a preflight publishes nothing");
+}
+
+#[tokio::test]
+async fn a_page_on_another_origin_is_refused_with_403_before_its_credentials_are_read() {
+    let (response, sent) = run("error-403-origin-not-allowed.json").await;
+    refused(&response, &sent, 403, "origin_not_allowed");
+    assert!(response["headers"].get("access-control-allow-origin").is_none(), "{response}");
+}
+
+#[tokio::test]
+async fn an_event_that_does_not_decode_is_400_with_cors_headers_for_an_allowed_page() {
+    let (response, sent) = run_changed("cors-preflight.json", |event| {
+        event["requestContext"]["http"]["method"] = "POST".into();
+        event["rawQueryString"] = "qos=1&x=%ff".into();
+        event["headers"]["authorization"] = "Basic dXNlcjA6c2VjcmV0MA==".into();
+    })
+    .await;
+    refused(&response, &sent, 400, "invalid_query");
+    assert_eq!(response["headers"]["access-control-allow-origin"], "http://localhost:9090", "{response}");
+    assert!(response["headers"]["access-control-expose-headers"].as_str().unwrap().contains("X-Message-Id"));
 }
 
 #[tokio::test]

@@ -152,6 +152,7 @@ fn every_error() -> Vec<ApiError> {
     let all = vec![
         ApiError::bad_request(ErrorCode::InvalidQos, "x"),
         ApiError::unauthorized(ErrorCode::AuthenticationFailed, "x"),
+        ApiError::OriginNotAllowed,
         ApiError::MethodNotAllowed,
         ApiError::PayloadTooLarge { max: 1 },
         ApiError::HeadersTooLarge { max: 1 },
@@ -172,6 +173,7 @@ fn every_error() -> Vec<ApiError> {
         match error {
             ApiError::BadRequest { .. }
             | ApiError::Unauthorized { .. }
+            | ApiError::OriginNotAllowed
             | ApiError::MethodNotAllowed
             | ApiError::PayloadTooLarge { .. }
             | ApiError::HeadersTooLarge { .. }

@@ -23,7 +23,8 @@ use base64::Engine as _;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
 use mqtt_http_publish::acl::{Access, Acl, Action, Effect, Placeholders, Rule, TopicFilter};
-use mqtt_http_publish::config::{ActionEntry, AuthEntry, EffectEntry, Limits, RuleEntry, RuleSet};
+use mqtt_http_publish::config::{ActionEntry, AuthEntry, Cors, CorsEntry, EffectEntry, Limits, RuleEntry, RuleSet};
+use mqtt_http_publish::contract::cors;
 use mqtt_http_publish::contract::headers::{CORRELATION_DATA, PAYLOAD_FORMAT_INDICATOR, USER_PROPERTIES};
 use mqtt_http_publish::contract::trace::{TRACEPARENT, TRACESTATE};
 use mqtt_http_publish::contract::{
@@ -575,6 +576,19 @@ fn user_properties_header(pairs: &[(String, String)], spelling: Spelling, padded
 /// What the header's value says, read with serde_json's own `Value`: base64
 /// (padding optional) of a JSON array, or of a JSON string holding one, whose
 /// elements are objects of exactly one member with a string value.
+/// MQTT 5 §1.5.4's characters a receiver may take for a malformed packet:
+/// the C0 and C1 controls (and NUL) and the Unicode noncharacters.
+fn reference_not_mqtt_text(c: char) -> bool {
+    c < ' ' || ('\u{7f}'..='\u{9f}').contains(&c) || ('\u{fdd0}'..='\u{fdef}').contains(&c) || {
+        let low = c as u32 % 0x10000;
+        low == 0xfffe || low == 0xffff
+    }
+}
+
+fn reference_mqtt_text(text: &str) -> bool {
+    !text.chars().any(reference_not_mqtt_text)
+}
+
 fn reference_user_properties(value: &str) -> Option<Pairs> {
     let json = STANDARD_NO_PAD.decode(value.trim_end_matches('=')).ok()?;
     let mut parsed: serde_json::Value = serde_json::from_slice(&json).ok()?;
@@ -587,7 +601,8 @@ fn reference_user_properties(value: &str) -> Option<Pairs> {
         .map(|element| {
             let object = element.as_object().filter(|o| o.len() == 1)?;
             let (key, value) = object.iter().next()?;
-            Some((key.clone(), value.as_str()?.to_owned()))
+            let value = value.as_str()?;
+            (reference_mqtt_text(key) && reference_mqtt_text(value)).then(|| (key.clone(), value.to_owned()))
         })
         .collect()
 }
@@ -596,10 +611,26 @@ fn reference_user_properties(value: &str) -> Option<Pairs> {
 /// that means something elsewhere in the request.
 fn property_text_strategy() -> impl Strategy<Value = String> {
     prop_oneof![
-        2 => "[a-z\"\\\\{}\\[\\]:, \\x00-\\x1fé😀]{0,8}",
-        1 => any::<String>(),
+        2 => "[a-z\"\\\\{}\\[\\]:, \\u{a0}é😀\\u{fffd}]{0,8}",
+        1 => any::<String>().prop_map(|s| s.chars().filter(|&c| !reference_not_mqtt_text(c)).collect()),
         1 => select(vec!["", "traceparent", "tracestate", "deviceName"]).prop_map(str::to_owned),
     ]
+}
+
+/// Text holding at least one character MQTT text may not hold, anywhere.
+fn not_mqtt_text_strategy() -> impl Strategy<Value = String> {
+    let forbidden = prop_oneof![
+        Just('\0'),
+        Just('\t'),
+        Just('\u{1f}'),
+        Just('\u{7f}'),
+        Just('\u{85}'),
+        Just('\u{fdd0}'),
+        Just('\u{fffe}'),
+        Just('\u{10ffff}'),
+        (0u32..0x20).prop_map(|c| char::from_u32(c).unwrap()),
+    ];
+    (property_text_strategy(), forbidden, property_text_strategy()).prop_map(|(a, c, b)| format!("{a}{c}{b}"))
 }
 
 fn user_properties_strategy() -> impl Strategy<Value = Pairs> {
@@ -676,11 +707,42 @@ fn reference_traceparent(value: &str) -> bool {
         && lower_hex(flags, 2)
 }
 
-/// A `tracestate` every vendor must pass on (W3C): 1 to 32 members in at most
-/// 512 bytes of printable ASCII.
+/// A `tracestate` every vendor must pass on (W3C): 1 to 32 `key=value`
+/// members with distinct keys (empty members and spaces or tabs around each
+/// allowed), in at most 512 bytes.
 fn reference_tracestate(value: &str) -> bool {
-    let members = value.split(',').filter(|m| !m.trim().is_empty()).count();
-    (1..=32).contains(&members) && value.len() <= 512 && value.bytes().all(|b| (b' '..=b'~').contains(&b))
+    let lc_alpha = |c: char| c.is_ascii_lowercase();
+    let key_rest = |c: char| lc_alpha(c) || c.is_ascii_digit() || "_-*/".contains(c);
+    let run = |text: &str, first: &dyn Fn(char) -> bool, max_len: usize| {
+        let mut chars = text.chars();
+        chars.next().is_some_and(first) && chars.all(key_rest) && text.chars().count() <= max_len
+    };
+    let valid_key = |key: &str| match key.find('@') {
+        None => run(key, &lc_alpha, 256),
+        Some(at) => {
+            run(&key[..at], &|c: char| lc_alpha(c) || c.is_ascii_digit(), 241) && run(&key[at + 1..], &lc_alpha, 14)
+        }
+    };
+    let non_blank = |c: char| ('!'..='~').contains(&c) && c != ',' && c != '=';
+    let valid_value = |v: &str| {
+        let count = v.chars().count();
+        (1..=256).contains(&count)
+            && v.chars().all(|c| c == ' ' || non_blank(c))
+            && v.chars().last().is_some_and(non_blank)
+    };
+    let mut keys = std::collections::HashSet::new();
+    for member in value.split(',') {
+        let member = member.trim_matches(|c| c == ' ' || c == '\t');
+        if member.is_empty() {
+            continue;
+        }
+        let Some(eq) = member.find('=') else { return false };
+        let (key, val) = (&member[..eq], &member[eq + 1..]);
+        if !valid_key(key) || !valid_value(val) || !keys.insert(key) {
+            return false;
+        }
+    }
+    (1..=32).contains(&keys.len()) && value.len() <= 512
 }
 
 /// The user properties a trace context adds: a single valid `traceparent`,
@@ -779,8 +841,11 @@ proptest! {
         let headers: Vec<(&'static str, HeaderValue)> = values.iter().map(|v| (name, v.clone())).collect();
         match publish(&[], &headers) {
             Ok(parsed) => {
-                prop_assert!(values.iter().all(|v| *v == values[0]), "different values of {} were accepted", name);
-                let value = values[0].to_str().expect("an accepted value is ASCII");
+                // A header sent twice may also come joined with "," (API Gateway's HTTP API).
+                let parts: Vec<&str> =
+                    values.iter().flat_map(|v| v.to_str().expect("an accepted value is ASCII").split(',')).collect();
+                prop_assert!(parts.iter().all(|v| *v == parts[0]), "different values of {} were accepted", name);
+                let value = parts[0];
                 let p = parsed.options.properties;
                 if name == PAYLOAD_FORMAT_INDICATOR {
                     let indicator = ["UNSPECIFIED_BYTES", "UTF8_DATA"].iter().position(|n| *n == value);
@@ -862,5 +927,134 @@ proptest! {
                 prop_assert_eq!(p.message_expiry_interval, expiry.0.or(expiry.1));
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Text a broker would take for a malformed packet never reaches it
+// ---------------------------------------------------------------------------
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(300))]
+
+    #[test]
+    fn a_control_character_or_noncharacter_in_any_text_of_the_message_is_a_400_naming_it(
+        bad in not_mqtt_text_strategy(),
+        good in property_text_strategy(),
+        place in 0usize..7,
+    ) {
+        let encoded = |text: &str| text.bytes().map(|b| format!("%{b:02X}")).collect::<String>();
+        let mut query: Vec<(String, String)> = vec![("UserProp.1.Key".into(), good.clone()), ("UserProp.1.Value".into(), good.clone())];
+        let mut headers = Vec::new();
+        let mut path = "/topics/a".to_owned();
+        let expected = match place {
+            0 => { query[0].1 = bad.clone(); "invalid_user_property" }
+            1 => { query[1].1 = bad.clone(); "invalid_user_property" }
+            2 | 3 => {
+                let pair = if place == 2 { vec![(bad.clone(), good.clone())] } else { vec![(good.clone(), bad.clone())] };
+                headers.push((USER_PROPERTIES, user_properties_header(&pair, Spelling::Array, true)));
+                "invalid_user_property"
+            }
+            4 => { query.push(("contentType".into(), bad.clone())); "invalid_content_type" }
+            // In a topic, without what a topic refuses first: its wildcards.
+            5 => { query.push(("ResponseTopic".into(), format!("r{}", bad.replace(['+', '#'], "")))); "invalid_response_topic" }
+            _ => { path = format!("/topics/a{}", encoded(&bad.replace(['+', '#'], ""))); "invalid_topic" }
+        };
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(name, value);
+        }
+        let request = HttpRequest {
+            method: Method::POST,
+            path: RequestPath::Encoded(path),
+            query,
+            headers: map,
+            body: Bytes::from_static(b"x"),
+            source_ip: None,
+            client_certificate: None,
+        };
+        let error = parse_request(&request, IOT_LIMITS, IOT_LIMITS.max_payload_bytes).expect_err("refused");
+        prop_assert_eq!(error.code().as_str(), expected, "{:?}", error);
+        let named = format!("U+{:04X}", bad.chars().find(|&c| reference_not_mqtt_text(c)).unwrap() as u32);
+        prop_assert!(error.message().contains(&named), "{}: {}", named, error.message());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Browsers: which requests get a preflight's 204, and which POSTs are refused
+// ---------------------------------------------------------------------------
+
+/// Origins a page may have, near misses of the allowed ones, and junk.
+fn origin_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => select(vec![
+            "https://app.example.com", "http://127.0.0.1:9090", "http://localhost:9090", "https://api.example",
+            "https://app.example.com:443", "HTTPS://APP.EXAMPLE.COM", "https://app.example.com/", "null", "",
+        ]).prop_map(str::to_owned),
+        1 => "[ -~]{0,24}",
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(500))]
+
+    #[test]
+    fn a_preflight_is_204_exactly_for_an_allowed_origin_asking_to_post_under_topics(
+        allowed in prop::collection::vec(select(vec!["https://app.example.com", "http://127.0.0.1:9090", "*"]), 0..3),
+        with_cors in any::<bool>(),
+        origin in prop::option::of(origin_strategy()),
+        method in select(vec!["OPTIONS", "POST", "GET"]),
+        asked in prop::option::of(select(vec!["POST", "post", "PUT", ""])),
+        path in select(vec!["/topics/home", "/topics/", "/topic/home", "/"]),
+        site in prop::option::of(select(vec!["same-origin", "same-site", "cross-site", "none"])),
+        host in prop::option::of(select(vec!["api.example", "app.example.com", "127.0.0.1:9090"])),
+    ) {
+        let entry = CorsEntry { allowed_origins: allowed.iter().map(|o| o.to_string()).collect(), max_age_seconds: 7 };
+        let cors = with_cors.then(|| Cors::new(&entry).expect("valid origins"));
+        let mut headers = HeaderMap::new();
+        let origin = origin.and_then(|o| HeaderValue::from_str(&o).ok());
+        if let Some(o) = &origin {
+            headers.insert("origin", o.clone());
+        }
+        if let Some(a) = asked {
+            headers.insert("access-control-request-method", header_value(a));
+        }
+        if let Some(s) = site {
+            headers.insert("sec-fetch-site", header_value(s));
+        }
+        if let Some(h) = host {
+            headers.insert("host", header_value(h));
+        }
+        let request = HttpRequest {
+            method: Method::from_bytes(method.as_bytes()).unwrap(),
+            path: RequestPath::Encoded(path.into()),
+            query: Vec::new(),
+            headers: headers.clone(),
+            body: Bytes::new(),
+            source_ip: None,
+            client_certificate: None,
+        };
+        let origin_text = origin.as_ref().and_then(|o| o.to_str().ok());
+        let is_allowed = with_cors && origin_text.is_some_and(|o| allowed.contains(&"*") || allowed.contains(&o));
+        let expect_204 = method == "OPTIONS" && path.starts_with("/topics/") && asked == Some("POST") && is_allowed;
+        let answer = cors::preflight(cors.as_ref(), &request);
+        prop_assert_eq!(answer.is_some(), expect_204);
+        if let Some(answer) = answer {
+            prop_assert_eq!(answer.status().as_u16(), 204);
+            prop_assert_eq!(answer.headers()["access-control-allow-origin"].to_str().ok(), origin_text);
+            prop_assert_eq!(&answer.headers()["access-control-max-age"], "7");
+            prop_assert!(!answer.headers().contains_key("access-control-allow-credentials"));
+        }
+        // A POST is refused when a browser says it comes from a page elsewhere, not allowed.
+        let same_host = match (origin_text, host) {
+            (Some(o), Some(h)) => o.split_once("://").is_some_and(|(_, authority)| authority.eq_ignore_ascii_case(h)),
+            _ => false,
+        };
+        let from_elsewhere = match site {
+            Some(s) => s != "same-origin" && s != "none",
+            None => !same_host,
+        };
+        let expect_refused = origin.is_some() && !is_allowed && from_elsewhere;
+        prop_assert_eq!(cors::refused_cross_origin(cors.as_ref(), &headers), expect_refused);
     }
 }

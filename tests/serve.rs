@@ -1185,6 +1185,77 @@ async fn a_traceparent_travels_after_the_request_s_user_properties_and_its_trace
     assert!(line.contains(r#"trace_id="0af7651916cd43dd8448eb211c80319c""#), "{line}");
 }
 
+#[tokio::test]
+async fn text_a_broker_would_drop_the_connection_for_is_400_and_the_messages_beside_it_are_published() {
+    // One connection to mosquitto, which drops a connection on any of these
+    // characters: every message in flight on it would go with it.
+    let (_broker, port) = mosquitto("mqtt-text").await;
+    let serve = serve(Some(port), &["--mqtt-connections", "1"]).await;
+    let mut rx = subscriber(port, "home/#").await;
+    let nel = base64_of("[{\"k\":\"\u{85}\"}]");
+    type Headers<'a> = &'a [(&'a str, &'a str)];
+    let cases: [(&str, Headers, &str); 6] = [
+        ("/topics/home/t?UserProp.1.Key=k&UserProp.1.Value=%00", &[], "invalid_user_property"),
+        ("/topics/home/t?UserProp.1.Key=k&UserProp.1.Value=a%09b", &[], "invalid_user_property"),
+        ("/topics/home/t", &[("x-amz-mqtt5-user-properties", &nel)], "invalid_user_property"),
+        ("/topics/home/t?ContentType=%EF%BF%BF", &[], "invalid_content_type"),
+        ("/topics/home/t?ResponseTopic=r%7F", &[], "invalid_response_topic"),
+        ("/topics/home/t%01", &[], "invalid_topic"),
+    ];
+    let mut published = 0;
+    for (path, extra, code) in cases {
+        let headers: Vec<(&str, &str)> = [USER0].into_iter().chain(extra.iter().copied()).collect();
+        let beside: Vec<_> = (0..8)
+            .map(|_| {
+                let url = serve.url.clone();
+                tokio::spawn(async move { post(&url, "/topics/home/good", &[USER0], b"x").await.status() })
+            })
+            .collect();
+        let bad = post(&serve.url, path, &headers, b"x").await;
+        let (status, body) = (bad.status(), String::from_utf8_lossy(&bad.body).into_owned());
+        assert_eq!(status, 400, "{path}: {bad:?}");
+        assert!(body.contains(&format!("\"error\":\"{code}\"")) && body.contains("U+"), "{path}: {body}");
+        let mut statuses = Vec::new();
+        for task in beside {
+            statuses.push(task.await.unwrap());
+        }
+        statuses.push(post(&serve.url, "/topics/home/good", &[USER0], b"x").await.status());
+        assert!(statuses.iter().all(|&s| s == 200), "{path}: the messages beside it and after it: {statuses:?}");
+        published += statuses.len();
+    }
+    let arrived = drain(&mut rx, Duration::from_millis(500)).await;
+    assert_eq!(arrived.len(), published, "every 200 arrived, and nothing else");
+    assert!(arrived.iter().all(|m| m.topic == "home/good"));
+    let log = std::fs::read_to_string(&serve.log).unwrap();
+    assert_eq!(log.matches("connected to the MQTT broker").count(), 1, "one connection, never dropped:\n{log}");
+}
+
+#[tokio::test]
+async fn a_post_from_a_page_on_another_origin_is_403_before_its_credentials_are_read() {
+    let (_broker, port) = mosquitto("cross-origin").await;
+    let serve = serve(Some(port), &[]).await;
+    let mut rx = subscriber(port, "home/#").await;
+    let own = serve.url.clone();
+    let cases: [(&[(&str, &str)], u16); 6] = [
+        (&[USER0, ("origin", "https://evil.example")], 403),
+        (&[USER0, ("origin", "https://evil.example"), ("sec-fetch-site", "cross-site")], 403),
+        (&[("origin", "null"), ("authorization", "Basic bm9ib2R5Om5vdGhpbmc=")], 403),
+        (&[USER0], 200),
+        (&[USER0, ("origin", &own)], 200),
+        (&[USER0, ("origin", "http://localhost:1"), ("sec-fetch-site", "same-origin")], 200),
+    ];
+    for (headers, status) in cases {
+        let answer = post(&serve.url, "/topics/home/csrf", headers, b"x").await;
+        assert_eq!(answer.status(), status, "{headers:?}: {answer:?}");
+        if status == 403 {
+            assert!(String::from_utf8_lossy(&answer.body).contains("\"error\":\"origin_not_allowed\""), "{answer:?}");
+            assert!(!answer.headers.contains_key("access-control-allow-origin"));
+            assert!(!answer.headers.contains_key("www-authenticate"), "no credentials were asked for");
+        }
+    }
+    assert_eq!(drain(&mut rx, Duration::from_millis(500)).await.len(), 3, "the three 200s, nothing else");
+}
+
 /// Debian's Chromium, headless, driven over the DevTools protocol on a pipe
 /// (`--remote-debugging-pipe`: JSON messages ended by NUL, the browser reading
 /// fd 3 and writing fd 4), so no port and no download are involved.
@@ -1319,6 +1390,7 @@ async fn a_page_from_an_allowed_origin_publishes_from_a_real_browser_and_another
     let serve = serve(Some(port), &["--admin-listen", &admin_listen, "--config", config.to_str().unwrap()]).await;
     let mut rx = subscriber(port, "home/#").await;
 
+    let api = serve.url.clone();
     let shown = tokio::task::spawn_blocking(move || {
         let mut chromium = Chromium::launch("cors");
         let mut shows = Vec::new();
@@ -1330,6 +1402,14 @@ async fn a_page_from_an_allowed_origin_publishes_from_a_real_browser_and_another
             let session = chromium.open(&url);
             shows.push(chromium.evaluate(&session, &TRY_IT.replace("PASSWORD", &format!("{password:?}"))));
         }
+        // The other origin's page again, with a request the browser sends without a
+        // preflight (a form's: no-cors, text/plain, credentials it would add itself).
+        let session = chromium.open(&format!("http://localhost:{admin}/"));
+        let simple = format!(
+            "fetch('{api}/topics/home/forged', {{method: 'POST', mode: 'no-cors', credentials: 'include', \
+             headers: {{'Content-Type': 'text/plain'}}, body: 'forged'}}).then(r => r.type)"
+        );
+        shows.push(chromium.evaluate(&session, &simple));
         shows
     })
     .await
@@ -1360,6 +1440,13 @@ async fn a_page_from_an_allowed_origin_publishes_from_a_real_browser_and_another
         log.lines().any(|l| l.contains("status=405") && l.contains("method_not_allowed")),
         "the preflight was refused"
     );
+    assert_eq!(shown[3], "opaque", "the browser sent the simple request: {}", shown[3]);
+    assert!(
+        log.lines().any(|l| l.contains("status=403") && l.contains("origin_not_allowed")),
+        "the simple request reached serve and was refused:\n{log}"
+    );
+    let nothing = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    assert!(nothing.is_err(), "nothing was published: {nothing:?}");
 }
 
 #[tokio::test]

@@ -399,7 +399,18 @@ fn check_header_user_properties(
 /// An accepted property header or `messageExpiry` means what it says.
 fn check_property_spellings(request: &HttpRequest, parsed: &PublishRequest) {
     let properties = &parsed.options.properties;
-    let value = |name: &str| request.headers.get(name).map(|v| v.to_str().expect("an accepted header is ASCII"));
+    // A header sent twice, or its values joined with "," (as API Gateway's HTTP
+    // API hands them on), is accepted only when every value is the same one.
+    let value = |name: &str| {
+        let mut parts = request
+            .headers
+            .get_all(name)
+            .iter()
+            .flat_map(|v| v.to_str().expect("an accepted header is ASCII").split(','));
+        let first = parts.next()?;
+        assert!(parts.all(|p| p == first), "{name}: different values were accepted");
+        Some(first)
+    };
     if let Some(value) = value(PAYLOAD_FORMAT_INDICATOR) {
         let indicator = ["UNSPECIFIED_BYTES", "UTF8_DATA"].iter().position(|name| *name == value);
         assert!(indicator.is_some(), "{PAYLOAD_FORMAT_INDICATOR}: {value:?} was accepted");

@@ -18,6 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::acl::{Acl, Actions, AuthMethod, Cidr, Effect, Glob, Rule, TopicFilter};
 use crate::auth::{StoredHash, Users};
+use crate::contract::trace::{TRACEPARENT, TRACESTATE};
+use crate::contract::values::forbidden_in_mqtt_text;
 
 /// The default payload limit: AWS IoT Core's 128 KiB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 131_072;
@@ -313,7 +315,7 @@ impl Cors {
                 origins.insert(origin.clone());
             } else {
                 return Err(ConfigError::Invalid(format!(
-                    "[cors]: allowed_origins holds {origin:?}, which is not \"*\" or an origin like \"https://app.example.com\" or \"http://127.0.0.1:9090\" (scheme, host and port only, lower case, no path)"
+                    "[cors]: allowed_origins holds {origin:?}, which is not \"*\" or an origin like \"https://app.example.com\" or \"http://127.0.0.1:9090\" (scheme, host and port only, lower case, no path, no default port)"
                 )));
             }
         }
@@ -333,16 +335,22 @@ impl Cors {
 
 /// A user property name of `[publish]`: 1 to 128 bytes, no control character.
 fn check_property_name(name: String) -> Result<String, ConfigError> {
-    if name.is_empty() || name.len() > MAX_PROPERTY_NAME_BYTES || name.chars().any(char::is_control) {
+    if name.is_empty() || name.len() > MAX_PROPERTY_NAME_BYTES || forbidden_in_mqtt_text(&name).is_some() {
         return Err(ConfigError::Invalid(format!(
-            "[publish]: message_id_property {name:?} must be 1 to {MAX_PROPERTY_NAME_BYTES} bytes without control characters"
+            "[publish]: message_id_property {name:?} must be 1 to {MAX_PROPERTY_NAME_BYTES} bytes without control characters or noncharacters"
+        )));
+    }
+    if [TRACEPARENT, TRACESTATE].iter().any(|t| name.eq_ignore_ascii_case(t)) {
+        return Err(ConfigError::Invalid(format!(
+            "[publish]: message_id_property {name:?} is the user property that carries trace context; choose another name"
         )));
     }
     Ok(name)
 }
 
 /// `scheme://host[:port]` as a browser serializes an origin: lower case, no
-/// trailing slash, no path, no user info.
+/// trailing slash, no path, no user info, and no port that is the scheme's
+/// default (a browser leaves it out, so such an entry would match nothing).
 fn is_origin(origin: &str) -> bool {
     let Ok(uri) = origin.parse::<http::Uri>() else { return false };
     matches!(uri.scheme_str(), Some("http" | "https"))
@@ -351,6 +359,10 @@ fn is_origin(origin: &str) -> bool {
         && uri.query().is_none()
         && !origin.ends_with('/')
         && !origin.bytes().any(|b| b.is_ascii_uppercase())
+        && !origin.ends_with(match uri.scheme_str() {
+            Some("https") => ":443",
+            _ => ":80",
+        })
 }
 
 impl RuleSet {
@@ -602,6 +614,8 @@ mod tests {
             "app.example.com",
             "ftp://x",
             "https://u@x",
+            "https://app.example.com:443",
+            "http://127.0.0.1:80",
         ] {
             let message = refused(&format!("[cors]\nallowed_origins = [\"{bad}\"]\n"));
             assert!(message.contains("[cors]") && message.contains(bad), "{bad}: {message}");
@@ -627,7 +641,7 @@ mod tests {
         let p = Policy::from_toml("[publish]\nmessage_id_property = \"message-id\"\n").unwrap();
         assert_eq!(p.rules.message_id_property.as_deref(), Some("message-id"));
         assert_eq!(Policy::from_toml("[publish]\n").unwrap().rules.message_id_property, None);
-        for bad in ["", "a\\u0000b", &"x".repeat(129)] {
+        for bad in ["", "a\\u0000b", "a\\tb", &"x".repeat(129), "traceparent", "TraceState"] {
             let message = refused(&format!("[publish]\nmessage_id_property = \"{bad}\"\n"));
             assert!(message.contains("message_id_property"), "{bad}: {message}");
         }

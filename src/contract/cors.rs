@@ -11,9 +11,10 @@
 use bytes::Bytes;
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, ORIGIN, VARY,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, CONTENT_LENGTH, HOST, ORIGIN,
+    VARY,
 };
-use http::{HeaderValue, Method, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
 use super::{HttpRequest, RequestPath};
 use crate::config::Cors;
@@ -30,6 +31,41 @@ pub const EXPOSE_HEADERS: &str =
 pub fn allowed_origin<'a>(cors: Option<&Cors>, origin: Option<&'a HeaderValue>) -> Option<&'a HeaderValue> {
     let origin = origin?;
     cors?.allows(origin.to_str().ok()?).then_some(origin)
+}
+
+/// Whether a request comes from a page on another origin that `[cors]` does not
+/// allow (with no `[cors]`, none is): the service refuses it, 403
+/// `origin_not_allowed`, before it authenticates or publishes anything.
+///
+/// Without this, the browser's blocking of the *answer* would come too late: a
+/// page may send a "simple" cross-origin POST (a form; no preflight) and the
+/// browser adds credentials on its own, a client certificate or Basic
+/// credentials it cached after a 401. The check is the one Go's
+/// `CrossOriginProtection` and the Fetch Metadata guidance make:
+/// `Sec-Fetch-Site` when the browser sends it (`same-origin` and `none`, a
+/// person's own navigation, pass), else the `Origin`'s host against `Host`.
+/// A request with neither header comes from no browser, and passes.
+pub fn refused_cross_origin(cors: Option<&Cors>, headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(ORIGIN) else { return false };
+    if allowed_origin(cors, Some(origin)).is_some() {
+        return false;
+    }
+    if let Some(site) = headers.get(SEC_FETCH_SITE) {
+        return !(site == "same-origin" || site == "none");
+    }
+    !same_host(origin, headers.get(HOST))
+}
+
+/// The `Sec-Fetch-Site` header: where the request comes from, as the browser saw it.
+const SEC_FETCH_SITE: &str = "sec-fetch-site";
+
+/// Whether `origin` (`scheme://host[:port]`) names the host the request was sent to.
+fn same_host(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
+    let (Ok(origin), Some(Ok(host))) = (origin.to_str(), host.map(HeaderValue::to_str)) else { return false };
+    let Some((scheme, authority)) = origin.split_once("://") else { return false };
+    let default_port = if scheme == "https" { ":443" } else { ":80" };
+    host.eq_ignore_ascii_case(authority)
+        || host.strip_suffix(default_port).is_some_and(|h| h.eq_ignore_ascii_case(authority))
 }
 
 /// The 204 for a preflight from an allowed origin; `None` for any other
@@ -77,8 +113,6 @@ fn is_topics_path(path: &RequestPath) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use http::HeaderMap;
-
     use super::*;
     use crate::config::CorsEntry;
 
@@ -158,5 +192,31 @@ mod tests {
         let mut response = Response::new(());
         decorate(None, None, &mut response);
         assert!(response.headers().is_empty(), "without [cors], nothing");
+    }
+
+    #[test]
+    fn a_page_on_another_origin_is_refused_unless_allowed_and_other_callers_pass() {
+        let c = cors(&[PAGE]);
+        let refused = |cors: Option<&Cors>, pairs: &[(&'static str, &'static str)]| {
+            let mut headers = HeaderMap::new();
+            for (name, value) in pairs {
+                headers.insert(*name, HeaderValue::from_static(value));
+            }
+            refused_cross_origin(cors, &headers)
+        };
+        let api = ("host", "api.example:8080");
+        assert!(!refused(Some(&c), &[api]), "no Origin: no browser");
+        assert!(!refused(Some(&c), &[("origin", PAGE), api]), "an allowed page");
+        assert!(refused(Some(&c), &[("origin", "https://evil.example"), api]));
+        assert!(refused(None, &[("origin", "https://evil.example"), api]), "without [cors] no page is allowed");
+        assert!(refused(Some(&c), &[("origin", "null"), api]), "a sandboxed page or a file");
+        assert!(refused(Some(&c), &[("origin", "https://evil.example"), ("sec-fetch-site", "cross-site"), api]));
+        assert!(refused(Some(&c), &[("origin", "http://other.example"), ("sec-fetch-site", "same-site"), api]));
+        assert!(!refused(None, &[("origin", "http://api.example:8080"), ("sec-fetch-site", "same-origin"), api]));
+        assert!(!refused(None, &[("origin", "http://api.example:8080"), api]), "the API's own origin, no metadata");
+        assert!(!refused(None, &[("origin", "https://api.example"), ("host", "API.example:443")]), "default port");
+        assert!(refused(None, &[("origin", "https://api.example"), ("host", "api.example:8443")]));
+        assert!(refused(None, &[("origin", "http://api.example:8080")]), "no Host to compare");
+        assert!(!refused(Some(&cors(&["*"])), &[("origin", "null"), api]), "\"*\" allows every page");
     }
 }

@@ -44,7 +44,7 @@ macro_rules! error_codes {
 error_codes! {
     /// The path is not `/topics/{topic}`.
     InvalidPath = 400 "invalid_path",
-    /// The topic is empty, too long, too deep, or holds a wildcard or NUL.
+    /// The topic is empty, too long, too deep, or holds a wildcard, a control character or a noncharacter.
     InvalidTopic = 400 "invalid_topic",
     /// The query string does not decode.
     InvalidQuery = 400 "invalid_query",
@@ -64,6 +64,8 @@ error_codes! {
     InvalidMessageExpiryInterval = 400 "invalid_message_expiry_interval",
     /// The `x-amz-mqtt5-correlation-data` header is not base64.
     InvalidCorrelationData = 400 "invalid_correlation_data",
+    /// `ContentType` holds a control character or a noncharacter.
+    InvalidContentType = 400 "invalid_content_type",
     /// `ResponseTopic` is not a valid topic name.
     InvalidResponseTopic = 400 "invalid_response_topic",
     /// The payload is not what its format indicator says.
@@ -94,6 +96,8 @@ error_codes! {
     ClientIdMismatch = 401 "client_id_mismatch",
     /// The ACL denies this publish.
     NotAuthorized = 401 "not_authorized",
+    /// A page on another origin that `[cors]` does not allow.
+    OriginNotAllowed = 403 "origin_not_allowed",
     /// Any method but POST.
     MethodNotAllowed = 405 "method_not_allowed",
     /// A request with the same `Idempotency-Key` is still in flight.
@@ -151,6 +155,9 @@ pub enum ApiError {
         /// A sentence that never says which of user or password was wrong.
         message: &'static str,
     },
+    /// 403: a page on another origin that `[cors]` does not allow; nothing
+    /// was authenticated or published.
+    OriginNotAllowed,
     /// 405: any method but POST.
     MethodNotAllowed,
     /// 413: the payload exceeds the limit.
@@ -238,6 +245,7 @@ impl ApiError {
     pub fn code(&self) -> ErrorCode {
         match self {
             ApiError::BadRequest { code, .. } | ApiError::Unauthorized { code, .. } => *code,
+            ApiError::OriginNotAllowed => ErrorCode::OriginNotAllowed,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
             ApiError::HeadersTooLarge { .. } => ErrorCode::HeadersTooLarge,
@@ -260,6 +268,7 @@ impl ApiError {
         match self {
             ApiError::BadRequest { message, .. } => message.clone(),
             ApiError::Unauthorized { message, .. } => (*message).to_owned(),
+            ApiError::OriginNotAllowed => "this request comes from a web page on another origin, which the server's [cors] allowed_origins does not list; nothing was published".into(),
             ApiError::MethodNotAllowed => "only POST is supported; publish with POST /topics/{topic}".into(),
             ApiError::PayloadTooLarge { max } => {
                 format!("the payload exceeds the limit of {max} bytes")

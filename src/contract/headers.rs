@@ -19,7 +19,7 @@ use http::HeaderMap;
 use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, Visitor};
 
 use super::error::{ApiError, ErrorCode};
-use super::query::Properties;
+use super::query::{check_mqtt_text, Properties};
 
 /// The user properties header.
 pub const USER_PROPERTIES: &str = "x-amz-mqtt5-user-properties";
@@ -91,20 +91,25 @@ pub fn merge(headers: &HeaderMap, properties: &mut Properties) -> Result<(), Api
 }
 
 /// The header's value, if sent: repeated, it must carry the same value each time.
+/// A repeated header may also arrive as one, its values joined with `,` (API
+/// Gateway's HTTP API and function URLs join them so); neither base64 nor the
+/// indicator's names hold a comma, so each part counts as one value.
 fn single<'a>(headers: &'a HeaderMap, name: &str, code: ErrorCode) -> Result<Option<&'a str>, ApiError> {
     let mut found: Option<&str> = None;
-    for value in headers.get_all(name) {
-        let value = value
+    for joined in headers.get_all(name) {
+        let joined = joined
             .to_str()
             .map_err(|_| ApiError::bad_request(code, format!("{name} must be printable ASCII (base64 or a name)")))?;
-        match found {
-            Some(first) if first != value => {
-                return Err(ApiError::bad_request(
-                    ErrorCode::ConflictingParameter,
-                    format!("{name} is given twice with different values"),
-                ))
+        for value in joined.split(',') {
+            match found {
+                Some(first) if first != value => {
+                    return Err(ApiError::bad_request(
+                        ErrorCode::ConflictingParameter,
+                        format!("{name} is given twice with different values"),
+                    ))
+                }
+                _ => found = Some(value),
             }
-            _ => found = Some(value),
         }
     }
     Ok(found)
@@ -142,6 +147,10 @@ fn user_properties(value: &str) -> Result<Vec<(String, String)>, ApiError> {
         Err(_) => serde_json::from_slice(&json),
     }
     .map_err(|e| invalid(e.to_string()))?;
+    for OneMember(key, value) in &pairs {
+        check_mqtt_text(key, &format!("a key in {USER_PROPERTIES}"), ErrorCode::InvalidUserProperty)?;
+        check_mqtt_text(value, &format!("the value of {key:?} in {USER_PROPERTIES}"), ErrorCode::InvalidUserProperty)?;
+    }
     Ok(pairs.into_iter().map(|OneMember(k, v)| (k, v)).collect())
 }
 
@@ -276,6 +285,11 @@ mod tests {
             query(),
         );
         assert_eq!(twice.unwrap_err().code(), "conflicting_parameter");
+        // As API Gateway's HTTP API hands a header sent twice: one value, joined with ",".
+        let joined = merged(&[(PAYLOAD_FORMAT_INDICATOR, "UTF8_DATA,UTF8_DATA")], query());
+        assert_eq!(joined.unwrap().payload_format_indicator, Some(1));
+        let joined = merged(&[(PAYLOAD_FORMAT_INDICATOR, "UTF8_DATA,UNSPECIFIED_BYTES")], query());
+        assert_eq!(joined.unwrap_err().code(), "conflicting_parameter");
     }
 
     #[test]

@@ -63,6 +63,11 @@ pub struct HttpRequest {
     pub client_certificate: Option<ClientCertificate>,
 }
 
+/// A request its entry point refused before it became an [`HttpRequest`] (a
+/// body over the limit, a query that does not decode), with its headers: its
+/// answer still carries the CORS headers, and its log line the trace ids.
+pub type Refused = Box<(ApiError, HeaderMap)>;
+
 /// What the backend accepts; the contract enforces it before publishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BackendLimits {

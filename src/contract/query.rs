@@ -13,7 +13,7 @@ use percent_encoding::percent_decode;
 
 use super::error::{ApiError, ErrorCode};
 use super::topic::{Topic, TopicLimits};
-use super::values::{ClientId, Qos};
+use super::values::{code_point, forbidden_in_mqtt_text, ClientId, Qos};
 
 /// The MQTT 5 publish properties a caller may set.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub fn parse_options(
                 .map(|v| parse_payload_format_indicator(v))
                 .transpose()?,
             message_expiry_interval: scalars.get("messageexpiryinterval").map(|v| parse_expiry(v)).transpose()?,
-            content_type: scalars.get("contenttype").map(|&v| v.to_owned()),
+            content_type: scalars.get("contenttype").map(|v| parse_content_type(v)).transpose()?,
             response_topic: scalars.get("responsetopic").map(|v| parse_response_topic(v, topic_limits)).transpose()?,
             correlation_data: scalars.get("correlationdata").map(|&v| Bytes::copy_from_slice(v.as_bytes())),
             user_properties: pair_user_properties(user_props)?,
@@ -130,7 +130,7 @@ fn gather(pairs: &[(String, String)]) -> Result<Gathered<'_>, ApiError> {
             }
         } else if let Some(canonical) = canonical_name(&lower) {
             match scalars.insert(canonical, (name, value)) {
-                Some((first, existing)) if existing != value => {
+                Some((first, existing)) if !same_value(canonical, existing, value) => {
                     let message = if first == name {
                         format!("{name} is given more than once with different values")
                     } else {
@@ -143,6 +143,23 @@ fn gather(pairs: &[(String, String)]) -> Result<Gathered<'_>, ApiError> {
         }
     }
     Ok((scalars.into_iter().map(|(canonical, (_, value))| (canonical, value)).collect(), user_props))
+}
+
+/// Whether two values of the parameter `canonical` say the same: numbers by
+/// their value (`0100` is `100`), `retained` in any case (`TRUE` is `true`),
+/// anything else by its text. Either may still be refused as a value after.
+fn same_value(canonical: &str, a: &str, b: &str) -> bool {
+    fn number(v: &str) -> Option<&str> {
+        (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.trim_start_matches('0'))
+    }
+    a == b
+        || match canonical {
+            "qos" | "messageexpiryinterval" | "responsetimeout" | "payloadformatindicator" => {
+                number(a).is_some_and(|a| number(b) == Some(a))
+            }
+            "retained" => a.eq_ignore_ascii_case(b),
+            _ => false,
+        }
 }
 
 fn parse_qos(v: &str, max_qos: Qos) -> Result<Qos, ApiError> {
@@ -216,12 +233,37 @@ fn parse_response_topic(v: &str, topic_limits: TopicLimits) -> Result<String, Ap
     Ok(v.to_owned())
 }
 
-/// The user properties in the order of their N; each needs both halves.
+/// Refuses text holding a character no MQTT text may hold
+/// ([`forbidden_in_mqtt_text`]): a broker would drop the connection the message
+/// travels on, and every other message in flight on it.
+pub fn check_mqtt_text(text: &str, name: &str, code: ErrorCode) -> Result<(), ApiError> {
+    match forbidden_in_mqtt_text(text) {
+        None => Ok(()),
+        Some(c) => Err(ApiError::bad_request(
+            code,
+            format!(
+                "{name} holds {}, which MQTT text may not hold (a control character or a noncharacter)",
+                code_point(c)
+            ),
+        )),
+    }
+}
+
+fn parse_content_type(v: &str) -> Result<String, ApiError> {
+    check_mqtt_text(v, "ContentType", ErrorCode::InvalidContentType)?;
+    Ok(v.to_owned())
+}
+
+/// The user properties in the order of their N; each needs both halves, of MQTT text.
 fn pair_user_properties(user_props: BTreeMap<u32, UserPropSlot>) -> Result<Vec<(String, String)>, ApiError> {
     user_props
         .into_iter()
         .map(|(n, slot)| match (slot.key, slot.value) {
-            (Some(k), Some(v)) => Ok((k, v)),
+            (Some(k), Some(v)) => {
+                check_mqtt_text(&k, &format!("UserProp.{n}.Key"), ErrorCode::InvalidUserProperty)?;
+                check_mqtt_text(&v, &format!("UserProp.{n}.Value"), ErrorCode::InvalidUserProperty)?;
+                Ok((k, v))
+            }
             (Some(_), None) => Err(ApiError::bad_request(
                 ErrorCode::InvalidUserProperty,
                 format!("UserProp.{n}.Key has no UserProp.{n}.Value"),
@@ -348,6 +390,10 @@ mod tests {
         let differs = parse("messageExpiry=5&MessageExpiryInterval=6").unwrap_err();
         assert_eq!(differs.code(), "conflicting_parameter");
         assert!(differs.message().contains("messageExpiry and MessageExpiryInterval"), "{}", differs.message());
+        for same in ["messageExpiry=0100&MessageExpiryInterval=100", "retain=TRUE&retained=true", "qos=1&QoS=1"] {
+            assert!(parse(same).is_ok(), "{same}: the same value, spelled otherwise");
+        }
+        assert_eq!(code("messageExpiry=&MessageExpiryInterval=0"), "conflicting_parameter", "empty is no number");
         assert_eq!(
             parse("messageExpiry=5&MessageExpiryInterval=5").unwrap().properties.message_expiry_interval,
             Some(5)

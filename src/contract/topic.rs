@@ -2,6 +2,8 @@
 
 use std::fmt;
 
+use super::values::{code_point, forbidden_in_mqtt_text};
+
 /// What a backend accepts in a topic name beyond the MQTT rules.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TopicLimits {
@@ -32,9 +34,10 @@ pub enum TopicError {
     /// `+` or `#` appear in a name: they are only for subscriptions.
     #[error("the topic name contains the wildcard '{0}', which only subscriptions may use")]
     Wildcard(char),
-    /// U+0000 is forbidden by MQTT 5 §1.5.4.
-    #[error("the topic name contains the null character U+0000")]
-    Null,
+    /// U+0000, a control character or a noncharacter (MQTT 5 §1.5.4; see
+    /// [`forbidden_in_mqtt_text`]).
+    #[error("the topic name contains {}, which MQTT text may not hold (a control character or a noncharacter)", code_point(*.0))]
+    Forbidden(char),
     /// Longer than the backend allows.
     #[error("the topic name is {len} bytes long; the limit is {max}")]
     TooLong {
@@ -53,8 +56,8 @@ pub enum TopicError {
     },
 }
 
-/// A topic name valid for publishing: UTF-8, non-empty, free of `+`, `#` and
-/// U+0000, and within the backend's limits.
+/// A topic name valid for publishing: UTF-8, non-empty, free of `+`, `#`,
+/// control characters and noncharacters, and within the backend's limits.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Topic(String);
 
@@ -71,8 +74,11 @@ impl Topic {
         if name.is_empty() {
             return Err(TopicError::Empty);
         }
-        if let Some(c) = name.chars().find(|c| matches!(c, '+' | '#' | '\0')) {
-            return Err(if c == '\0' { TopicError::Null } else { TopicError::Wildcard(c) });
+        if let Some(c) = name.chars().find(|c| matches!(c, '+' | '#')) {
+            return Err(TopicError::Wildcard(c));
+        }
+        if let Some(c) = forbidden_in_mqtt_text(name) {
+            return Err(TopicError::Forbidden(c));
         }
         let counted = if limits.basic_ingest { after_basic_ingest_prefix(name).unwrap_or(name) } else { name };
         if counted.len() > limits.max_bytes {
@@ -128,7 +134,9 @@ mod tests {
         assert_eq!(parse(""), Err(TopicError::Empty));
         assert_eq!(parse("a/+/b"), Err(TopicError::Wildcard('+')));
         assert_eq!(parse("a/#"), Err(TopicError::Wildcard('#')));
-        assert_eq!(parse("a\0b"), Err(TopicError::Null));
+        assert_eq!(parse("a\0b"), Err(TopicError::Forbidden('\0')));
+        assert_eq!(parse("a\tb"), Err(TopicError::Forbidden('\t')));
+        assert_eq!(parse("a\u{ffff}"), Err(TopicError::Forbidden('\u{ffff}')));
         assert_eq!(Topic::parse(vec![0x61, 0xff], AWS), Err(TopicError::NotUtf8));
     }
 

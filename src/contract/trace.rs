@@ -78,8 +78,9 @@ fn is_traceparent(value: &str) -> bool {
         && hex(flags, 2)
 }
 
-/// Every non-empty `tracestate` header joined with `,`, if it is printable
-/// ASCII within the W3C's bounds; else none.
+/// Every non-empty `tracestate` header joined with `,`, if it is a W3C list
+/// within the W3C's bounds: 1 to 32 `key=value` members with distinct keys,
+/// in at most 512 bytes; else none.
 fn tracestate(headers: &HeaderMap) -> Option<String> {
     let mut joined = String::new();
     for value in headers.get_all(TRACESTATE) {
@@ -92,10 +93,39 @@ fn tracestate(headers: &HeaderMap) -> Option<String> {
         }
         joined.push_str(value);
     }
-    let members = joined.split(',').filter(|m| !m.trim().is_empty()).count();
-    let printable = joined.bytes().all(|b| (0x20..=0x7e).contains(&b));
-    (members > 0 && members <= MAX_TRACESTATE_MEMBERS && joined.len() <= MAX_TRACESTATE_BYTES && printable)
-        .then_some(joined)
+    if joined.len() > MAX_TRACESTATE_BYTES {
+        return None;
+    }
+    let mut keys: Vec<&str> = Vec::new();
+    for member in joined.split(',').map(|m| m.trim_matches([' ', '\t'])).filter(|m| !m.is_empty()) {
+        let key = list_member_key(member)?;
+        if keys.contains(&key) || keys.len() == MAX_TRACESTATE_MEMBERS {
+            return None;
+        }
+        keys.push(key);
+    }
+    (!keys.is_empty()).then_some(joined)
+}
+
+/// The key of a `tracestate` list member, if the member is `key=value` as the
+/// W3C's grammar has it: a key of lower-case letters, digits and `_-*/`
+/// (starting with a letter; or `tenant@system`), a value of 1 to 256
+/// printable characters but `,` and `=`, not ending in a space.
+fn list_member_key(member: &str) -> Option<&str> {
+    let (key, value) = member.split_once('=')?;
+    let key_char = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'-' | b'*' | b'/');
+    let part = |text: &str, first_digit: bool, max: usize| {
+        text.len() <= max
+            && text.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || (first_digit && b.is_ascii_digit()))
+            && text.bytes().all(key_char)
+    };
+    let key_ok = match key.split_once('@') {
+        None => part(key, false, 256),
+        Some((tenant, system)) => part(tenant, true, 241) && part(system, false, 14),
+    };
+    let value_char = |b: u8| (0x20..=0x7e).contains(&b) && b != b',' && b != b'=';
+    let value_ok = (1..=256).contains(&value.len()) && value.bytes().all(value_char) && !value.ends_with(' ');
+    (key_ok && value_ok).then_some(key)
 }
 
 #[cfg(test)]
@@ -157,5 +187,17 @@ mod tests {
         assert_eq!(c.tracestate, None);
         let many = (0..33).map(|i| format!("k{i}=v")).collect::<Vec<_>>().join(",");
         assert_eq!(context(&[(TRACEPARENT, VALID), (TRACESTATE, &many)]).unwrap().tracestate, None);
+    }
+
+    #[test]
+    fn a_tracestate_off_the_w3c_grammar_is_dropped_and_the_traceparent_kept() {
+        let state = |value: &str| context(&[(TRACEPARENT, VALID), (TRACESTATE, value)]).unwrap().tracestate;
+        for good in ["congo=t61rcWkgMzE", "a=1, b=2", "t@sys=x", "1tenant@s-y_s*/=v v", "k=!", " k=v ,,"] {
+            assert_eq!(state(good).as_deref(), Some(good), "{good:?}");
+        }
+        for bad in ["garbage", "A=1", "a=b=c", "a=", "a=1,a=2", "1a=x", "a@B=x", "a@toolongsystemid=x", "=x"] {
+            assert_eq!(state(bad), None, "{bad:?}");
+        }
+        assert_eq!(state(&format!("k={}", "v".repeat(257))), None, "a value over 256 characters");
     }
 }

@@ -1,7 +1,27 @@
 //! Values a request carries, parsed once at the edge into types that cannot
-//! hold anything else: the QoS and the client id.
+//! hold anything else: the QoS and the client id; and the characters no MQTT
+//! text may hold.
 
 use std::fmt;
+
+/// The first character of `text` that an MQTT 5 UTF-8 string must not or
+/// should not hold (§1.5.4): U+0000, the control characters U+0001–U+001F and
+/// U+007F–U+009F, and the Unicode noncharacters (U+FDD0–U+FDEF, and U+xFFFE and
+/// U+xFFFF of every plane). A receiver may treat the last two kinds as a
+/// malformed packet, and mosquitto does: it drops the whole connection, and
+/// every message in flight on it. So a topic, a property or a user property
+/// holding one is refused at the edge.
+pub fn forbidden_in_mqtt_text(text: &str) -> Option<char> {
+    text.chars().find(|&c| {
+        let code = c as u32;
+        code <= 0x1f || (0x7f..=0x9f).contains(&code) || (0xfdd0..=0xfdef).contains(&code) || code & 0xfffe == 0xfffe
+    })
+}
+
+/// How a message names a character: `U+0009`.
+pub fn code_point(c: char) -> String {
+    format!("U+{:04X}", c as u32)
+}
 
 /// An MQTT QoS level.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -107,5 +127,19 @@ mod tests {
             assert!(ClientId::parse(bad).is_none(), "{bad:?}");
         }
         assert_eq!(ClientId::parse("curl_001.x:y@z-w").unwrap(), "curl_001.x:y@z-w");
+    }
+
+    #[test]
+    fn mqtt_text_refuses_controls_and_noncharacters_only() {
+        for bad in ["a\0b", "tab\there", "\u{1}", "\u{1f}", "\u{7f}", "\u{85}", "\u{9f}", "\u{fdd0}", "\u{fdef}"] {
+            assert!(forbidden_in_mqtt_text(bad).is_some(), "{bad:?}");
+        }
+        for bad in ["\u{fffe}", "\u{ffff}", "\u{1fffe}", "\u{10ffff}"] {
+            assert!(forbidden_in_mqtt_text(bad).is_some(), "{bad:?}");
+        }
+        for good in ["", "home/kitchen", "café", "a b", "~", "\u{a0}", "\u{fdcf}", "\u{fdf0}", "\u{fffd}", "😀"] {
+            assert_eq!(forbidden_in_mqtt_text(good), None, "{good:?}");
+        }
+        assert_eq!(forbidden_in_mqtt_text("a\tb").map(code_point).as_deref(), Some("U+0009"));
     }
 }

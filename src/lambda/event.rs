@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::query::{decode_component, decode_query};
-use crate::contract::{ApiError, ClientCertificate, ErrorCode, HttpRequest, RequestPath};
+use crate::contract::{ApiError, ClientCertificate, ErrorCode, HttpRequest, Refused, RequestPath};
 
 /// Which service sent the event; the response must take its shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -116,15 +116,17 @@ pub enum DecodeError {
 /// Decodes a raw event: what the fuzz target and the tests drive.
 pub fn decode(bytes: &[u8], base_path: Option<&str>) -> Result<(Result<HttpRequest, ApiError>, Origin), DecodeError> {
     let event: Event = serde_json::from_slice(bytes)?;
-    decode_event(event, base_path)
+    let (request, origin) = decode_event(event, base_path)?;
+    Ok((request.map_err(|refused| refused.0), origin))
 }
 
 /// Turns an event into the contract's request. The outer error means the event
-/// is no HTTP request at all; the inner one is a 400 to answer in the event's shape.
+/// is no HTTP request at all; the inner one is a 400 to answer in the event's
+/// shape, with the request's headers for that answer.
 pub fn decode_event(
     mut event: Event,
     base_path: Option<&str>,
-) -> Result<(Result<HttpRequest, ApiError>, Origin), DecodeError> {
+) -> Result<(Result<HttpRequest, Refused>, Origin), DecodeError> {
     let context = event.request_context.take().unwrap_or_default();
     let origin = origin(&event, &context)?;
     let method = match origin {
@@ -158,14 +160,29 @@ fn origin(event: &Event, context: &Context) -> Result<Origin, DecodeError> {
     })
 }
 
-/// The contract's request from an event of a known origin, or the 400 it earns.
+/// The contract's request from an event of a known origin, or the 400 it earns
+/// and the request's headers.
 fn request(
     method: Method,
-    event: Event,
+    mut event: Event,
     context: Context,
     origin: Origin,
     base_path: Option<&str>,
-) -> Result<HttpRequest, ApiError> {
+) -> Result<HttpRequest, Refused> {
+    let headers = header_map(event.multi_value_headers.take(), event.headers.take());
+    match request_parts(&mut event, origin) {
+        Ok((query, body)) => {
+            let path = request_path(event, &context, origin, base_path);
+            let source_ip = source_ip(origin, &context, &headers);
+            let client_certificate = client_certificate(origin, context);
+            Ok(HttpRequest { method, path, query, headers, body, source_ip, client_certificate })
+        }
+        Err(error) => Err(Box::new((error, headers))),
+    }
+}
+
+/// The path, without the stage and the base path.
+fn request_path(event: Event, context: &Context, origin: Origin, base_path: Option<&str>) -> RequestPath {
     let raw_path = match origin {
         Origin::HttpApi | Origin::FunctionUrl => event.raw_path,
         _ => event.path,
@@ -173,22 +190,27 @@ fn request(
     .unwrap_or_default();
     let stage = context.stage.as_deref().filter(|s| *s != "$default");
     let path = strip_prefixes(&raw_path, stage, base_path).to_owned();
-    let path = match origin {
+    match origin {
         Origin::HttpApi | Origin::HttpApiV1 => RequestPath::Decoded(path),
         _ => RequestPath::Encoded(path),
-    };
+    }
+}
+
+/// The query's pairs and the body, or the 400 either earns.
+fn request_parts(event: &mut Event, origin: Origin) -> Result<(Vec<(String, String)>, Bytes), ApiError> {
     let query = match origin {
         Origin::HttpApi | Origin::FunctionUrl => decode_query(event.raw_query_string.as_deref().unwrap_or(""))?,
         Origin::RestApi | Origin::HttpApiV1 => {
-            flatten(event.multi_value_query_string_parameters, event.query_string_parameters)
+            flatten(event.multi_value_query_string_parameters.take(), event.query_string_parameters.take())
         }
-        Origin::Alb { .. } => flatten(event.multi_value_query_string_parameters, event.query_string_parameters)
-            .into_iter()
-            .map(|(k, v)| Ok((decode_component(&k)?, decode_component(&v)?)))
-            .collect::<Result<_, ApiError>>()?,
+        Origin::Alb { .. } => {
+            flatten(event.multi_value_query_string_parameters.take(), event.query_string_parameters.take())
+                .into_iter()
+                .map(|(k, v)| Ok((decode_component(&k)?, decode_component(&v)?)))
+                .collect::<Result<_, ApiError>>()?
+        }
     };
-    let headers = header_map(event.multi_value_headers, event.headers);
-    let body = match event.body {
+    let body = match event.body.take() {
         None => Bytes::new(),
         Some(text) if event.is_base64_encoded => Bytes::from(
             base64::engine::general_purpose::STANDARD
@@ -197,9 +219,7 @@ fn request(
         ),
         Some(text) => Bytes::from(text),
     };
-    let source_ip = source_ip(origin, &context, &headers);
-    let client_certificate = client_certificate(origin, context);
-    Ok(HttpRequest { method, path, query, headers, body, source_ip, client_certificate })
+    Ok((query, body))
 }
 
 /// The caller's address as the event's origin reports it.

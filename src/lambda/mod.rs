@@ -36,7 +36,7 @@ pub async fn handle_by<P: Publisher>(
     let (request, origin) = decode_event(event, base_path)?;
     let response = match request {
         Ok(request) => service.handle_by(request, answer_by).await,
-        Err(error) => service.refuse(error, None).await,
+        Err(refused) => service.refuse(refused.0, &refused.1).await,
     };
     Ok(encode(origin, response))
 }

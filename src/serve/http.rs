@@ -29,7 +29,7 @@ use tracing::{debug, info, warn};
 
 use super::parse_errors::JsonParseErrors;
 use crate::contract::query::decode_query;
-use crate::contract::{ApiError, ClientCertificate, ErrorCode, HttpRequest, RequestPath};
+use crate::contract::{ApiError, ClientCertificate, ErrorCode, HttpRequest, Refused, RequestPath};
 use crate::publish::Publisher;
 use crate::service::Service;
 
@@ -124,41 +124,48 @@ async fn answer<P: Publisher>(
     certificate: Option<ClientCertificate>,
     service: &Service<P>,
 ) -> Response<Full<Bytes>> {
-    let origin = request.headers().get(header::ORIGIN).cloned();
     let response = match read_request(request, peer, certificate, service.max_payload_bytes().await).await {
         Ok(request) => service.handle(request).await,
         // Refused before the service (a body over the limit, a query that does not
         // decode): the same log line, metrics and CORS headers as every other answer.
-        Err(error) => service.refuse(error, origin.as_ref()).await,
+        Err(refused) => service.refuse(refused.0, &refused.1).await,
     };
     response.map(Full::new)
 }
 
-/// Reads the body within `max_body` bytes and builds the contract's request.
+/// Reads the body within `max_body` bytes and builds the contract's request;
+/// refused, the request's headers come back with the error, for its answer.
 async fn read_request(
     request: Request<Incoming>,
     peer: SocketAddr,
     certificate: Option<ClientCertificate>,
     max_body: usize,
-) -> Result<HttpRequest, ApiError> {
+) -> Result<HttpRequest, Refused> {
     let (parts, body) = request.into_parts();
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
     if declared.is_some_and(|len| len > max_body as u64) {
-        return Err(ApiError::PayloadTooLarge { max: max_body });
+        return Err(Box::new((ApiError::PayloadTooLarge { max: max_body }, parts.headers)));
     }
-    let body = Limited::new(body, max_body).collect().await.map_err(|error| {
-        if error.is::<http_body_util::LengthLimitError>() {
-            ApiError::PayloadTooLarge { max: max_body }
-        } else {
-            ApiError::bad_request(ErrorCode::InvalidBody, "the request body could not be read")
+    let body = match Limited::new(body, max_body).collect().await {
+        Ok(body) => body.to_bytes(),
+        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+            return Err(Box::new((ApiError::PayloadTooLarge { max: max_body }, parts.headers)))
         }
-    })?;
+        Err(_) => {
+            let error = ApiError::bad_request(ErrorCode::InvalidBody, "the request body could not be read");
+            return Err(Box::new((error, parts.headers)));
+        }
+    };
+    let query = match decode_query(parts.uri.query().unwrap_or("")) {
+        Ok(query) => query,
+        Err(error) => return Err(Box::new((error, parts.headers))),
+    };
     Ok(HttpRequest {
         method: parts.method,
         path: RequestPath::Encoded(parts.uri.path().to_owned()),
-        query: decode_query(parts.uri.query().unwrap_or(""))?,
+        query,
         headers: parts.headers,
-        body: body.to_bytes(),
+        body,
         source_ip: Some(peer.ip()),
         client_certificate: certificate,
     })
