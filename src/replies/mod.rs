@@ -218,11 +218,6 @@ impl Replies {
         }
     }
 
-    /// Subscriptions live now (for tests and metrics).
-    pub fn subscriptions(&self) -> usize {
-        self.inner.lock().topics.len()
-    }
-
     /// The client, starting the connection task on first need; waits up to
     /// [`CONNECT_TIMEOUT`] for the connection to be up.
     async fn client(&self) -> Result<&AsyncClient, WaitError> {

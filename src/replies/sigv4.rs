@@ -101,10 +101,12 @@ impl IotMqtt {
     /// ring), each handshake's URL presigned afresh.
     pub fn options(&self) -> MqttOptions {
         // For a WebSocket rumqttc takes the whole URL as the broker's address.
-        let (_, port) = host_and_port(&self.url);
+        let port = port_of(&self.url);
         let mut options = super::options(self.client_id.clone(), self.url.clone(), port, self.max_packet);
         if self.url.starts_with("wss://") {
-            options.set_transport(Transport::wss_with_config(TlsConfiguration::Rustls(Arc::new(tls_config()))));
+            options.set_transport(Transport::wss_with_config(TlsConfiguration::Rustls(Arc::new(
+                crate::aws::tls_client_config(),
+            ))));
         } else {
             options.set_transport(Transport::Ws);
         }
@@ -139,29 +141,15 @@ impl IotMqtt {
     }
 }
 
-/// The host and port of a `ws://` or `wss://` URL (80 and 443 by default).
-fn host_and_port(url: &str) -> (&str, u16) {
+/// The port of a `ws://` or `wss://` URL (80 and 443 by default).
+fn port_of(url: &str) -> u16 {
     let (default, rest) = match url.split_once("://") {
         Some(("wss", rest)) => (443, rest),
         Some((_, rest)) => (80, rest),
         None => (443, url),
     };
     let authority = rest.split('/').next().unwrap_or(rest);
-    match authority.rsplit_once(':') {
-        Some((host, port)) => (host, port.parse().unwrap_or(default)),
-        None => (authority, default),
-    }
-}
-
-/// TLS over ring with the system's roots, like the SDK's own client.
-fn tls_config() -> rustls::ClientConfig {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add_parsable_certificates(rustls_native_certs::load_native_certs().certs);
-    rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .expect("ring supports the default protocol versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+    authority.rsplit_once(':').map_or(default, |(_, port)| port.parse().unwrap_or(default))
 }
 
 #[cfg(test)]
@@ -227,12 +215,9 @@ mod tests {
     }
 
     #[test]
-    fn websocket_urls_name_their_host_and_port() {
-        assert_eq!(
-            host_and_port("wss://a-ats.iot.eu-west-1.amazonaws.com/mqtt"),
-            ("a-ats.iot.eu-west-1.amazonaws.com", 443)
-        );
-        assert_eq!(host_and_port("ws://127.0.0.1:18831/mqtt"), ("127.0.0.1", 18831));
-        assert_eq!(host_and_port("ws://localhost/mqtt"), ("localhost", 80));
+    fn websocket_urls_name_their_port() {
+        assert_eq!(port_of("wss://a-ats.iot.eu-west-1.amazonaws.com/mqtt"), 443);
+        assert_eq!(port_of("ws://127.0.0.1:18831/mqtt"), 18831);
+        assert_eq!(port_of("ws://localhost/mqtt"), 80);
     }
 }
