@@ -11,12 +11,14 @@ use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 use tracing::{field, info, info_span, warn, Instrument, Span};
 
 use crate::acl::{Access, Action, Effect};
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, Identity};
 use crate::config::source::{ConfigStore, FileStore};
 use crate::config::{Policy, RuleSet, StoreError};
 use crate::contract::headers::{payload_format_indicator_header, user_properties_header};
 use crate::contract::query::MAX_RESPONSE_TIMEOUT;
-use crate::contract::{cors, parse_request, ApiError, ErrorCode, HttpRequest, MessageId, Topic, TraceContext};
+use crate::contract::{
+    cors, parse_request, ApiError, ErrorCode, HttpRequest, IdempotencyKey, MessageId, Topic, TraceContext,
+};
 use crate::idempotency::{Begin, Claim, KeyStore, MemoryKeys, Outcome, Pending};
 use crate::publish::{Message, PublishError, Publisher};
 use crate::quota::{Quotas, SharedQuotas};
@@ -117,6 +119,51 @@ struct Published {
     replayed: Option<&'static str>,
     /// The device's reply, for a request that waited for one.
     reply: Option<Reply>,
+}
+
+/// What claiming a request's `Idempotency-Key` decided.
+enum Claimed {
+    /// Publish under `as_id` (the first request's, taking over an unknown
+    /// outcome); `pending` writes the outcome.
+    Publish {
+        /// The message id to publish under.
+        as_id: MessageId,
+        /// `Idempotent-Replayed` of the answer.
+        replayed: Option<&'static str>,
+        /// The claim, finished with the publish's outcome.
+        pending: Pending,
+    },
+    /// Published already, under this id: its first answer again.
+    Answered(MessageId),
+    /// Published already, under this id, by a request that waits: wait for the reply again.
+    WaitAgain(MessageId),
+}
+
+/// The answer to a publish the backend did not take.
+fn answer_to(error: &PublishError, max_payload: usize) -> ApiError {
+    match error {
+        PublishError::Rejected(_) => {
+            ApiError::bad_request(ErrorCode::RejectedByBroker, "the message broker rejected the message as invalid")
+        }
+        PublishError::TooLarge { max_payload: max } => {
+            ApiError::PayloadTooLarge { max: max.map_or(max_payload, |m| m.min(max_payload)) }
+        }
+        PublishError::Throttled(_) => ApiError::TooManyRequests { retry_after: THROTTLED_RETRY_AFTER },
+        PublishError::Unavailable(_) => ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER },
+        PublishError::Unknown(_) => ApiError::UnknownOutcome { retry_after: UNAVAILABLE_RETRY_AFTER },
+        PublishError::Failed(_) => ApiError::Internal,
+    }
+}
+
+/// Where a waiting request's reply comes, and how it is known: the response
+/// topic and the correlation data the command carries.
+fn reply_route(
+    properties: &crate::contract::Properties,
+    client_id: &str,
+    message_id: MessageId,
+    limits: crate::contract::TopicLimits,
+) -> Result<(Topic, Bytes), ApiError> {
+    Ok((response_topic(properties, client_id, message_id, limits)?, correlation_of(properties, message_id)))
 }
 
 /// The prefix of the response topic a waiting request gets unless it names its
@@ -525,68 +572,32 @@ impl<P: Publisher> Service<P> {
         let mut message_id = message_id;
         let mut replayed = None;
         let mut pending = None;
-        let mut republish = true;
         if let Some(key) = &parsed.idempotency {
             span.record("step", "claiming the idempotency key");
-            // The verified user name, else the certificate's CN (its client id).
-            let identity_name = match &identity.username {
-                Some(name) => format!("user:{name}"),
-                None => format!("cn:{}", identity.client_id.as_str()),
-            };
-            let claim = Claim::new(&identity_name, key, message_id, rules.idempotency_retention);
-            // Held from before the store is asked: a request cut short mid-claim
-            // (a deadline, a client gone), or a store that took the claim and lost
-            // only its answer, leaves the key released, not held for a lease.
-            let guard = Pending::new(Arc::clone(&self.keys), claim.clone());
-            let begun = match self.keys.begin(&claim).await {
-                Ok(begun) => begun,
-                Err(error) => return Err(keys_down(message_id)(error)),
-            };
-            match begun {
-                Begin::Fresh => pending = Some(guard),
-                Begin::UnknownOutcome(first) => {
-                    guard.forget();
-                    message_id = first;
-                    replayed = Some("unknown-outcome");
-                    pending = Some(Pending::new(Arc::clone(&self.keys), claim.taking_over(first)));
+            match self.claim_key(key, &identity, message_id, rules.idempotency_retention, wait.is_some()).await? {
+                Claimed::Publish { as_id, replayed: how, pending: claimed } => {
+                    (message_id, replayed, pending) = (as_id, how, Some(claimed));
                 }
-                Begin::Done(first) if wait.is_some() => {
-                    // Published already: wait for its reply again, publishing nothing.
-                    guard.forget();
-                    message_id = first;
-                    replayed = Some("true");
-                    republish = false;
-                }
-                Begin::Done(first) => {
-                    guard.forget();
+                Claimed::Answered(first) => {
                     return Ok(Published { message_id: first, replayed: Some("true"), reply: None });
                 }
-                Begin::InFlight => {
-                    guard.forget();
-                    return Err(ApiError::RequestInProgress);
-                }
-                Begin::Reused => {
-                    guard.forget();
-                    return Err(ApiError::IdempotencyKeyReused);
+                Claimed::WaitAgain(first) => {
+                    // Published already: wait for its reply again, publishing nothing.
+                    // That holds a subscription and a place among the waiters, so it
+                    // spends the quota like a request.
+                    if let Err((quota, retry_after)) = self.admit(&rules.limits, quota_user).await {
+                        crate::metrics::refused(quota);
+                        return Err(ApiError::TooManyRequests { retry_after });
+                    }
+                    let (seconds, _slot) = wait.expect("only a waiting request waits again");
+                    let (topic, correlation) =
+                        reply_route(&parsed.options.properties, &reply_client_id(first), first, limits.topic)?;
+                    let mut waiting = self.subscribe(&topic, correlation, first).await?;
+                    *sent_as = Some(first);
+                    let reply = self.await_reply(&mut waiting, seconds, answer_by, max_payload).await?;
+                    return Ok(Published { message_id: first, replayed: Some("true"), reply: Some(reply) });
                 }
             }
-        }
-
-        if !republish {
-            // A retry that waits again publishes nothing, but holds a subscription
-            // and a place among the waiters: it spends the quota like a request.
-            if let Err((quota, retry_after)) = self.admit(&rules.limits, quota_user).await {
-                crate::metrics::refused(quota);
-                return Err(ApiError::TooManyRequests { retry_after });
-            }
-            let (seconds, _slot) = wait.expect("only a waiting replay skips the publish");
-            let topic =
-                response_topic(&parsed.options.properties, &reply_client_id(message_id), message_id, limits.topic)?;
-            let correlation = correlation_of(&parsed.options.properties, message_id);
-            let mut waiting = self.subscribe(&topic, correlation, message_id).await?;
-            *sent_as = Some(message_id);
-            let reply = self.await_reply(&mut waiting, seconds, answer_by, max_payload).await?;
-            return Ok(Published { message_id, replayed, reply: Some(reply) });
         }
 
         if let Err((quota, retry_after)) = self.admit(&rules.limits, quota_user).await {
@@ -602,8 +613,8 @@ impl<P: Publisher> Service<P> {
         let mut properties = parsed.options.properties;
         if let Some((seconds, slot)) = wait {
             span.record("step", "subscribing to the response topic");
-            let topic = response_topic(&properties, &reply_client_id(message_id), message_id, limits.topic)?;
-            let correlation = correlation_of(&properties, message_id);
+            let (topic, correlation) =
+                reply_route(&properties, &reply_client_id(message_id), message_id, limits.topic)?;
             match self.subscribe(&topic, correlation.clone(), message_id).await {
                 Ok(subscribed) => waiting = Some((subscribed, seconds, slot)),
                 Err(error) => {
@@ -652,22 +663,48 @@ impl<P: Publisher> Service<P> {
             return Ok(Published { message_id, replayed, reply: Some(reply) });
         }
         result.map(|()| Published { message_id, replayed, reply: None }).map_err(|error| {
-            let status = match &error {
-                PublishError::Rejected(_) => ApiError::bad_request(
-                    ErrorCode::RejectedByBroker,
-                    "the message broker rejected the message as invalid",
-                ),
-                PublishError::TooLarge { max_payload: max } => {
-                    ApiError::PayloadTooLarge { max: max.map_or(max_payload, |m| m.min(max_payload)) }
-                }
-                PublishError::Throttled(_) => ApiError::TooManyRequests { retry_after: THROTTLED_RETRY_AFTER },
-                PublishError::Unavailable(_) => ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER },
-                PublishError::Unknown(_) => ApiError::UnknownOutcome { retry_after: UNAVAILABLE_RETRY_AFTER },
-                PublishError::Failed(_) => ApiError::Internal,
-            };
             warn!(message_id = %message_id, client_id = %identity.client_id, error = %error, "publish failed");
-            status
+            answer_to(&error, max_payload)
         })
+    }
+
+    /// Claims a request's `Idempotency-Key` for `message_id` under the caller's
+    /// identity. A request that `waits` for its reply, published already, waits again.
+    async fn claim_key(
+        &self,
+        key: &IdempotencyKey,
+        identity: &Identity,
+        message_id: MessageId,
+        retention: Duration,
+        waits: bool,
+    ) -> Result<Claimed, ApiError> {
+        // The verified user name, else the certificate's CN (its client id).
+        let identity_name = match &identity.username {
+            Some(name) => format!("user:{name}"),
+            None => format!("cn:{}", identity.client_id.as_str()),
+        };
+        let claim = Claim::new(&identity_name, key, message_id, retention);
+        // Held from before the store is asked: a request cut short mid-claim
+        // (a deadline, a client gone), or a store that took the claim and lost
+        // only its answer, leaves the key released, not held for a lease.
+        let guard = Pending::new(Arc::clone(&self.keys), claim.clone());
+        let begun = self.keys.begin(&claim).await.map_err(keys_down(message_id))?;
+        if matches!(begun, Begin::Fresh) {
+            return Ok(Claimed::Publish { as_id: message_id, replayed: None, pending: guard });
+        }
+        guard.forget();
+        match begun {
+            Begin::Fresh => unreachable!("answered above"),
+            Begin::UnknownOutcome(first) => Ok(Claimed::Publish {
+                as_id: first,
+                replayed: Some("unknown-outcome"),
+                pending: Pending::new(Arc::clone(&self.keys), claim.taking_over(first)),
+            }),
+            Begin::Done(first) if waits => Ok(Claimed::WaitAgain(first)),
+            Begin::Done(first) => Ok(Claimed::Answered(first)),
+            Begin::InFlight => Err(ApiError::RequestInProgress),
+            Begin::Reused => Err(ApiError::IdempotencyKeyReused),
+        }
     }
 
     /// The longest `ResponseTimeout` a request may ask for now: this entry
