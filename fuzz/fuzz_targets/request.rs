@@ -473,6 +473,17 @@ fn check_accepted(request: &HttpRequest, parsed: &PublishRequest, limits: Backen
     if let Some(id) = &parsed.options.client_id {
         assert!(ClientId::parse(id.as_str()).as_ref() == Some(id), "{id:?}");
     }
+    // No text a broker may take for a malformed packet (MQTT 5 §1.5.4) gets through.
+    let mqtt_text = |text: &str| {
+        !text.chars().any(|c| {
+            c.is_control() || ('\u{fdd0}'..='\u{fdef}').contains(&c) || (c as u32 & 0xffff) >= 0xfffe
+        })
+    };
+    let p = &parsed.options.properties;
+    assert!(mqtt_text(parsed.topic.as_str()), "{:?}", parsed.topic);
+    assert!(p.content_type.as_deref().is_none_or(mqtt_text), "{:?}", p.content_type);
+    assert!(p.response_topic.as_deref().is_none_or(mqtt_text), "{:?}", p.response_topic);
+    assert!(p.user_properties.iter().all(|(k, v)| mqtt_text(k) && mqtt_text(v)), "{:?}", p.user_properties);
     let encoded = format!("/topics/{}", utf8_percent_encode(parsed.topic.as_str(), NON_ALPHANUMERIC));
     let again = parse_topic(&RequestPath::Encoded(encoded), limits.topic).expect("an accepted topic parses again");
     assert_eq!(again, parsed.topic, "encoding a topic and decoding it once gives it back");
