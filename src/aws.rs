@@ -151,7 +151,6 @@ async fn describe(sdk: &SdkConfig, control_plane: Option<&str>) -> Result<String
     Ok(answer.endpoint_address)
 }
 
-/// An HTTP/1.1 client over rustls on ring with the system's roots, as the SDK's own.
 /// TLS over ring with the system's roots: the SDK's HTTP client and the
 /// WebSocket that waits for replies on AWS IoT both use it.
 pub fn tls_client_config() -> rustls::ClientConfig {
@@ -164,6 +163,7 @@ pub fn tls_client_config() -> rustls::ClientConfig {
         .with_no_client_auth()
 }
 
+/// An HTTP/1.1 client over rustls on ring with the system's roots, as the SDK's own.
 fn https_client() -> hyper_util::client::legacy::Client<
     hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
     http_body_util::Empty<bytes::Bytes>,

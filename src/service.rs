@@ -524,6 +524,29 @@ impl<P: Publisher> Service<P> {
             }
         };
 
+        // Where the reply to the message published as `id` comes, if the caller
+        // may receive there: checked again after a retry's key claim, which may
+        // publish (or wait) under the first request's id, and so on its topic.
+        let receivable_route = |properties: &crate::contract::Properties, id: MessageId| {
+            let client_id = reply_client_id(id);
+            let (topic, correlation) = reply_route(properties, &client_id, id, limits.topic)?;
+            let receive = Access {
+                topic: &topic,
+                client_id: &client_id,
+                qos: 1,
+                retain: false,
+                action: Action::Subscribe,
+                ..access
+            };
+            if rules.acl.decide(&receive) == Effect::Deny {
+                return Err(ApiError::Unauthorized {
+                    code: ErrorCode::NotAuthorized,
+                    message: "the ACL does not allow this client to receive replies on the response topic",
+                });
+            }
+            Ok((topic, correlation))
+        };
+
         // A request that waits for its reply: the caller must be allowed to
         // receive on the response topic, and a place among the waiters.
         let wait = match parsed.options.response_timeout {
@@ -536,15 +559,7 @@ impl<P: Publisher> Service<P> {
                         format!("ResponseTimeout may be at most {allowed} s here, not {seconds}"),
                     ));
                 }
-                let topic =
-                    response_topic(&parsed.options.properties, &reply_client_id(message_id), message_id, limits.topic)?;
-                let receive = Access { topic: &topic, qos: 1, retain: false, action: Action::Subscribe, ..access };
-                if rules.acl.decide(&receive) == Effect::Deny {
-                    return Err(ApiError::Unauthorized {
-                        code: ErrorCode::NotAuthorized,
-                        message: "the ACL does not allow this client to receive replies on the response topic",
-                    });
-                }
+                receivable_route(&parsed.options.properties, message_id)?;
                 Some((seconds, self.take_wait_slot(&rules.limits)?))
             }
         };
@@ -590,8 +605,7 @@ impl<P: Publisher> Service<P> {
                         return Err(ApiError::TooManyRequests { retry_after });
                     }
                     let (seconds, _slot) = wait.expect("only a waiting request waits again");
-                    let (topic, correlation) =
-                        reply_route(&parsed.options.properties, &reply_client_id(first), first, limits.topic)?;
+                    let (topic, correlation) = receivable_route(&parsed.options.properties, first)?;
                     let mut waiting = self.subscribe(&topic, correlation, first).await?;
                     *sent_as = Some(first);
                     let reply = self.await_reply(&mut waiting, seconds, answer_by, max_payload).await?;
@@ -613,8 +627,15 @@ impl<P: Publisher> Service<P> {
         let mut properties = parsed.options.properties;
         if let Some((seconds, slot)) = wait {
             span.record("step", "subscribing to the response topic");
-            let (topic, correlation) =
-                reply_route(&properties, &reply_client_id(message_id), message_id, limits.topic)?;
+            let (topic, correlation) = match receivable_route(&properties, message_id) {
+                Ok(route) => route,
+                Err(error) => {
+                    if let Some(pending) = pending {
+                        pending.finish(Outcome::NotDelivered).await;
+                    }
+                    return Err(error);
+                }
+            };
             match self.subscribe(&topic, correlation.clone(), message_id).await {
                 Ok(subscribed) => waiting = Some((subscribed, seconds, slot)),
                 Err(error) => {

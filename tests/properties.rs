@@ -697,7 +697,8 @@ fn reference_traceparent(value: &str) -> bool {
         return false;
     };
     let more = fields.next().is_some();
-    lower_hex(version, 2)
+    value.chars().all(|c| ('!'..='~').contains(&c))
+        && lower_hex(version, 2)
         && version != "ff"
         && !(version == "00" && more)
         && lower_hex(trace_id, 32)
@@ -709,8 +710,9 @@ fn reference_traceparent(value: &str) -> bool {
 
 /// A `tracestate` every vendor must pass on (W3C): 1 to 32 `key=value`
 /// members with distinct keys (empty members and spaces or tabs around each
-/// allowed), in at most 512 bytes.
-fn reference_tracestate(value: &str) -> bool {
+/// allowed), its members in at most 512 bytes. What travels on: the members
+/// alone, joined with `,`.
+fn reference_tracestate(value: &str) -> Option<String> {
     let lc_alpha = |c: char| c.is_ascii_lowercase();
     let key_rest = |c: char| lc_alpha(c) || c.is_ascii_digit() || "_-*/".contains(c);
     let run = |text: &str, first: &dyn Fn(char) -> bool, max_len: usize| {
@@ -731,18 +733,21 @@ fn reference_tracestate(value: &str) -> bool {
             && v.chars().last().is_some_and(non_blank)
     };
     let mut keys = std::collections::HashSet::new();
+    let mut members = Vec::new();
     for member in value.split(',') {
         let member = member.trim_matches(|c| c == ' ' || c == '\t');
         if member.is_empty() {
             continue;
         }
-        let Some(eq) = member.find('=') else { return false };
+        let eq = member.find('=')?;
         let (key, val) = (&member[..eq], &member[eq + 1..]);
         if !valid_key(key) || !valid_value(val) || !keys.insert(key) {
-            return false;
+            return None;
         }
+        members.push(member);
     }
-    (1..=32).contains(&keys.len()) && value.len() <= 512
+    let forwarded = members.join(",");
+    ((1..=32).contains(&members.len()) && forwarded.len() <= 512).then_some(forwarded)
 }
 
 /// The user properties a trace context adds: a single valid `traceparent`,
@@ -754,7 +759,7 @@ fn reference_trace(traceparents: &[HeaderValue], tracestates: &[HeaderValue]) ->
     };
     let mut props = vec![(TRACEPARENT.to_owned(), traceparent.to_owned())];
     let states: Option<Vec<&str>> = tracestates.iter().map(|v| v.to_str().ok()).collect();
-    if let Some(state) = states.map(|s| s.join(",")).filter(|s| reference_tracestate(s)) {
+    if let Some(state) = states.and_then(|s| reference_tracestate(&s.join(","))) {
         props.push((TRACESTATE.to_owned(), state));
     }
     props
@@ -842,8 +847,11 @@ proptest! {
         match publish(&[], &headers) {
             Ok(parsed) => {
                 // A header sent twice may also come joined with "," (API Gateway's HTTP API).
-                let parts: Vec<&str> =
-                    values.iter().flat_map(|v| v.to_str().expect("an accepted value is ASCII").split(',')).collect();
+                let parts: Vec<&str> = values
+                    .iter()
+                    .flat_map(|v| v.to_str().expect("an accepted value is ASCII").split(','))
+                    .map(|p| p.trim_matches([' ', '\t']))
+                    .collect();
                 prop_assert!(parts.iter().all(|v| *v == parts[0]), "different values of {} were accepted", name);
                 let value = parts[0];
                 let p = parsed.options.properties;

@@ -282,7 +282,8 @@ fn reference_traceparent(value: &str) -> bool {
         return false;
     };
     let more = fields.next().is_some();
-    lower_hex(version, 2)
+    value.chars().all(|c| ('!'..='~').contains(&c))
+        && lower_hex(version, 2)
         && version != "ff"
         && !(version == "00" && more)
         && lower_hex(trace_id, 32)
@@ -406,7 +407,8 @@ fn check_property_spellings(request: &HttpRequest, parsed: &PublishRequest) {
             .headers
             .get_all(name)
             .iter()
-            .flat_map(|v| v.to_str().expect("an accepted header is ASCII").split(','));
+            .flat_map(|v| v.to_str().expect("an accepted header is ASCII").split(','))
+            .map(|p| p.trim_matches([' ', '\t']));
         let first = parts.next()?;
         assert!(parts.all(|p| p == first), "{name}: different values were accepted");
         Some(first)

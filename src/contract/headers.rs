@@ -92,15 +92,16 @@ pub fn merge(headers: &HeaderMap, properties: &mut Properties) -> Result<(), Api
 
 /// The header's value, if sent: repeated, it must carry the same value each time.
 /// A repeated header may also arrive as one, its values joined with `,` (API
-/// Gateway's HTTP API and function URLs join them so); neither base64 nor the
-/// indicator's names hold a comma, so each part counts as one value.
+/// Gateway's HTTP API and function URLs join them so, a proxy with `, `);
+/// neither base64 nor the indicator's names hold a comma, so each part, without
+/// the spaces around it, counts as one value.
 fn single<'a>(headers: &'a HeaderMap, name: &str, code: ErrorCode) -> Result<Option<&'a str>, ApiError> {
     let mut found: Option<&str> = None;
     for joined in headers.get_all(name) {
         let joined = joined
             .to_str()
             .map_err(|_| ApiError::bad_request(code, format!("{name} must be printable ASCII (base64 or a name)")))?;
-        for value in joined.split(',') {
+        for value in joined.split(',').map(|v| v.trim_matches([' ', '\t'])) {
             match found {
                 Some(first) if first != value => {
                     return Err(ApiError::bad_request(
@@ -288,6 +289,8 @@ mod tests {
         // As API Gateway's HTTP API hands a header sent twice: one value, joined with ",".
         let joined = merged(&[(PAYLOAD_FORMAT_INDICATOR, "UTF8_DATA,UTF8_DATA")], query());
         assert_eq!(joined.unwrap().payload_format_indicator, Some(1));
+        let joined = merged(&[(PAYLOAD_FORMAT_INDICATOR, "UTF8_DATA, UTF8_DATA")], query());
+        assert_eq!(joined.unwrap().payload_format_indicator, Some(1), "as a proxy joins them");
         let joined = merged(&[(PAYLOAD_FORMAT_INDICATOR, "UTF8_DATA,UNSPECIFIED_BYTES")], query());
         assert_eq!(joined.unwrap_err().code(), "conflicting_parameter");
     }

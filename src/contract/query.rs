@@ -145,18 +145,17 @@ fn gather(pairs: &[(String, String)]) -> Result<Gathered<'_>, ApiError> {
     Ok((scalars.into_iter().map(|(canonical, (_, value))| (canonical, value)).collect(), user_props))
 }
 
-/// Whether two values of the parameter `canonical` say the same: numbers by
-/// their value (`0100` is `100`), `retained` in any case (`TRUE` is `true`),
-/// anything else by its text. Either may still be refused as a value after.
+/// Whether two values of the parameter `canonical` say the same: the numbers
+/// whose parsers take leading zeros by their value (`0100` is `100`),
+/// `retained` in any case (`TRUE` is `true`), anything else by its text (`qos`
+/// and `PayloadFormatIndicator` take no leading zero, so `01` is no `1`).
 fn same_value(canonical: &str, a: &str, b: &str) -> bool {
     fn number(v: &str) -> Option<&str> {
         (!v.is_empty() && v.bytes().all(|b| b.is_ascii_digit())).then(|| v.trim_start_matches('0'))
     }
     a == b
         || match canonical {
-            "qos" | "messageexpiryinterval" | "responsetimeout" | "payloadformatindicator" => {
-                number(a).is_some_and(|a| number(b) == Some(a))
-            }
+            "messageexpiryinterval" | "responsetimeout" => number(a).is_some_and(|a| number(b) == Some(a)),
             "retained" => a.eq_ignore_ascii_case(b),
             _ => false,
         }
@@ -392,6 +391,9 @@ mod tests {
         assert!(differs.message().contains("messageExpiry and MessageExpiryInterval"), "{}", differs.message());
         for same in ["messageExpiry=0100&MessageExpiryInterval=100", "retain=TRUE&retained=true", "qos=1&QoS=1"] {
             assert!(parse(same).is_ok(), "{same}: the same value, spelled otherwise");
+        }
+        for differ in ["qos=01&QoS=1", "qos=1&QoS=01"] {
+            assert_eq!(code(differ), "conflicting_parameter", "{differ}: in either order");
         }
         assert_eq!(code("messageExpiry=&MessageExpiryInterval=0"), "conflicting_parameter", "empty is no number");
         assert_eq!(

@@ -171,7 +171,7 @@ impl Drop for Waiting {
             subscription.waiters.retain(|w| w.id != self.id);
             if before != subscription.waiters.len() && subscription.waiters.is_empty() {
                 state.topics.remove(&self.topic);
-                let _ = client.try_unsubscribe(self.topic.clone());
+                unsubscribe(client, &self.topic);
             }
         }
     }
@@ -370,7 +370,16 @@ fn route(state: &mut State, client: &AsyncClient, publish: Publish) {
     }));
     if subscription.waiters.is_empty() {
         state.topics.remove(topic);
-        let _ = client.try_unsubscribe(topic.to_owned());
+        unsubscribe(client, topic);
+    }
+}
+
+/// Unsubscribes from a topic no request waits on any more. Refused (the
+/// client's request queue is full), the broker keeps sending the topic's
+/// messages until the connection is re-made; they match no waiter and are dropped.
+fn unsubscribe(client: &AsyncClient, topic: &str) {
+    if let Err(error) = client.try_unsubscribe(topic.to_owned()) {
+        warn!(%error, "could not unsubscribe from a response topic; its messages are dropped until the reply connection is re-made");
     }
 }
 
