@@ -118,17 +118,28 @@ async fn persistent_subscriber(port: u16, filter: &str) -> mpsc::UnboundedReceiv
 
 async fn subscribe(port: u16, filter: &str, durable: bool) -> mpsc::UnboundedReceiver<Publish> {
     let mut options = MqttOptions::new(format!("sub-{}", free_port()), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(5));
     if durable {
         options.set_clean_start(false);
         options.set_session_expiry_interval(Some(600));
     }
-    let (client, mut eventloop) = AsyncClient::new(options, 16);
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
+    subscribed_client(options, filter, move |message, _| tx.send(message).is_ok()).await;
+    rx
+}
+
+/// A real MQTT 5 client with `options`, subscribed to `filter`, handing each
+/// message it receives to `on_message` with the client, until that says
+/// `false`. Returns once the broker acknowledged the subscription.
+async fn subscribed_client(
+    mut options: MqttOptions,
+    filter: &str,
+    mut on_message: impl FnMut(Publish, &AsyncClient) -> bool + Send + 'static,
+) {
+    options.set_keep_alive(Duration::from_secs(5));
+    let (client, mut eventloop) = AsyncClient::new(options, 4096);
+    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
     let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
-        let _client = client;
         let mut ready = Some(ready_tx);
         loop {
             match eventloop.poll().await {
@@ -137,8 +148,8 @@ async fn subscribe(port: u16, filter: &str, durable: bool) -> mpsc::UnboundedRec
                         let _ = r.send(());
                     }
                 }
-                Ok(Event::Incoming(Incoming::Publish(p))) => {
-                    if tx.send(p).is_err() {
+                Ok(Event::Incoming(Incoming::Publish(message))) => {
+                    if !on_message(message, &client) {
                         return;
                     }
                 }
@@ -148,7 +159,6 @@ async fn subscribe(port: u16, filter: &str, durable: bool) -> mpsc::UnboundedRec
         }
     });
     tokio::time::timeout(Duration::from_secs(5), ready_rx).await.expect("SUBACK").unwrap();
-    rx
 }
 
 async fn next(rx: &mut mpsc::UnboundedReceiver<Publish>) -> Publish {
@@ -1711,51 +1721,31 @@ impl Answer {
 /// `filter` that answers each command on its Response Topic, with its
 /// Correlation Data, as `answer` says (several answers: in turn). Returns once subscribed.
 async fn device(port: u16, filter: &str, answer: impl Fn(&Publish) -> Vec<Answer> + Send + 'static) {
-    let mut options = MqttOptions::new(format!("device-{}", free_port()), "127.0.0.1", port);
-    options.set_keep_alive(Duration::from_secs(5));
-    let (client, mut eventloop) = AsyncClient::new(options, 4096);
-    client.subscribe(filter, QoS::AtLeastOnce).await.unwrap();
-    let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-    tokio::spawn(async move {
-        let mut ready = Some(ready_tx);
-        loop {
-            match eventloop.poll().await {
-                Ok(Event::Incoming(Incoming::SubAck(_))) => {
-                    if let Some(r) = ready.take() {
-                        let _ = r.send(());
-                    }
-                }
-                Ok(Event::Incoming(Incoming::Publish(command))) => {
-                    let props = command.properties.clone().unwrap_or_default();
-                    let Some(topic) = props.response_topic.clone() else { continue };
-                    let answers = answer(&command);
-                    let client = client.clone();
-                    tokio::spawn(async move {
-                        for a in answers {
-                            tokio::time::sleep(a.delay).await;
-                            let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
-                                correlation_data: a
-                                    .correlation
-                                    .map(bytes::Bytes::from)
-                                    .or_else(|| props.correlation_data.clone()),
-                                content_type: a.content_type.map(str::to_owned),
-                                user_properties: a.user_properties,
-                                payload_format_indicator: a.payload_format_indicator,
-                                ..Default::default()
-                            };
-                            client
-                                .publish_with_properties(topic.clone(), QoS::AtLeastOnce, false, a.payload, properties)
-                                .await
-                                .unwrap();
-                        }
-                    });
-                }
-                Ok(_) => {}
-                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+    let options = MqttOptions::new(format!("device-{}", free_port()), "127.0.0.1", port);
+    subscribed_client(options, filter, move |command, client| {
+        let props = command.properties.clone().unwrap_or_default();
+        let Some(topic) = props.response_topic.clone() else { return true };
+        let answers = answer(&command);
+        let client = client.clone();
+        tokio::spawn(async move {
+            for a in answers {
+                tokio::time::sleep(a.delay).await;
+                let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                    correlation_data: a.correlation.map(bytes::Bytes::from).or_else(|| props.correlation_data.clone()),
+                    content_type: a.content_type.map(str::to_owned),
+                    user_properties: a.user_properties,
+                    payload_format_indicator: a.payload_format_indicator,
+                    ..Default::default()
+                };
+                client
+                    .publish_with_properties(topic.clone(), QoS::AtLeastOnce, false, a.payload, properties)
+                    .await
+                    .unwrap();
             }
-        }
-    });
-    tokio::time::timeout(Duration::from_secs(5), ready_rx).await.expect("SUBACK").unwrap();
+        });
+        true
+    })
+    .await;
 }
 
 /// user0 may publish on `cmd/#` and wait on `replies/${client_id}/#` and `shared/replies`.

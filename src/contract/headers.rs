@@ -149,8 +149,12 @@ fn user_properties(value: &str) -> Result<Vec<(String, String)>, ApiError> {
     }
     .map_err(|e| invalid(e.to_string()))?;
     for OneMember(key, value) in &pairs {
-        check_mqtt_text(key, &format!("a key in {USER_PROPERTIES}"), ErrorCode::InvalidUserProperty)?;
-        check_mqtt_text(value, &format!("the value of {key:?} in {USER_PROPERTIES}"), ErrorCode::InvalidUserProperty)?;
+        check_mqtt_text(key, || format!("a key in {USER_PROPERTIES}"), ErrorCode::InvalidUserProperty)?;
+        check_mqtt_text(
+            value,
+            || format!("the value of {key:?} in {USER_PROPERTIES}"),
+            ErrorCode::InvalidUserProperty,
+        )?;
     }
     Ok(pairs.into_iter().map(|OneMember(k, v)| (k, v)).collect())
 }

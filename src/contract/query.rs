@@ -234,14 +234,16 @@ fn parse_response_topic(v: &str, topic_limits: TopicLimits) -> Result<String, Ap
 
 /// Refuses text holding a character no MQTT text may hold
 /// ([`forbidden_in_mqtt_text`]): a broker would drop the connection the message
-/// travels on, and every other message in flight on it.
-pub fn check_mqtt_text(text: &str, name: &str, code: ErrorCode) -> Result<(), ApiError> {
+/// travels on, and every other message in flight on it. `name` says what the
+/// text is, for the 400's message; it is only made when the text is refused.
+pub fn check_mqtt_text(text: &str, name: impl FnOnce() -> String, code: ErrorCode) -> Result<(), ApiError> {
     match forbidden_in_mqtt_text(text) {
         None => Ok(()),
         Some(c) => Err(ApiError::bad_request(
             code,
             format!(
-                "{name} holds {}, which MQTT text may not hold (a control character or a noncharacter)",
+                "{} holds {}, which MQTT text may not hold (a control character or a noncharacter)",
+                name(),
                 code_point(c)
             ),
         )),
@@ -249,7 +251,7 @@ pub fn check_mqtt_text(text: &str, name: &str, code: ErrorCode) -> Result<(), Ap
 }
 
 fn parse_content_type(v: &str) -> Result<String, ApiError> {
-    check_mqtt_text(v, "ContentType", ErrorCode::InvalidContentType)?;
+    check_mqtt_text(v, || "ContentType".into(), ErrorCode::InvalidContentType)?;
     Ok(v.to_owned())
 }
 
@@ -259,8 +261,8 @@ fn pair_user_properties(user_props: BTreeMap<u32, UserPropSlot>) -> Result<Vec<(
         .into_iter()
         .map(|(n, slot)| match (slot.key, slot.value) {
             (Some(k), Some(v)) => {
-                check_mqtt_text(&k, &format!("UserProp.{n}.Key"), ErrorCode::InvalidUserProperty)?;
-                check_mqtt_text(&v, &format!("UserProp.{n}.Value"), ErrorCode::InvalidUserProperty)?;
+                check_mqtt_text(&k, || format!("UserProp.{n}.Key"), ErrorCode::InvalidUserProperty)?;
+                check_mqtt_text(&v, || format!("UserProp.{n}.Value"), ErrorCode::InvalidUserProperty)?;
                 Ok((k, v))
             }
             (Some(_), None) => Err(ApiError::bad_request(
