@@ -19,11 +19,12 @@ use mqtt_http_publish::config::Policy;
 use mqtt_http_publish::contract::query::decode_query;
 use mqtt_http_publish::contract::{BackendLimits, HttpRequest, RequestPath};
 use mqtt_http_publish::idempotency::dynamo::DynamoKeys;
+use mqtt_http_publish::idempotency::redis::RedisKeys;
 use mqtt_http_publish::idempotency::KeyStore;
 use mqtt_http_publish::publish::iot::IOT_LIMITS;
 use mqtt_http_publish::publish::{Message, PublishError, Publisher};
 use mqtt_http_publish::service::Service;
-use mqtt_http_publish::shared::Shared;
+use mqtt_http_publish::store::redis::Redis;
 
 /// Accepts every message at once: what is left is the service's and the key store's work.
 struct Accept;
@@ -131,7 +132,8 @@ fn main() {
         let redis_args = ["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"];
         match start("redis-server", &redis_args, port) {
             Some(_redis) => {
-                let keys: Arc<dyn KeyStore> = Arc::new(Shared::new(&format!("redis://127.0.0.1:{port}")).unwrap());
+                let redis = Redis::new(&format!("redis://127.0.0.1:{port}")).unwrap();
+                let keys: Arc<dyn KeyStore> = Arc::new(RedisKeys::new(redis));
                 let redis = service(Some(keys));
                 print(
                     "a new key each request, Redis on loopback",
@@ -169,7 +171,8 @@ fn main() {
                     .endpoint_url(format!("http://127.0.0.1:{port}"))
                     .build();
                 create_table(&sdk, "bench-idempotency").await;
-                let keys: Arc<dyn KeyStore> = Arc::new(DynamoKeys::new(&TableStore::new(&sdk, "bench-idempotency")));
+                let table = TableStore::new(&sdk, "bench-idempotency");
+                let keys: Arc<dyn KeyStore> = Arc::new(DynamoKeys::new(table.client().clone(), table.table()));
                 let dynamo = service(Some(keys));
                 print(
                     "a new key each request, DynamoDB (moto on loopback)",

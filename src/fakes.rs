@@ -7,11 +7,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::auth::StoredHash;
-use crate::config::source::{ConfigStore, StoreFuture};
-use crate::config::{Policy, RuleSet, StoreError};
+use crate::config::source::ConfigStore;
+use crate::config::{Policy, RuleSet};
 use crate::contract::BackendLimits;
 use crate::publish::iot::IOT_LIMITS;
 use crate::publish::{Message, PublishError, Publisher};
+use crate::store::{StoreError, StoreFuture};
 
 /// A publisher that keeps every message it accepts; clones share the record.
 #[derive(Clone)]
@@ -93,7 +94,7 @@ impl FakeStore {
 
     fn check(&self) -> Result<(), StoreError> {
         match self.down.load(Ordering::SeqCst) {
-            true => Err(StoreError("the fake store is down".into())),
+            true => Err(StoreError::new("the fake store is down")),
             false => Ok(()),
         }
     }

@@ -22,12 +22,13 @@
 //!   one MQTT 5 connection subscribing to response topics, to the broker or to
 //!   AWS IoT over a SigV4-signed WebSocket.
 //! - [`aws`]: the AWS SDK config the IoT publisher and the config table share.
-//! - [`quota`]: the `[limits]` rate limits (429), and each source address's
-//!   budget of password checks.
-//! - [`idempotency`]: `Idempotency-Key` records (in memory, or in the config
-//!   table on Lambda), so that a retry publishes nothing twice.
-//! - `shared` (`serve`): what a fleet of `serve` instances shares in Redis: the
-//!   `Idempotency-Key` records and the quotas.
+//! - [`quota`]: the `[limits]` rate limits (429), each source address's
+//!   budget of password checks, and (`serve --redis`) the quotas a fleet shares.
+//! - [`idempotency`]: `Idempotency-Key` records, so that a retry publishes
+//!   nothing twice: in memory, in a fleet's Redis, or in the config table.
+//! - [`store`]: what every store has in common: its future, its error, and
+//!   (`serve`) the connection to a fleet's Redis.
+//! - [`cause`]: the failure an error keeps underneath it, and the chain a log line prints.
 //! - [`metrics`]: the process's counters and histograms (`serve --admin-listen`).
 //! - [`service`]: the one code path that strings them together.
 //! - `serve` (cargo feature `serve`, on by default): the entry point as an
@@ -42,6 +43,7 @@
 pub mod acl;
 pub mod auth;
 pub mod aws;
+pub mod cause;
 pub mod cli;
 pub mod config;
 pub mod contract;
@@ -57,5 +59,4 @@ pub mod replies;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod service;
-#[cfg(feature = "serve")]
-pub mod shared;
+pub mod store;

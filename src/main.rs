@@ -108,7 +108,7 @@ async fn build_service() -> anyhow::Result<Service<IotPublisher>> {
         match (std::env::var("CONFIG_TABLE").ok().filter(|t| !t.is_empty()), std::env::var_os("CONFIG_FILE")) {
             (Some(table), _) => {
                 let table = TableStore::new(&sdk, &table);
-                let keys = Arc::new(DynamoKeys::new(&table));
+                let keys = Arc::new(DynamoKeys::new(table.client().clone(), table.table()));
                 (Arc::new(CachedTable::new(table, CacheSettings::from_env())), Some(keys))
             }
             (None, Some(file)) => (Arc::new(FileStore::load(file.into()).context("the config is refused")?), None),

@@ -640,7 +640,7 @@ async fn concurrent_duplicate_invocations_in_separate_containers_publish_once() 
     let mut containers = Vec::new();
     for _ in 0..8 {
         let service = tagged_table_service(&moto, &table, CacheSettings::default(), &app).await;
-        let keys = DynamoKeys::new(&TableStore::new(&sdk_config_for(&moto).await, &table));
+        let keys = DynamoKeys::new(TableStore::new(&sdk_config_for(&moto).await, &table).client().clone(), &table);
         containers.push(Arc::new(service.with_key_store(Arc::new(keys))));
     }
     let answers: Vec<_> = containers

@@ -1638,56 +1638,6 @@ async fn with_redis_down_keyed_requests_are_503_the_quota_is_each_process_s_and_
     assert!(log.contains("Redis answers again"), "{log}");
 }
 
-#[tokio::test]
-async fn redis_records_follow_the_key_s_life_through_every_outcome() {
-    use mqtt_http_publish::contract::{IdempotencyKey, MessageId};
-    use mqtt_http_publish::idempotency::{Begin, Claim, KeyStore, Outcome};
-    use mqtt_http_publish::shared::Shared;
-
-    let (_redis, redis_port) = redis_server_on(None).await;
-    let keys = std::sync::Arc::new(Shared::new(&format!("redis://127.0.0.1:{redis_port}")).unwrap());
-    let claim = |key: &str, fingerprint: u8| {
-        let key = IdempotencyKey { key: key.into(), fingerprint: [fingerprint; 32] };
-        Claim::new("user:alice", &key, MessageId::next(), Duration::from_secs(60))
-    };
-    let first = claim("k", 1);
-    assert_eq!(keys.begin(&first).await.unwrap(), Begin::Fresh);
-    assert_eq!(keys.begin(&claim("k", 1)).await.unwrap(), Begin::InFlight);
-    assert_eq!(keys.begin(&claim("k", 2)).await.unwrap(), Begin::Reused);
-    keys.finish(&first, Outcome::Delivered).await.unwrap();
-    assert_eq!(keys.begin(&claim("k", 1)).await.unwrap(), Begin::Done(first.message_id));
-
-    let released = claim("r", 1);
-    assert_eq!(keys.begin(&released).await.unwrap(), Begin::Fresh);
-    keys.finish(&released, Outcome::NotDelivered).await.unwrap();
-    let unknown = claim("r", 3);
-    assert_eq!(keys.begin(&unknown).await.unwrap(), Begin::Fresh, "a released key is free");
-    keys.finish(&unknown, Outcome::Unknown).await.unwrap();
-    let retry = claim("r", 3);
-    assert_eq!(keys.begin(&retry).await.unwrap(), Begin::UnknownOutcome(unknown.message_id));
-    assert_eq!(keys.begin(&claim("r", 3)).await.unwrap(), Begin::InFlight, "the retry holds it in turn");
-    // The retry did not publish: the unknown outcome goes back, for the next retry.
-    let retry = retry.taking_over(unknown.message_id);
-    keys.finish(&retry, Outcome::NotDelivered).await.unwrap();
-    assert_eq!(keys.begin(&claim("r", 3)).await.unwrap(), Begin::UnknownOutcome(unknown.message_id));
-    // A late outcome of a claim that is no longer the record's owner changes nothing.
-    keys.finish(&retry, Outcome::Delivered).await.unwrap();
-    assert_eq!(keys.begin(&claim("r", 3)).await.unwrap(), Begin::InFlight);
-
-    // Fifty concurrent first claims on one key: one is the first.
-    let tasks: Vec<_> = (0..50)
-        .map(|_| {
-            let keys = std::sync::Arc::clone(&keys);
-            tokio::spawn(async move { keys.begin(&claim("race", 1)).await.unwrap() })
-        })
-        .collect();
-    let mut fresh = 0;
-    for task in tasks {
-        fresh += usize::from(task.await.unwrap() == Begin::Fresh);
-    }
-    assert_eq!(fresh, 1);
-}
-
 // ---------------------------------------------------------------------------
 // Publish and wait for the reply (ResponseTimeout)
 // ---------------------------------------------------------------------------

@@ -16,25 +16,87 @@ use moka::future::Cache;
 use sha2::Sha256;
 
 use crate::contract::basic::{parse_basic, BasicCredentials, BasicError};
-use crate::contract::{ApiError, ClientId, ErrorCode, HttpRequest, MessageId, PublishOptions};
+use crate::contract::{ApiError, ClientId, ErrorCode, HttpRequest, MessageId};
 
 pub use self::password::{hash_argon2id, HashError, StoredHash};
 
 /// The users of the config, by name.
 pub type Users = HashMap<String, StoredHash>;
 
+/// Who is calling, as proved: made once per request, and the one name its
+/// quotas and its `Idempotency-Key` records go by.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A user whose Basic password verified (with or without a certificate).
+    User(String),
+    /// A device whose client certificate, alone, verified: its CN.
+    Device(ClientId),
+}
+
+impl Principal {
+    /// The verified user name; none for a device, since a `username` query
+    /// value proves nothing and must not match rules.
+    pub fn username(&self) -> Option<&str> {
+        match self {
+            Principal::User(name) => Some(name),
+            Principal::Device(_) => None,
+        }
+    }
+
+    /// Whose per-user quota a request spends: the user's name, or the device's CN.
+    pub fn quota_key(&self) -> &str {
+        match self {
+            Principal::User(name) => name,
+            Principal::Device(cn) => cn.as_str(),
+        }
+    }
+
+    /// The scope of the caller's `Idempotency-Key` records: `user:NAME` or `cn:NAME`.
+    pub fn key_scope(&self) -> String {
+        match self {
+            Principal::User(name) => format!("user:{name}"),
+            Principal::Device(cn) => format!("cn:{cn}"),
+        }
+    }
+}
+
+/// Where a request's client id comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIdFrom {
+    /// A verified client certificate's CN (which `client_id` may only repeat).
+    Certificate,
+    /// The request's `client_id`.
+    Request,
+    /// Made by the server from the message id: `http-{message id}`.
+    Server,
+}
+
 /// The caller, as far as the ACL is concerned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
-    /// The Basic user name, verified; `None` for a certificate alone, since a
-    /// `username` query value proves nothing and must not match rules.
-    pub username: Option<String>,
-    /// The certificate's CN, else the query's `client_id`, else `http-{message id}`.
+    /// Who proved who they are.
+    pub principal: Principal,
+    /// The client id in effect.
     pub client_id: ClientId,
+    /// Where it comes from.
+    pub client_id_from: ClientIdFrom,
+}
+
+impl Identity {
+    /// The verified Basic user name, if any.
+    pub fn username(&self) -> Option<&str> {
+        self.principal.username()
+    }
+
     /// A Basic header was verified.
-    pub basic: bool,
-    /// A client certificate was verified by the TLS terminator.
-    pub certificate: bool,
+    pub fn basic(&self) -> bool {
+        matches!(self.principal, Principal::User(_))
+    }
+
+    /// A client certificate was verified by the TLS terminator (its CN is then the client id).
+    pub fn certificate(&self) -> bool {
+        self.client_id_from == ClientIdFrom::Certificate
+    }
 }
 
 /// Verified credentials kept before the least recently used go.
@@ -86,14 +148,15 @@ impl Default for Authenticator {
 
 impl Authenticator {
     /// Establishes the caller's identity, or answers 401 (400 for a certificate
-    /// whose CN cannot be a client_id). `lookup` finds a user's hash; its error
-    /// (a config store outage) is passed through, so an outage never looks like
-    /// a wrong password. `admit_hash` is asked before each slow hash (credentials
-    /// not in the cache); its error is the answer instead of the hash.
-    pub async fn authenticate<F, Fut>(
+    /// whose CN cannot be a client_id). `asked` is the request's `client_id`.
+    /// `lookup` finds a user's hash; its error (a config store outage) is passed
+    /// through, so an outage never looks like a wrong password. `admit_hash` is
+    /// asked before each slow hash (credentials not in the cache); its error is
+    /// the answer instead of the hash.
+    pub async fn authenticate<B, F, Fut>(
         &self,
-        request: &HttpRequest,
-        options: &PublishOptions,
+        request: &HttpRequest<B>,
+        asked: Option<&ClientId>,
         message_id: MessageId,
         lookup: F,
         admit_hash: impl Fn() -> Result<(), ApiError>,
@@ -104,22 +167,22 @@ impl Authenticator {
     {
         let basic = basic_credentials(request)?;
         let certificate_cn = certificate_client_id(request)?;
-        if basic.is_none() && certificate_cn.is_none() {
-            return Err(ApiError::unauthorized(
-                ErrorCode::MissingCredentials,
-                "send an Authorization: Basic header or a client certificate",
-            ));
-        }
-        if let Some(credentials) = &basic {
-            let stored = lookup(credentials.username.clone()).await?;
-            self.check_password(credentials, stored.as_ref(), admit_hash).await?;
-        }
-        Ok(Identity {
-            client_id: client_id(certificate_cn, options.client_id.as_ref(), message_id)?,
-            certificate: request.client_certificate.is_some(),
-            basic: basic.is_some(),
-            username: basic.map(|c| c.username),
-        })
+        let principal = match (basic, &certificate_cn) {
+            (Some(credentials), _) => {
+                let stored = lookup(credentials.username.clone()).await?;
+                self.check_password(&credentials, stored.as_ref(), admit_hash).await?;
+                Principal::User(credentials.username)
+            }
+            (None, Some(cn)) => Principal::Device(cn.clone()),
+            (None, None) => {
+                return Err(ApiError::unauthorized(
+                    ErrorCode::MissingCredentials,
+                    "send an Authorization: Basic header or a client certificate",
+                ))
+            }
+        };
+        let (client_id, client_id_from) = client_id(certificate_cn, asked, message_id)?;
+        Ok(Identity { principal, client_id, client_id_from })
     }
 
     /// Verifies a password against the user's hash, or against a dummy hash
@@ -214,7 +277,7 @@ impl Authenticator {
 }
 
 /// The Basic credentials of the Authorization header, if there is one.
-fn basic_credentials(request: &HttpRequest) -> Result<Option<BasicCredentials>, ApiError> {
+fn basic_credentials<B>(request: &HttpRequest<B>) -> Result<Option<BasicCredentials>, ApiError> {
     let Some(header) = request.headers.get(AUTHORIZATION) else {
         return Ok(None);
     };
@@ -230,7 +293,7 @@ fn basic_credentials(request: &HttpRequest) -> Result<Option<BasicCredentials>, 
 }
 
 /// The verified client certificate's Common Name as a client id, if there is a certificate.
-fn certificate_client_id(request: &HttpRequest) -> Result<Option<ClientId>, ApiError> {
+fn certificate_client_id<B>(request: &HttpRequest<B>) -> Result<Option<ClientId>, ApiError> {
     let Some(certificate) = &request.client_certificate else {
         return Ok(None);
     };
@@ -251,15 +314,15 @@ fn client_id(
     certificate_cn: Option<ClientId>,
     asked: Option<&ClientId>,
     message_id: MessageId,
-) -> Result<ClientId, ApiError> {
+) -> Result<(ClientId, ClientIdFrom), ApiError> {
     match (certificate_cn, asked) {
         (Some(cn), Some(asked)) if &cn != asked => Err(ApiError::unauthorized(
             ErrorCode::ClientIdMismatch,
             "client_id must equal the client certificate's Common Name",
         )),
-        (Some(cn), _) => Ok(cn),
-        (None, Some(asked)) => Ok(asked.clone()),
-        (None, None) => Ok(default_client_id(message_id)),
+        (Some(cn), _) => Ok((cn, ClientIdFrom::Certificate)),
+        (None, Some(asked)) => Ok((asked.clone(), ClientIdFrom::Request)),
+        (None, None) => Ok((default_client_id(message_id), ClientIdFrom::Server)),
     }
 }
 
@@ -271,7 +334,7 @@ pub fn default_client_id(message_id: MessageId) -> ClientId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contract::{ClientCertificate, Qos, RequestPath};
+    use crate::contract::{ClientCertificate, RequestPath};
     use bytes::Bytes;
     use http::{HeaderMap, HeaderValue, Method};
     use std::time::Duration;
@@ -292,15 +355,8 @@ mod tests {
         }
     }
 
-    fn options(client_id: Option<&str>) -> PublishOptions {
-        PublishOptions {
-            qos: Qos::AtLeastOnce,
-            retain: false,
-            client_id: client_id.map(|id| ClientId::parse(id).unwrap()),
-            username: Some("sample-user".into()),
-            properties: Default::default(),
-            response_timeout: None,
-        }
+    fn asked(client_id: Option<&str>) -> Option<ClientId> {
+        client_id.map(|id| ClientId::parse(id).unwrap())
     }
 
     fn users() -> Users {
@@ -315,7 +371,7 @@ mod tests {
         Authenticator::default()
             .authenticate(
                 &request,
-                &options(client_id),
+                asked(client_id).as_ref(),
                 MessageId::next(),
                 |name| async move { Ok(users.get(&name).cloned()) },
                 || Ok(()),
@@ -326,9 +382,9 @@ mod tests {
     #[tokio::test]
     async fn basic_user_is_the_header_user_not_the_query_username() {
         let id = auth(request(Some(USER0), None), Some("curl-x")).await.unwrap();
-        assert_eq!(id.username.as_deref(), Some("user0"));
+        assert_eq!(id.username(), Some("user0"));
         assert_eq!(id.client_id, "curl-x");
-        assert!(id.basic && !id.certificate);
+        assert!(id.basic() && !id.certificate());
     }
 
     #[tokio::test]
@@ -365,7 +421,7 @@ mod tests {
         let result = Authenticator::default()
             .authenticate(
                 &request(Some(USER0), None),
-                &options(None),
+                None,
                 MessageId::next(),
                 |_| async { Err(ApiError::Unavailable { retry_after: 5 }) },
                 || Ok(()),
@@ -377,7 +433,7 @@ mod tests {
     #[tokio::test]
     async fn a_certificate_makes_its_cn_the_client_id() {
         let id = auth(request(None, Some(Some("device-7"))), None).await.unwrap();
-        assert_eq!((id.client_id.as_str(), id.username, id.certificate), ("device-7", None, true));
+        assert_eq!((id.client_id.as_str(), id.username(), id.certificate()), ("device-7", None, true));
         assert!(auth(request(None, Some(Some("device-7"))), Some("device-7")).await.is_ok());
         let e = auth(request(None, Some(Some("device-7"))), Some("device-8")).await.unwrap_err();
         assert_eq!(e.code(), "client_id_mismatch");
@@ -388,8 +444,8 @@ mod tests {
     #[tokio::test]
     async fn a_certificate_and_basic_together_need_both_to_verify() {
         let id = auth(request(Some(USER0), Some(Some("device-7"))), None).await.unwrap();
-        assert_eq!((id.username.as_deref(), id.client_id.as_str()), (Some("user0"), "device-7"));
-        assert!(id.basic && id.certificate);
+        assert_eq!((id.username(), id.client_id.as_str()), (Some("user0"), "device-7"));
+        assert!(id.basic() && id.certificate());
         let bad = request(Some("Basic dXNlcjA6c2VjcmV0MQ=="), Some(Some("device-7")));
         assert_eq!(auth(bad, None).await.unwrap_err().code(), "authentication_failed");
     }

@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use toml_edit::{value, ArrayOfTables, DocumentMut, Item as TomlItem, Table};
 
 use super::table::{config_from_items, config_items, describe, user_item, user_key, Item, TableStore};
-use super::StoreError;
 use super::{parse_toml, read_file, validate_user, ConfigError, ConfigFile, Policy, UserEntry, DEMO_PASSWORD_HASH};
 use crate::auth::hash_argon2id;
+use crate::store::StoreError;
 
 /// Why a command changed nothing, or stopped: each message names the file, line,
 /// user or item at fault.

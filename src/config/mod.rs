@@ -8,8 +8,6 @@ pub mod manage;
 pub mod source;
 pub mod table;
 
-pub use self::source::StoreError;
-
 use std::collections::HashSet;
 use std::path::Path;
 use std::sync::Arc;

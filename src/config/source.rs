@@ -20,30 +20,24 @@ use std::future::Future;
 use std::hash::Hash;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use moka::future::Cache;
+use parking_lot::{Mutex, RwLock};
 use tracing::{error, warn};
 
 use super::table::TableStore;
 use super::{validate_user, ConfigError, Policy, RuleSet};
 use crate::auth::StoredHash;
-
-/// The config store could not answer; the request gets 503, never 401.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("the config store failed: {0}")]
-pub struct StoreError(pub String);
+use crate::cause::Chain;
+use crate::store::{StoreError, StoreFuture};
 
 /// How long after a failed fetch the table is left alone.
 pub const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Users kept in memory before the least recently used go.
 const USER_CACHE_CAPACITY: u64 = 100_000;
-
-/// What a store's calls return: a boxed future, so that [`crate::service::Service`]
-/// holds any store as `dyn ConfigStore`.
-pub type StoreFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send + 'a>>;
 
 /// Where requests read the users, rules and limits.
 pub trait ConfigStore: Send + Sync {
@@ -89,12 +83,12 @@ impl FileStore {
     pub fn reload(&self) -> Result<(), ReloadError> {
         let path = self.path.as_deref().ok_or(ReloadError::NoFile)?;
         let policy = Policy::load(path)?;
-        *self.policy.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(policy);
+        *self.policy.write() = Arc::new(policy);
         Ok(())
     }
 
     fn policy(&self) -> Arc<Policy> {
-        Arc::clone(&self.policy.read().unwrap_or_else(|e| e.into_inner()))
+        Arc::clone(&self.policy.read())
     }
 }
 
@@ -216,7 +210,7 @@ impl ConfigStore for CachedTable {
     fn prefetch(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
         Box::pin(async {
             if let Err(error) = self.rules().await {
-                warn!(%error, "prefetching the rules failed; the first request will try again");
+                warn!(error = %Chain(&error), "prefetching the rules failed; the first request will try again");
             }
         })
     }
@@ -225,7 +219,7 @@ impl ConfigStore for CachedTable {
 async fn fetch_rules(store: TableStore) -> Result<Arc<RuleSet>, StoreError> {
     RuleSet::from_config(store.rules().await?).map(Arc::new).map_err(|e| {
         error!(error = %e, "the table's rules are refused; keeping the last good copy");
-        StoreError(format!("invalid rules in the table: {e}"))
+        StoreError::new(format!("invalid rules in the table: {e}"))
     })
 }
 
@@ -288,7 +282,7 @@ where
             return Ok(held.value);
         }
         if self.failed_recently() {
-            return Err(StoreError(format!("the config table failed recently ({})", self.what)));
+            return Err(StoreError::new(format!("the config table failed recently ({})", self.what)));
         }
         let fetched =
             // Boxed: moka's loading code is built once, not once per kind of fetch.
@@ -305,7 +299,7 @@ where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = Result<V, StoreError>> + Send + 'static,
     {
-        if self.failed_recently() || !lock(&self.refreshing).insert(key.clone()) {
+        if self.failed_recently() || !self.refreshing.lock().insert(key.clone()) {
             return;
         }
         let (entries, refreshing, failed_at, what) =
@@ -314,25 +308,21 @@ where
             match fetch().await {
                 Ok(value) => entries.insert(key.clone(), Fetched { value, at: Instant::now() }).await,
                 Err(error) => {
-                    *lock(&failed_at) = Some(Instant::now());
-                    warn!(%error, what, "the config table failed; serving the last good copy");
+                    *failed_at.lock() = Some(Instant::now());
+                    warn!(error = %Chain(&error), what, "the config table failed; serving the last good copy");
                 }
             }
-            lock(&refreshing).remove(&key);
+            refreshing.lock().remove(&key);
         });
     }
 
     fn failed_recently(&self) -> bool {
-        lock(&self.failed_at).is_some_and(|t| t.elapsed() < RETRY_AFTER_FAILURE)
+        self.failed_at.lock().is_some_and(|t: Instant| t.elapsed() < RETRY_AFTER_FAILURE)
     }
 
     fn mark_failed(&self) {
-        *lock(&self.failed_at) = Some(Instant::now());
+        *self.failed_at.lock() = Some(Instant::now());
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -356,7 +346,7 @@ mod tests {
     type StoreFutureStatic<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
 
     fn failing() -> impl FnOnce() -> StoreFutureStatic<u32> {
-        || Box::pin(async { Err(StoreError("down".into())) })
+        || Box::pin(async { Err(StoreError::new("down")) })
     }
 
     async fn settle() {

@@ -29,13 +29,15 @@ use std::time::Duration;
 
 use aws_config::timeout::TimeoutConfig;
 use aws_config::SdkConfig;
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::{AttributeValue, DeleteRequest, PutRequest, WriteRequest};
 use aws_sdk_dynamodb::Client;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{ConfigFile, Limits, RuleEntry, StoreError, UserEntry};
+use super::{ConfigFile, Limits, RuleEntry, UserEntry};
+use crate::cause::Cause;
+use crate::store::StoreError;
 
 /// One item: attribute name → value.
 pub type Item = HashMap<String, AttributeValue>;
@@ -122,7 +124,7 @@ impl TableStore {
             .key("sk", s("user"))
             .send()
             .await
-            .map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?;
+            .map_err(StoreError::of)?;
         output.item.map(|item| from_item(&user_key(username), item)).transpose()
     }
 
@@ -140,7 +142,7 @@ impl TableStore {
             .items()
             .send();
         while let Some(item) = pages.next().await {
-            items.push(item.map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?);
+            items.push(item.map_err(StoreError::of)?);
         }
         let mut config = ConfigFile::default();
         for item in items {
@@ -151,7 +153,7 @@ impl TableStore {
                 "publish" => config.publish = Some(from_item(&key, item)?),
                 "idempotency" => config.idempotency = Some(from_item(&key, item)?),
                 sk if sk.starts_with("rule#") => config.rules.push(from_item(&key, item)?),
-                other => return Err(StoreError(format!("unexpected item sk={other:?} in the acl partition"))),
+                other => return Err(StoreError::new(format!("unexpected item sk={other:?} in the acl partition"))),
             }
         }
         Ok(config)
@@ -163,7 +165,7 @@ impl TableStore {
         let mut items = BTreeMap::new();
         let mut pages = self.client.scan().table_name(&self.table).into_paginator().items().send();
         while let Some(item) = pages.next().await {
-            let item = item.map_err(|e| StoreError(DisplayErrorContext(&e).to_string()))?;
+            let item = item.map_err(StoreError::of)?;
             let key = key_of(&item)?;
             // Idempotency keys share the table but are the requests' own, not config.
             if !key.0.starts_with(crate::idempotency::PARTITION_PREFIX) {
@@ -194,16 +196,13 @@ impl TableStore {
         let mut writes = Vec::with_capacity(puts.len());
         for item in puts {
             let key = key_of(&item)?;
-            let put = PutRequest::builder().set_item(Some(item)).build().map_err(|e| StoreError(e.to_string()))?;
+            let put = PutRequest::builder().set_item(Some(item)).build().map_err(StoreError::of)?;
             writes.push((key, WriteRequest::builder().put_request(put).build()));
         }
         let mut removals = Vec::with_capacity(deletes.len());
         for (pk, sk) in deletes {
-            let delete = DeleteRequest::builder()
-                .key("pk", s(&pk))
-                .key("sk", s(&sk))
-                .build()
-                .map_err(|e| StoreError(e.to_string()))?;
+            let delete =
+                DeleteRequest::builder().key("pk", s(&pk)).key("sk", s(&sk)).build().map_err(StoreError::of)?;
             removals.push(((pk, sk), WriteRequest::builder().delete_request(delete).build()));
         }
         self.send(&format!("writing to table {}", self.table), "write", writes).await?;
@@ -225,9 +224,9 @@ impl TableStore {
         for chunk in requests.chunks(BATCH) {
             if self.send_batch(chunk.iter().map(|(_, request)| request.clone()).collect()).await.is_err() {
                 for (key, request) in chunk {
-                    self.send_batch(vec![request.clone()])
-                        .await
-                        .map_err(|StoreError(e)| StoreError(format!("cannot {verb} {}: {e}", describe(key))))?;
+                    self.send_batch(vec![request.clone()]).await.map_err(|cause| {
+                        StoreError::of(ItemRefused { verb: verb.to_owned(), item: describe(key), cause })
+                    })?;
                 }
             }
             self.progress.advance(chunk.len() as u64);
@@ -237,30 +236,39 @@ impl TableStore {
     }
 
     /// One `BatchWriteItem`, sent again while DynamoDB leaves some of it unprocessed.
-    async fn send_batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), StoreError> {
+    async fn send_batch(&self, mut pending: Vec<WriteRequest>) -> Result<(), Cause> {
         for attempt in 0..8u32 {
-            let output = self
-                .client
-                .batch_write_item()
-                .request_items(&self.table, pending)
-                .send()
-                .await
-                .map_err(|e| StoreError(cause(e)))?;
+            let output =
+                self.client.batch_write_item().request_items(&self.table, pending).send().await.map_err(cause)?;
             pending = output.unprocessed_items.and_then(|mut u| u.remove(&self.table)).unwrap_or_default();
             if pending.is_empty() {
                 return Ok(());
             }
             tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
         }
-        Err(StoreError(format!("DynamoDB still left {} unprocessed after 8 tries", pending.len())))
+        Err(format!("DynamoDB still left {} unprocessed after 8 tries", pending.len()).into())
     }
 }
 
+/// An item DynamoDB did not take, named as the config names it.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {verb} {item}")]
+struct ItemRefused {
+    verb: String,
+    item: String,
+    #[source]
+    cause: Cause,
+}
+
 /// A failed call's cause, shortest first: the service's code and message when it answered.
-fn cause<E: ProvideErrorMetadata + std::error::Error + 'static, R: std::fmt::Debug>(e: SdkError<E, R>) -> String {
+fn cause<E, R>(e: SdkError<E, R>) -> Cause
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
     match (e.code(), e.message()) {
-        (Some(code), Some(message)) => format!("{code}: {message}"),
-        _ => DisplayErrorContext(&e).to_string(),
+        (Some(code), Some(message)) => format!("{code}: {message}").into(),
+        _ => Cause::new(e),
     }
 }
 
@@ -317,7 +325,7 @@ fn to_item<T: Serialize>((pk, sk): (String, String), entry: &T) -> Item {
 
 fn from_item<T: DeserializeOwned>((pk, sk): &(String, String), item: Item) -> Result<T, StoreError> {
     serde_path_to_error::deserialize(Fields(item.into()))
-        .map_err(|e| StoreError(format!("item pk={pk:?} sk={sk:?}: {e}")))
+        .map_err(|e| StoreError::new(format!("item pk={pk:?} sk={sk:?}: {e}")))
 }
 
 /// An item, handed to the struct that reads it with only the attributes that are its
@@ -354,7 +362,7 @@ impl<'de> serde::Deserializer<'de> for Fields {
 fn key_of(item: &Item) -> Result<(String, String), StoreError> {
     match (item.get("pk"), item.get("sk")) {
         (Some(AttributeValue::S(pk)), Some(AttributeValue::S(sk))) => Ok((pk.clone(), sk.clone())),
-        (pk, sk) => Err(StoreError(format!("an item whose pk and sk are not both strings: pk={pk:?} sk={sk:?}"))),
+        (pk, sk) => Err(StoreError::new(format!("an item whose pk and sk are not both strings: pk={pk:?} sk={sk:?}"))),
     }
 }
 
@@ -407,7 +415,7 @@ pub fn config_from_items(items: &BTreeMap<(String, String), Item>) -> Result<Con
             (ACL_PARTITION, sk) if sk.starts_with("rule#") => config.rules.push(from_item(key, item.clone())?),
             (pk, "user") if pk.starts_with("user#") => config.users.push(from_item(key, item.clone())?),
             (pk, sk) => {
-                return Err(StoreError(format!("the table holds an item that is not config: pk={pk:?} sk={sk:?}")))
+                return Err(StoreError::new(format!("the table holds an item that is not config: pk={pk:?} sk={sk:?}")))
             }
         }
     }

@@ -70,7 +70,7 @@ fn same_host(origin: &HeaderValue, host: Option<&HeaderValue>) -> bool {
 
 /// The 204 for a preflight from an allowed origin; `None` for any other
 /// request, which the contract answers as usual (an `OPTIONS`: 405).
-pub fn preflight(cors: Option<&Cors>, request: &HttpRequest) -> Option<Response<Bytes>> {
+pub fn preflight<B>(cors: Option<&Cors>, request: &HttpRequest<B>) -> Option<Response<Bytes>> {
     if request.method != Method::OPTIONS || !is_topics_path(&request.path) {
         return None;
     }

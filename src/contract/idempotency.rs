@@ -7,7 +7,7 @@ use http::HeaderMap;
 use sha2::{Digest, Sha256};
 
 use super::query::Properties;
-use super::{ApiError, ErrorCode, Qos, Topic};
+use super::{ApiError, ClientId, ErrorCode, Qos, Topic};
 
 /// The header's name.
 pub const HEADER: &str = "idempotency-key";
@@ -78,22 +78,32 @@ fn unquote(inner: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
+/// How a request that waits for its reply names where the reply comes: the
+/// message it publishes carries that response topic, so it is part of what
+/// the request asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Waits<'a> {
+    /// It names its own `ResponseTopic`, or leaves the client id of the
+    /// default topic to the server (which, for a retry, makes the first request's).
+    Unnamed,
+    /// The default response topic of the `client_id` it gave.
+    DefaultTopicOf(&'a ClientId),
+}
+
 /// The fingerprint of a publish: the method (always POST once parsed), the
 /// topic, QoS, retain, the MQTT 5 properties the request asked for (not the
 /// trace context, which a retry carries anew) and the body's SHA-256. Each
 /// field is length-prefixed, so no two requests share an encoding.
 ///
-/// `waits` is, for a request with `ResponseTimeout`, the client id its default
-/// response topic names (empty when it names its own topic, or gave no
-/// `client_id`): the message published carries that topic, so a retry that
-/// waits otherwise, or not at all, is another request. Not the seconds waited.
+/// `waits` is how a request with `ResponseTimeout` names its response topic:
+/// a retry that waits otherwise, or not at all, is another request. Not the seconds waited.
 pub fn fingerprint(
     topic: &Topic,
     qos: Qos,
     retain: bool,
     properties: &Properties,
     body: &Bytes,
-    waits: Option<&str>,
+    waits: Option<Waits<'_>>,
 ) -> [u8; 32] {
     let mut hash = Sha256::new();
     let mut field = |bytes: &[u8]| {
@@ -121,9 +131,12 @@ pub fn fingerprint(
     }
     field(&Sha256::digest(body));
     // Last, and only when waiting: the fingerprints of requests that do not wait stay as they were.
-    if let Some(client_id) = waits {
+    if let Some(waits) = waits {
         field(b"ResponseTimeout");
-        field(client_id.as_bytes());
+        field(match waits {
+            Waits::Unnamed => b"",
+            Waits::DefaultTopicOf(client_id) => client_id.as_str().as_bytes(),
+        });
     }
     hash.finalize().into()
 }
@@ -188,8 +201,9 @@ mod tests {
             change(&mut p);
             changed.push(print(&topic, Qos::AtLeastOnce, false, &p, &body));
         }
-        changed.push(fingerprint(&topic, Qos::AtLeastOnce, false, &base, &body, Some("")));
-        changed.push(fingerprint(&topic, Qos::AtLeastOnce, false, &base, &body, Some("app")));
+        let app = ClientId::parse("app").unwrap();
+        changed.push(fingerprint(&topic, Qos::AtLeastOnce, false, &base, &body, Some(Waits::Unnamed)));
+        changed.push(fingerprint(&topic, Qos::AtLeastOnce, false, &base, &body, Some(Waits::DefaultTopicOf(&app))));
         changed.push(first);
         let distinct: std::collections::HashSet<_> = changed.iter().collect();
         assert_eq!(distinct.len(), changed.len(), "every change makes another fingerprint");

@@ -1,9 +1,11 @@
 //! The HTTP contract (docs/api.md): what a request must look like, and what
 //! each answer is. Entry points (the Lambda event decoder, `serve`) turn their
-//! input into an [`HttpRequest`]; [`parse_request`] turns that into a
-//! [`PublishRequest`] or the 4xx that explains why not.
+//! input into an [`HttpRequest`]; [`parse_publish`] reads a publish from its
+//! request line and headers, [`PublishHead::with_body`] completes it once the
+//! body is read ([`parse_request`] does both), or the 4xx says why not.
 
 pub mod basic;
+pub mod body;
 pub mod cors;
 pub mod error;
 pub mod headers;
@@ -20,8 +22,9 @@ use bytes::Bytes;
 use http::{HeaderMap, Method};
 use percent_encoding::percent_decode;
 
+pub use self::body::Body;
 pub use self::error::{ApiError, ErrorCode};
-pub use self::idempotency::IdempotencyKey;
+pub use self::idempotency::{IdempotencyKey, Waits};
 pub use self::message_id::MessageId;
 pub use self::query::{Properties, PublishOptions};
 pub use self::topic::{Topic, TopicLimits};
@@ -44,9 +47,10 @@ pub struct ClientCertificate {
     pub common_name: Option<String>,
 }
 
-/// The parts of an HTTP request the service reads, whatever carried it.
+/// The parts of an HTTP request the service reads, whatever carried it. The
+/// body is a [`Body`] the service reads only once the request may go ahead.
 #[derive(Debug, Clone)]
-pub struct HttpRequest {
+pub struct HttpRequest<B = Bytes> {
     /// The HTTP method; only POST publishes.
     pub method: Method,
     /// The path after any stage or base path was removed.
@@ -56,17 +60,31 @@ pub struct HttpRequest {
     /// Request headers; `Authorization` is the one the service reads.
     pub headers: HeaderMap,
     /// The body: the MQTT payload, already undone from any transport encoding.
-    pub body: Bytes,
+    pub body: B,
     /// The caller's address, for `source_ips` rules.
     pub source_ip: Option<IpAddr>,
     /// A verified client certificate, when mutual TLS is on.
     pub client_certificate: Option<ClientCertificate>,
 }
 
+impl<B> HttpRequest<B> {
+    /// The request line and headers, and apart from them the body.
+    pub fn split(self) -> (HttpRequest<()>, B) {
+        let HttpRequest { method, path, query, headers, body, source_ip, client_certificate } = self;
+        (HttpRequest { method, path, query, headers, body: (), source_ip, client_certificate }, body)
+    }
+}
+
 /// A request its entry point refused before it became an [`HttpRequest`] (a
-/// body over the limit, a query that does not decode), with its headers: its
-/// answer still carries the CORS headers, and its log line the trace ids.
-pub type Refused = Box<(ApiError, HeaderMap)>;
+/// query that does not decode, a Lambda body that is not its base64), with its
+/// headers: its answer still carries the CORS headers, and its log line the trace ids.
+#[derive(Debug)]
+pub struct Refusal {
+    /// Why the request is refused.
+    pub error: ApiError,
+    /// The request's headers.
+    pub headers: HeaderMap,
+}
 
 /// What the backend accepts; the contract enforces it before publishing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -95,59 +113,93 @@ pub struct PublishRequest {
     pub idempotency: Option<IdempotencyKey>,
 }
 
+/// A publish as its request line and headers give it: every check that needs
+/// no body has passed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishHead {
+    /// Where to publish.
+    pub topic: Topic,
+    /// QoS, retain, identity hints and MQTT 5 properties (the trace context not yet among them).
+    pub options: PublishOptions,
+    /// The `Idempotency-Key`, if the request has one.
+    pub key: Option<String>,
+    /// The W3C trace context, forwarded after the request's own user properties.
+    trace: Option<TraceContext>,
+}
+
 /// The only path prefix the API serves.
 const TOPICS_PREFIX: &[u8] = b"/topics/";
 
-/// Checks method, path, query, the property headers and payload, and forwards
-/// a valid trace context after the request's own user properties.
-/// `max_payload_bytes` is the smaller of the config's limit and the backend's.
+/// [`parse_publish`] and [`PublishHead::with_body`] at once, for a body in memory.
 pub fn parse_request(
     request: &HttpRequest,
     limits: BackendLimits,
     max_payload_bytes: usize,
 ) -> Result<PublishRequest, ApiError> {
+    let declared = Some(request.body.len() as u64);
+    parse_publish(request, declared, limits, max_payload_bytes)?.with_body(request.body.clone(), max_payload_bytes)
+}
+
+/// Checks method, path, query, the property headers and the body's declared
+/// length (`max_payload_bytes` is the smaller of the config's limit and the
+/// backend's): everything that needs no body.
+pub fn parse_publish<B>(
+    request: &HttpRequest<B>,
+    declared_len: Option<u64>,
+    limits: BackendLimits,
+    max_payload_bytes: usize,
+) -> Result<PublishHead, ApiError> {
     if request.method != Method::POST {
         return Err(ApiError::MethodNotAllowed);
     }
     let topic = parse_topic(&request.path, limits.topic)?;
     let mut options = query::parse_options(&request.query, limits.max_qos, limits.topic)?;
     headers::merge(&request.headers, &mut options.properties)?;
-    // Fingerprinted before the trace context joins the properties: a retry carries its own.
-    // A request that waits publishes its response topic: the default one names its client id.
-    let waits = options.response_timeout.map(|_| match (&options.properties.response_topic, &options.client_id) {
-        (None, Some(client_id)) => client_id.as_str(),
-        _ => "",
-    });
-    let idempotency = idempotency::key_of(&request.headers)?.map(|key| IdempotencyKey {
-        key,
-        fingerprint: idempotency::fingerprint(
-            &topic,
-            options.qos,
-            options.retain,
-            &options.properties,
-            &request.body,
-            waits,
-        ),
-    });
-    if let Some(trace) = TraceContext::from_headers(&request.headers) {
-        options.properties.user_properties.extend(trace.user_properties());
-    }
+    let key = idempotency::key_of(&request.headers)?;
+    let trace = TraceContext::from_headers(&request.headers);
     if options.retain && !limits.retain_available {
         return Err(ApiError::bad_request(
             ErrorCode::RetainNotSupported,
             "the message broker does not take retained messages (its CONNACK says Retain Available = 0); publish with retained=false",
         ));
     }
-    if request.body.len() > max_payload_bytes {
+    if declared_len.is_some_and(|len| len > max_payload_bytes as u64) {
         return Err(ApiError::PayloadTooLarge { max: max_payload_bytes });
     }
-    if options.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&request.body).is_err() {
-        return Err(ApiError::bad_request(
-            ErrorCode::InvalidPayload,
-            "PayloadFormatIndicator=1 declares a UTF-8 payload, but the body is not valid UTF-8",
-        ));
+    Ok(PublishHead { topic, options, key, trace })
+}
+
+impl PublishHead {
+    /// The publish with its body: the payload's checks, the key's fingerprint,
+    /// and the trace context forwarded after the request's own user properties.
+    pub fn with_body(self, body: Bytes, max_payload_bytes: usize) -> Result<PublishRequest, ApiError> {
+        let PublishHead { topic, mut options, key, trace } = self;
+        if body.len() > max_payload_bytes {
+            return Err(ApiError::PayloadTooLarge { max: max_payload_bytes });
+        }
+        if options.properties.payload_format_indicator == Some(1) && std::str::from_utf8(&body).is_err() {
+            return Err(ApiError::bad_request(
+                ErrorCode::InvalidPayload,
+                "PayloadFormatIndicator=1 declares a UTF-8 payload, but the body is not valid UTF-8",
+            ));
+        }
+        // Fingerprinted before the trace context joins the properties: a retry carries its own.
+        let idempotency = key.map(|key| IdempotencyKey {
+            key,
+            fingerprint: idempotency::fingerprint(
+                &topic,
+                options.qos,
+                options.retain,
+                &options.properties,
+                &body,
+                options.waits(),
+            ),
+        });
+        if let Some(trace) = trace {
+            options.properties.user_properties.extend(trace.user_properties());
+        }
+        Ok(PublishRequest { topic, options, payload: body, idempotency })
     }
-    Ok(PublishRequest { topic, options, payload: request.body.clone(), idempotency })
 }
 
 /// `/topics/{topic}` → the topic, decoded exactly once: `%2F` and `/` both separate levels.

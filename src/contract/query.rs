@@ -50,6 +50,18 @@ pub struct PublishOptions {
     pub response_timeout: Option<u32>,
 }
 
+impl PublishOptions {
+    /// How a request that waits for its reply names the reply's topic, for its
+    /// fingerprint; `None` for a request that does not wait.
+    pub fn waits(&self) -> Option<super::Waits<'_>> {
+        self.response_timeout?;
+        Some(match (&self.properties.response_topic, &self.client_id) {
+            (None, Some(client_id)) => super::Waits::DefaultTopicOf(client_id),
+            _ => super::Waits::Unnamed,
+        })
+    }
+}
+
 /// The longest `ResponseTimeout` the contract allows (`serve`'s bound; the
 /// Lambda function allows what its time budget leaves, at most 25).
 pub const MAX_RESPONSE_TIMEOUT: u32 = 60;

@@ -16,14 +16,12 @@
 
 use std::collections::HashMap;
 
-use aws_sdk_dynamodb::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_dynamodb::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_dynamodb::types::AttributeValue;
 use aws_sdk_dynamodb::Client;
 
 use super::{decide, now_ms, Begin, Claim, KeyStore, Outcome, Record, State};
-use crate::config::source::StoreFuture;
-use crate::config::table::TableStore;
-use crate::config::StoreError;
+use crate::store::{StoreError, StoreFuture};
 
 /// The sort key of every record.
 const SORT_KEY: &str = "idem";
@@ -50,22 +48,18 @@ fn n(number: u64) -> AttributeValue {
 /// another request's record now, and this outcome is not its to write.
 fn unless_refused<E>(error: SdkError<E>) -> Result<(), StoreError>
 where
-    E: ProvideErrorMetadata + std::error::Error + 'static,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     match error.code() {
         Some("ConditionalCheckFailedException") => Ok(()),
-        _ => Err(store_error(error)),
+        _ => Err(StoreError::of(error)),
     }
 }
 
-fn store_error<E: std::error::Error + 'static>(error: SdkError<E>) -> StoreError {
-    StoreError(DisplayErrorContext(&error).to_string())
-}
-
 impl DynamoKeys {
-    /// Records in `table`'s table, through its client (and its timeouts).
-    pub fn new(table: &TableStore) -> DynamoKeys {
-        DynamoKeys { client: table.client().clone(), table: table.table().to_owned() }
+    /// Records in the table `table`, through `client` (and its timeouts): the config table's.
+    pub fn new(client: Client, table: &str) -> DynamoKeys {
+        DynamoKeys { client, table: table.to_owned() }
     }
 
     fn item(claim: &Claim, record: &Record) -> HashMap<String, AttributeValue> {
@@ -93,7 +87,7 @@ impl DynamoKeys {
             .consistent_read(true)
             .send()
             .await
-            .map_err(store_error)?;
+            .map_err(StoreError::of)?;
         let Some(item) = output.item else { return Ok(None) };
         let text = |name: &str| match item.get(name) {
             Some(AttributeValue::S(text)) => Some(text.as_str()),
@@ -115,7 +109,9 @@ impl DynamoKeys {
                 lease_until_ms: number("lease_until")?,
             })
         })();
-        record.map(Some).ok_or_else(|| StoreError(format!("the item pk={:?} is not an idempotency record", claim.id)))
+        record
+            .map(Some)
+            .ok_or_else(|| StoreError::new(format!("the item pk={:?} is not an idempotency record", claim.id)))
     }
 
     /// Writes `record` if the item is as `seen` (absent or expired, for `None`);
@@ -138,7 +134,7 @@ impl DynamoKeys {
             Err(error) if error.as_service_error().is_some_and(|e| e.is_conditional_check_failed_exception()) => {
                 Ok(false)
             }
-            Err(error) => Err(store_error(error)),
+            Err(error) => Err(StoreError::of(error)),
         }
     }
 }

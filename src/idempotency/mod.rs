@@ -20,21 +20,25 @@
 //!
 //! Every store makes the read and the write of [`KeyStore::begin`] one atomic
 //! step, so two concurrent first requests cannot both publish: a moka entry's
-//! compute here, a Lua script in Redis (src/shared.rs), a conditional write in
-//! DynamoDB (dynamo.rs).
+//! compute in memory ([`memory`]), a Lua script in Redis ([`redis`]), a
+//! conditional write in DynamoDB ([`dynamo`]). The three pass one conformance
+//! suite (tests/key_stores.rs).
 
 pub mod dynamo;
+pub mod memory;
+#[cfg(feature = "serve")]
+pub mod redis;
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use moka::future::Cache;
-use moka::ops::compute::Op;
-use moka::policy::EvictionPolicy;
+use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use tracing::warn;
 
-use crate::config::source::StoreFuture;
+pub use self::memory::MemoryKeys;
+use crate::cause::Chain;
 use crate::contract::{IdempotencyKey, MessageId};
+use crate::store::StoreFuture;
 
 /// Every record's partition key starts so (`idem#{identity}#{key}`).
 pub const PARTITION_PREFIX: &str = "idem#";
@@ -43,10 +47,6 @@ pub const PARTITION_PREFIX: &str = "idem#";
 /// as an unknown outcome: longer than any publish waits for its broker (serve's
 /// PUBACK timeout, the IoT client's total timeout, API Gateway's 29 s).
 pub const IN_FLIGHT_LEASE: Duration = Duration::from_secs(60);
-
-/// Keys `serve` keeps in memory (without `--redis`); beyond, the least
-/// recently used is forgotten, and a retry of it publishes again.
-pub const MEMORY_CAPACITY: u64 = 100_000;
 
 /// One request's claim on its key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,24 +63,24 @@ pub struct Claim {
     pub owner: MessageId,
     /// How long the record is kept after its last write.
     pub retention: Duration,
+    /// How long an in-flight record holds the key ([`IN_FLIGHT_LEASE`]).
+    pub lease: Duration,
 }
 
+/// What a key's scope escapes: `#` separates it from the key, `%` escapes.
+const SCOPE_ESCAPED: &AsciiSet = &CONTROLS.add(b'#').add(b'%');
+
 impl Claim {
-    /// The claim of `identity` (`user:NAME` or `cn:NAME`) on `key`.
-    pub fn new(identity: &str, key: &IdempotencyKey, message_id: MessageId, retention: Duration) -> Claim {
-        let mut id = String::with_capacity(PARTITION_PREFIX.len() + identity.len() + key.key.len() + 1);
-        id.push_str(PARTITION_PREFIX);
-        for c in identity.chars() {
-            match c {
-                '%' => id.push_str("%25"),
-                '#' => id.push_str("%23"),
-                c => id.push(c),
-            }
-        }
-        id.push('#');
-        id.push_str(&key.key);
-        let fingerprint = key.fingerprint.iter().map(|b| format!("{b:02x}")).collect();
-        Claim { id, fingerprint, message_id, owner: message_id, retention }
+    /// The claim of `scope` (`user:NAME` or `cn:NAME`) on `key`.
+    pub fn new(scope: &str, key: &IdempotencyKey, message_id: MessageId, retention: Duration) -> Claim {
+        let id = format!("{PARTITION_PREFIX}{}#{}", utf8_percent_encode(scope, SCOPE_ESCAPED), key.key);
+        let fingerprint = hex::encode(key.fingerprint);
+        Claim { id, fingerprint, message_id, owner: message_id, retention, lease: IN_FLIGHT_LEASE }
+    }
+
+    /// The claim with an in-flight lease of `lease` instead of [`IN_FLIGHT_LEASE`].
+    pub fn with_lease(self, lease: Duration) -> Claim {
+        Claim { lease, ..self }
     }
 
     /// The claim publishing under `first`, the id of an unknown outcome it took over.
@@ -93,7 +93,7 @@ impl Claim {
     /// unknown outcome behind rather than nothing.
     pub fn keep_for(&self, state: State) -> Duration {
         match state {
-            State::InFlight => self.retention.max(IN_FLIGHT_LEASE * 2),
+            State::InFlight => self.retention.max(self.lease * 2),
             State::Done | State::Unknown => self.retention,
         }
     }
@@ -235,7 +235,7 @@ pub fn decide(stored: Option<&Record>, claim: &Claim, now_ms: u64) -> (Begin, Op
         fingerprint: claim.fingerprint.clone(),
         message_id,
         owner: claim.owner,
-        lease_until_ms: now_ms + IN_FLIGHT_LEASE.as_millis() as u64,
+        lease_until_ms: now_ms + claim.lease.as_millis() as u64,
     };
     match stored {
         None => (Begin::Fresh, Some(in_flight(claim.message_id))),
@@ -298,7 +298,7 @@ async fn record(store: &dyn KeyStore, claim: &Claim, outcome: Outcome) {
     match tokio::time::timeout(FINISH_TIMEOUT, store.finish(claim, outcome)).await {
         Ok(Ok(())) => {}
         Ok(Err(error)) => {
-            warn!(message_id = %claim.message_id, ?outcome, %error, "cannot record an Idempotency-Key's outcome")
+            warn!(message_id = %claim.message_id, ?outcome, error = %Chain(&error), "cannot record an Idempotency-Key's outcome")
         }
         Err(_) => warn!(message_id = %claim.message_id, ?outcome, "recording an Idempotency-Key's outcome timed out"),
     }
@@ -312,113 +312,6 @@ impl Drop for Pending {
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move { record(&*store, &claim, outcome).await });
         }
-    }
-}
-
-/// A record in memory, with when it goes.
-#[derive(Debug, Clone)]
-struct Kept {
-    record: Record,
-    expires_at: Instant,
-}
-
-/// Each entry goes at its own `expires_at`.
-struct KeptExpiry;
-
-impl moka::Expiry<String, Kept> for KeptExpiry {
-    fn expire_after_create(&self, _: &String, kept: &Kept, now: Instant) -> Option<Duration> {
-        Some(kept.expires_at.saturating_duration_since(now))
-    }
-
-    fn expire_after_update(&self, _: &String, kept: &Kept, now: Instant, _: Option<Duration>) -> Option<Duration> {
-        Some(kept.expires_at.saturating_duration_since(now))
-    }
-}
-
-/// `serve`'s records without `--redis`: in this process, at most
-/// [`MEMORY_CAPACITY`] keys, the least recently used forgotten first, each for
-/// its retention after its last write.
-pub struct MemoryKeys {
-    records: Cache<String, Kept>,
-}
-
-impl Default for MemoryKeys {
-    fn default() -> Self {
-        MemoryKeys::with_capacity(MEMORY_CAPACITY)
-    }
-}
-
-impl MemoryKeys {
-    /// A store of at most `capacity` keys.
-    pub fn with_capacity(capacity: u64) -> MemoryKeys {
-        MemoryKeys {
-            records: Cache::builder()
-                .max_capacity(capacity)
-                // Plain LRU: TinyLFU's admission could refuse a new key's record,
-                // and a refused record is a key that guards nothing.
-                .eviction_policy(EvictionPolicy::lru())
-                .expire_after(KeptExpiry)
-                .build(),
-        }
-    }
-}
-
-impl KeyStore for MemoryKeys {
-    fn begin<'a>(&'a self, claim: &'a Claim) -> StoreFuture<'a, Begin> {
-        Box::pin(async move {
-            let mut begin = Begin::InFlight;
-            self.records
-                .entry_by_ref(&claim.id)
-                .and_compute_with(|entry| {
-                    let (decided, write) = decide(entry.as_ref().map(|e| &e.value().record), claim, now_ms());
-                    begin = decided;
-                    let op = match write {
-                        Some(record) => {
-                            let expires_at = Instant::now() + claim.keep_for(record.state);
-                            Op::Put(Kept { record, expires_at })
-                        }
-                        None => Op::Nop,
-                    };
-                    std::future::ready(op)
-                })
-                .await;
-            Ok(begin)
-        })
-    }
-
-    fn finish<'a>(&'a self, claim: &'a Claim, outcome: Outcome) -> StoreFuture<'a, ()> {
-        Box::pin(async move {
-            self.records
-                .entry_by_ref(&claim.id)
-                .and_compute_with(|entry| {
-                    let op = match settle(entry.as_ref().map(|e| &e.value().record), claim, outcome) {
-                        Settle::Keep => Op::Nop,
-                        Settle::Delete => Op::Remove,
-                        Settle::Write(record) => {
-                            let expires_at = Instant::now() + claim.keep_for(record.state);
-                            Op::Put(Kept { record, expires_at })
-                        }
-                    };
-                    std::future::ready(op)
-                })
-                .await;
-            Ok(())
-        })
-    }
-}
-
-/// A store that is down: every claim is refused (for tests of that path).
-#[cfg(test)]
-pub struct DownKeys;
-
-#[cfg(test)]
-impl KeyStore for DownKeys {
-    fn begin<'a>(&'a self, _: &'a Claim) -> StoreFuture<'a, Begin> {
-        Box::pin(async { Err(crate::config::StoreError("the key store is down".into())) })
-    }
-
-    fn finish<'a>(&'a self, _: &'a Claim, _: Outcome) -> StoreFuture<'a, ()> {
-        Box::pin(async { Err(crate::config::StoreError("the key store is down".into())) })
     }
 }
 

@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response};
 use serde::{Deserialize, Serialize};
 
 use crate::contract::query::{decode_component, decode_query};
-use crate::contract::{ApiError, ClientCertificate, ErrorCode, HttpRequest, Refused, RequestPath};
+use crate::contract::{ApiError, ClientCertificate, ErrorCode, HttpRequest, Refusal, RequestPath};
 
 /// Which service sent the event; the response must take its shape.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +117,7 @@ pub enum DecodeError {
 pub fn decode(bytes: &[u8], base_path: Option<&str>) -> Result<(Result<HttpRequest, ApiError>, Origin), DecodeError> {
     let event: Event = serde_json::from_slice(bytes)?;
     let (request, origin) = decode_event(event, base_path)?;
-    Ok((request.map_err(|refused| refused.0), origin))
+    Ok((request.map_err(|refused| refused.error), origin))
 }
 
 /// Turns an event into the contract's request. The outer error means the event
@@ -126,7 +126,7 @@ pub fn decode(bytes: &[u8], base_path: Option<&str>) -> Result<(Result<HttpReque
 pub fn decode_event(
     mut event: Event,
     base_path: Option<&str>,
-) -> Result<(Result<HttpRequest, Refused>, Origin), DecodeError> {
+) -> Result<(Result<HttpRequest, Refusal>, Origin), DecodeError> {
     let context = event.request_context.take().unwrap_or_default();
     let origin = origin(&event, &context)?;
     let method = match origin {
@@ -162,13 +162,17 @@ fn origin(event: &Event, context: &Context) -> Result<Origin, DecodeError> {
 
 /// The contract's request from an event of a known origin, or the 400 it earns
 /// and the request's headers.
+#[allow(
+    clippy::result_large_err,
+    reason = "the request is larger than its refusal: boxing the refusal would not shrink the result"
+)]
 fn request(
     method: Method,
     mut event: Event,
     context: Context,
     origin: Origin,
     base_path: Option<&str>,
-) -> Result<HttpRequest, Refused> {
+) -> Result<HttpRequest, Refusal> {
     let headers = header_map(event.multi_value_headers.take(), event.headers.take());
     match request_parts(&mut event, origin) {
         Ok((query, body)) => {
@@ -177,7 +181,7 @@ fn request(
             let client_certificate = client_certificate(origin, context);
             Ok(HttpRequest { method, path, query, headers, body, source_ip, client_certificate })
         }
-        Err(error) => Err(Box::new((error, headers))),
+        Err(error) => Err(Refusal { error, headers }),
     }
 }
 

@@ -34,11 +34,7 @@ pub async fn handle_by<P: Publisher>(
     answer_by: Option<tokio::time::Instant>,
 ) -> Result<LambdaResponse, DecodeError> {
     let (request, origin) = decode_event(event, base_path)?;
-    let response = match request {
-        Ok(request) => service.handle_by(request, answer_by).await,
-        Err(refused) => service.refuse(refused.0, &refused.1).await,
-    };
-    Ok(encode(origin, response))
+    Ok(encode(origin, service.answer(request, answer_by).await))
 }
 
 /// When to answer an invocation whose deadline the Runtime API gave as

@@ -8,7 +8,7 @@ use aws_config::timeout::TimeoutConfig;
 use aws_config::SdkConfig;
 use aws_sdk_iotdataplane::config::interceptors::FinalizerInterceptorContextRef;
 use aws_sdk_iotdataplane::config::{ConfigBag, Intercept, RuntimeComponents};
-use aws_sdk_iotdataplane::error::{BoxError, DisplayErrorContext, SdkError};
+use aws_sdk_iotdataplane::error::{BoxError, SdkError};
 use aws_sdk_iotdataplane::operation::publish::PublishError as SdkPublishError;
 use aws_sdk_iotdataplane::primitives::Blob;
 use aws_sdk_iotdataplane::types::PayloadFormatIndicator;
@@ -18,6 +18,7 @@ use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 use super::{Message, PublishError, Publisher};
+use crate::cause::{Cause, Chain};
 use crate::contract::{BackendLimits, Qos, TopicLimits};
 
 /// AWS IoT Core's message limits (AWS IoT Core endpoints and quotas).
@@ -168,8 +169,8 @@ impl IotPublisher {
                 let host = crate::aws::describe_iot_data_endpoint(sdk, control_plane.as_deref(), DESCRIBE_ENDPOINT_TIMEOUT)
                     .await
                     .map_err(|e| {
-                        warn!(error = %e, "cannot find the account's AWS IoT data endpoint; set IOT_DATA_ENDPOINT to skip the lookup");
-                        PublishError::Unavailable(e.to_string())
+                        warn!(error = %Chain(&e), "cannot find the account's AWS IoT data endpoint; set IOT_DATA_ENDPOINT to skip the lookup");
+                        PublishError::Unavailable(Cause::new(e))
                     })?;
                 info!(endpoint = %host, "found the account's AWS IoT data endpoint");
                 let _ = inner.host.set(host.clone());
@@ -241,26 +242,29 @@ impl Publisher for IotPublisher {
         result.map(drop).map_err(|error| match classify(error) {
             // The SDK's last attempt was refused, but an earlier one may have
             // reached AWS IoT: the message may be published.
-            PublishError::Unavailable(detail) | PublishError::Throttled(detail)
-                if attempts.earlier_may_have_arrived() =>
-            {
-                PublishError::Unknown(format!("{detail} (after an earlier attempt whose outcome is unknown)"))
+            PublishError::Unavailable(last) | PublishError::Throttled(last) if attempts.earlier_may_have_arrived() => {
+                PublishError::Unknown(Cause::new(AfterAnUnknownAttempt(last)))
             }
             other => other,
         })
     }
 }
 
+/// The last attempt was refused after an earlier one that may have arrived.
+#[derive(Debug, thiserror::Error)]
+#[error("an earlier attempt's outcome is unknown, and the last one failed")]
+struct AfterAnUnknownAttempt(#[source] Cause);
+
 /// Whether each of one publish's attempts may have reached AWS IoT: one that
 /// got no answer (a timeout, a connection lost mid-call; not a refused
 /// connection) or a 5xx other than 503. The SDK retries those, and an answer
 /// to the last attempt says nothing of the earlier ones.
 #[derive(Debug, Clone, Default)]
-struct Attempts(Arc<std::sync::Mutex<Vec<bool>>>);
+struct Attempts(Arc<parking_lot::Mutex<Vec<bool>>>);
 
 impl Attempts {
     fn earlier_may_have_arrived(&self) -> bool {
-        let attempts = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let attempts = self.0.lock();
         attempts.split_last().is_some_and(|(_, earlier)| earlier.iter().any(|&may| may))
     }
 }
@@ -281,7 +285,7 @@ impl Intercept for Attempts {
             (None, Some(Err(error))) => !refused(error),
             (None, _) => true,
         };
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(may_have_arrived);
+        self.0.lock().push(may_have_arrived);
         Ok(())
     }
 }
@@ -290,34 +294,34 @@ impl Intercept for Attempts {
 /// `x-amzn-ErrorType`; a response without it arrives unhandled, and is then
 /// classified by its error code if any, else its raw HTTP status.
 fn classify(err: SdkError<SdkPublishError>) -> PublishError {
-    let detail = DisplayErrorContext(&err).to_string();
-    match &err {
+    let kind: fn(Cause) -> PublishError = match &err {
         // A connection refused never sent the request.
-        SdkError::DispatchFailure(_) if refused(&err) => PublishError::Unavailable(detail),
+        SdkError::DispatchFailure(_) if refused(&err) => PublishError::Unavailable,
         // A timeout, or a connection lost mid-exchange: the request may have arrived.
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            PublishError::Unknown(detail)
-        }
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => PublishError::Unknown,
         SdkError::ServiceError(service) => match service.err() {
-            SdkPublishError::InvalidRequestException(_) => PublishError::Rejected(detail),
-            SdkPublishError::ThrottlingException(_) => PublishError::Throttled(detail),
+            SdkPublishError::InvalidRequestException(_) => PublishError::Rejected,
+            SdkPublishError::ThrottlingException(_) => PublishError::Throttled,
             // IoT's own 500, already retried by the SDK (a transient server error):
             // a backend fault worth a retry later, not ours; whether it published is unknown.
-            SdkPublishError::InternalFailureException(_) => PublishError::Unknown(detail),
+            SdkPublishError::InternalFailureException(_) => PublishError::Unknown,
             SdkPublishError::UnauthorizedException(_) | SdkPublishError::MethodNotAllowedException(_) => {
-                PublishError::Failed(detail)
+                PublishError::Failed
             }
             other => match (other.meta().code(), service.raw().status().as_u16()) {
-                (Some("RequestEntityTooLargeException"), _) | (_, 413) => PublishError::TooLarge { max_payload: None },
-                (Some("ServiceUnavailableException"), _) | (_, 503) => PublishError::Unavailable(detail),
-                (_, 504) => PublishError::Unknown(detail),
-                (Some("ThrottlingException"), _) | (_, 429) => PublishError::Throttled(detail),
-                (Some("InvalidRequestException"), _) | (_, 400) => PublishError::Rejected(detail),
-                _ => PublishError::Failed(detail),
+                (Some("RequestEntityTooLargeException"), _) | (_, 413) => {
+                    return PublishError::TooLarge { max_payload: None }
+                }
+                (Some("ServiceUnavailableException"), _) | (_, 503) => PublishError::Unavailable,
+                (_, 504) => PublishError::Unknown,
+                (Some("ThrottlingException"), _) | (_, 429) => PublishError::Throttled,
+                (Some("InvalidRequestException"), _) | (_, 400) => PublishError::Rejected,
+                _ => PublishError::Failed,
             },
         },
-        _ => PublishError::Failed(detail),
-    }
+        _ => PublishError::Failed,
+    };
+    kind(Cause::new(err))
 }
 
 /// Whether `err` is a connection the endpoint refused: an error of the

@@ -10,6 +10,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 
+use crate::cause::Cause;
 use crate::contract::{BackendLimits, Properties, Qos, Topic};
 
 /// One message to publish, as the caller asked for it.
@@ -27,12 +28,12 @@ pub struct Message {
     pub properties: Properties,
 }
 
-/// How a backend refused or failed a publish.
+/// How a backend refused or failed a publish; each keeps the backend's own answer as its source.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PublishError {
     /// The backend judged the request invalid (a caller mistake the contract missed).
-    #[error("the backend rejected the request: {0}")]
-    Rejected(String),
+    #[error("the backend rejected the request")]
+    Rejected(#[source] Cause),
     /// The payload is over the backend's limit: `max_payload` bytes for this
     /// message when the backend says (the rest of its packet counts too).
     #[error("the backend refused the payload as too large")]
@@ -41,19 +42,19 @@ pub enum PublishError {
         max_payload: Option<usize>,
     },
     /// The backend throttled us.
-    #[error("the backend throttled the publish: {0}")]
-    Throttled(String),
+    #[error("the backend throttled the publish")]
+    Throttled(#[source] Cause),
     /// Unreachable, or said it is unavailable, before the message left: not
     /// delivered, worth a retry later.
-    #[error("the backend is unavailable: {0}")]
-    Unavailable(String),
+    #[error("the backend is unavailable")]
+    Unavailable(#[source] Cause),
     /// The message was sent but its outcome never came back (a timeout, a
     /// connection lost before the acknowledgement): it may have been delivered.
-    #[error("the backend's answer never came: {0}")]
-    Unknown(String),
+    #[error("the backend's answer never came")]
+    Unknown(#[source] Cause),
     /// Anything else, our own permissions included: a server fault.
-    #[error("the backend failed: {0}")]
-    Failed(String),
+    #[error("the backend failed")]
+    Failed(#[source] Cause),
 }
 
 /// A message broker we can publish to.

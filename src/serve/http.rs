@@ -3,10 +3,10 @@
 //! same [`Service`] the Lambda function runs.
 //!
 //! Limits on what a client controls: headers (16 KiB, read within 10 s by
-//! default), the TLS handshake (10 s), and the body, refused by its
-//! `Content-Length` before any of it is read, and cut off at the limit when it
-//! comes chunked. Requests hyper cannot parse are answered with the contract's
-//! JSON errors too ([`super::parse_errors`]).
+//! default), the TLS handshake (10 s), and the body, read only once the
+//! request is authorized, refused by its `Content-Length` before any of it is
+//! read, and cut off at the limit when it comes chunked. Requests hyper cannot
+//! parse are answered with the contract's JSON errors too ([`super::parse_errors`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,8 +28,9 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{debug, info, warn};
 
 use super::parse_errors::JsonParseErrors;
+use crate::contract::body::BodyFuture;
 use crate::contract::query::decode_query;
-use crate::contract::{ApiError, ClientCertificate, ErrorCode, HttpRequest, Refused, RequestPath};
+use crate::contract::{ApiError, Body, ClientCertificate, ErrorCode, HttpRequest, Refusal, RequestPath};
 use crate::publish::Publisher;
 use crate::service::Service;
 
@@ -124,49 +125,57 @@ async fn answer<P: Publisher>(
     certificate: Option<ClientCertificate>,
     service: &Service<P>,
 ) -> Response<Full<Bytes>> {
-    let response = match read_request(request, peer, certificate, service.max_payload_bytes().await).await {
-        Ok(request) => service.handle(request).await,
-        // Refused before the service (a body over the limit, a query that does not
-        // decode): the same log line, metrics and CORS headers as every other answer.
-        Err(refused) => service.refuse(refused.0, &refused.1).await,
-    };
-    response.map(Full::new)
+    service.answer(received(request, peer, certificate), None).await.map(Full::new)
 }
 
-/// Reads the body within `max_body` bytes and builds the contract's request;
-/// refused, the request's headers come back with the error, for its answer.
-async fn read_request(
+/// The contract's request, its body still unread; a query that does not
+/// decode is refused, with the request's headers for the answer.
+#[allow(
+    clippy::result_large_err,
+    reason = "the request is larger than its refusal: boxing the refusal would not shrink the result"
+)]
+fn received(
     request: Request<Incoming>,
     peer: SocketAddr,
     certificate: Option<ClientCertificate>,
-    max_body: usize,
-) -> Result<HttpRequest, Refused> {
+) -> Result<HttpRequest<Unread>, Refusal> {
     let (parts, body) = request.into_parts();
     let declared = parts.headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-    if declared.is_some_and(|len| len > max_body as u64) {
-        return Err(Box::new((ApiError::PayloadTooLarge { max: max_body }, parts.headers)));
-    }
-    let body = match Limited::new(body, max_body).collect().await {
-        Ok(body) => body.to_bytes(),
-        Err(error) if error.is::<http_body_util::LengthLimitError>() => {
-            return Err(Box::new((ApiError::PayloadTooLarge { max: max_body }, parts.headers)))
-        }
-        Err(_) => {
-            let error = ApiError::bad_request(ErrorCode::InvalidBody, "the request body could not be read");
-            return Err(Box::new((error, parts.headers)));
-        }
-    };
     let query = match decode_query(parts.uri.query().unwrap_or("")) {
         Ok(query) => query,
-        Err(error) => return Err(Box::new((error, parts.headers))),
+        Err(error) => return Err(Refusal { error, headers: parts.headers }),
     };
     Ok(HttpRequest {
         method: parts.method,
         path: RequestPath::Encoded(parts.uri.path().to_owned()),
         query,
         headers: parts.headers,
-        body,
+        body: Unread { body, declared },
         source_ip: Some(peer.ip()),
         client_certificate: certificate,
     })
+}
+
+/// A body still on its connection, with the length its `Content-Length` declares.
+pub struct Unread {
+    body: Incoming,
+    declared: Option<u64>,
+}
+
+impl Body for Unread {
+    fn declared_len(&self) -> Option<u64> {
+        self.declared
+    }
+
+    fn read(self: Box<Self>, limit: usize) -> BodyFuture {
+        Box::pin(async move {
+            match Limited::new(self.body, limit).collect().await {
+                Ok(body) => Ok(body.to_bytes()),
+                Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                    Err(ApiError::PayloadTooLarge { max: limit })
+                }
+                Err(_) => Err(ApiError::bad_request(ErrorCode::InvalidBody, "the request body could not be read")),
+            }
+        })
+    }
 }

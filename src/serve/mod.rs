@@ -118,7 +118,7 @@ pub enum ServeError {
     Options(&'static str),
     /// `--redis` is not a Redis URL.
     #[error(transparent)]
-    Redis(#[from] crate::shared::RedisUrlError),
+    Redis(#[from] crate::store::redis::RedisUrlError),
     /// A certificate, key or CA file.
     #[error(transparent)]
     Tls(#[from] tls::TlsError),
@@ -196,7 +196,7 @@ const BROKER_PATIENCE: Duration = Duration::from_secs(5);
 pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     let config = load_config(&options).await?;
     let broker = broker_settings(&options)?;
-    let shared = options.redis.as_deref().map(crate::shared::Shared::new).transpose()?.map(Arc::new);
+    let redis = options.redis.as_deref().map(crate::store::redis::Redis::new).transpose()?;
     let acceptor = tls_acceptor(&options)?;
 
     let admin = match options.admin_listen {
@@ -230,9 +230,11 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     let mut service = Service::with_store(publisher, config.store())
         .with_login_refusal_delay(LOGIN_REFUSAL_DELAY)
         .with_replies(replies, MAX_RESPONSE_TIMEOUT);
-    if let Some(shared) = shared {
+    if let Some(redis) = redis {
         info!("idempotency keys and the [limits] quotas are shared through Redis");
-        service = service.with_key_store(Arc::clone(&shared) as _).with_shared_quotas(shared);
+        service = service
+            .with_key_store(Arc::new(crate::idempotency::redis::RedisKeys::new(redis.clone())))
+            .with_shared_quotas(Arc::new(crate::quota::redis::RedisQuotas::new(redis)));
     }
     let service = Arc::new(service);
     info!(

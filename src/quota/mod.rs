@@ -19,7 +19,7 @@ use std::hash::Hash;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, MonotonicClock};
@@ -27,9 +27,14 @@ use governor::middleware::NoOpMiddleware;
 use governor::state::keyed::HashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{NotUntil, Quota, RateLimiter};
+use parking_lot::RwLock;
 
 use crate::config::Limits;
 use crate::metrics::Refusal;
+use crate::store::StoreFuture;
+
+#[cfg(feature = "serve")]
+pub mod redis;
 
 /// Admits to a user limiter between two looks at its size.
 const PRUNE_CHECK_EVERY: u64 = 256;
@@ -92,17 +97,22 @@ pub fn gcra(rate: Option<f64>, burst: Option<u32>) -> Option<(Duration, u32)> {
     quota(rate, burst).map(|q| (q.replenish_interval(), q.burst_size().get()))
 }
 
+/// A message over a quota: which quota, and when to try again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("over the {quota:?} quota; retry after {retry_after} s")]
+pub struct QuotaRefusal {
+    /// The quota that refused.
+    pub quota: Refusal,
+    /// Seconds to wait, at least 1: the answer's `Retry-After`.
+    pub retry_after: u32,
+}
+
 /// The instance and user quotas of `[limits]` enforced across every process
-/// that shares the store (`serve --redis`: src/shared.rs). An `Err` is the
+/// that shares the store (`serve --redis`: [`redis`]). An `Err` is the
 /// store failing: the caller falls back to its own [`Quotas`].
 pub trait SharedQuotas: Send + Sync {
-    /// Admits one message for `user` under `limits`, or names the quota that
-    /// refuses it and the seconds to wait (at least 1).
-    fn admit<'a>(
-        &'a self,
-        limits: &'a Limits,
-        user: Option<&'a str>,
-    ) -> crate::config::source::StoreFuture<'a, Result<(), (Refusal, u32)>>;
+    /// Admits one message for `user` under `limits`, or says which quota refuses it.
+    fn admit<'a>(&'a self, limits: &'a Limits, user: Option<&'a str>) -> StoreFuture<'a, Result<(), QuotaRefusal>>;
 }
 
 /// Seconds for `Retry-After`: rounded up, at least 1.
@@ -118,20 +128,23 @@ impl<C: Clock + Clone> Quotas<C> {
     }
 
     /// Admits one message for `user` (a username or CN) under `limits`, or
-    /// returns the quota refusing it and the seconds to wait (at least 1) for `Retry-After`.
-    pub fn admit(&self, limits: &Limits, user: Option<&str>) -> Result<(), (Refusal, u32)> {
+    /// says which quota refuses it.
+    pub fn admit(&self, limits: &Limits, user: Option<&str>) -> Result<(), QuotaRefusal> {
         let instance_quota = quota(limits.messages_per_second, limits.burst);
         if let Some(instance) =
             limiter_for(&self.instance, instance_quota, |q| RateLimiter::direct_with_clock(q, self.clock.clone()))
         {
-            instance.check().map_err(|n| (Refusal::Instance, retry_after(&n, self.clock.now())))?;
+            instance.check().map_err(|n| QuotaRefusal {
+                quota: Refusal::Instance,
+                retry_after: retry_after(&n, self.clock.now()),
+            })?;
         }
         let user_quota = quota(limits.user_messages_per_second, limits.user_burst);
         let users = limiter_for(&self.users, user_quota, |q| Users::new(q, self.clock.clone()));
         match (users, user) {
-            (Some(users), Some(user)) => {
-                users.admit(user.to_owned(), &self.clock).map_err(|wait| (Refusal::User, wait))
-            }
+            (Some(users), Some(user)) => users
+                .admit(user.to_owned(), &self.clock)
+                .map_err(|retry_after| QuotaRefusal { quota: Refusal::User, retry_after }),
             _ => Ok(()),
         }
     }
@@ -152,7 +165,7 @@ impl<C: Clock + Clone> Quotas<C> {
     /// How many users' states are held (tests watch it stay bounded).
     #[cfg(test)]
     fn users_held(&self) -> usize {
-        self.users.read().unwrap().as_ref().map_or(0, |(_, u)| u.limiter.len())
+        self.users.read().as_ref().map_or(0, |(_, u)| u.limiter.len())
     }
 }
 
@@ -160,12 +173,12 @@ impl<C: Clock + Clone> Quotas<C> {
 /// `build`, replacing it (or none, and the slot emptied, if the quota is off).
 fn limiter_for<T>(slot: &Slot<T>, quota: Option<Quota>, build: impl FnOnce(Quota) -> T) -> Option<Arc<T>> {
     let built_for = |current: &Option<(Quota, Arc<T>)>| current.as_ref().map(|(q, _)| *q);
-    let current = slot.read().unwrap_or_else(PoisonError::into_inner);
+    let current = slot.read();
     if built_for(&current) == quota {
         return current.as_ref().map(|(_, limiter)| Arc::clone(limiter));
     }
     drop(current);
-    let mut current = slot.write().unwrap_or_else(PoisonError::into_inner);
+    let mut current = slot.write();
     if built_for(&current) != quota {
         *current = quota.map(|q| (q, Arc::new(build(q))));
     }
@@ -266,7 +279,11 @@ mod tests {
         let q = Quotas::default();
         let l = limits(Some(0.5), Some(3), None, None);
         assert!((0..3).all(|_| q.admit(&l, None).is_ok()));
-        assert_eq!(q.admit(&l, None), Err((Refusal::Instance, 2)), "one message every 2 s");
+        assert_eq!(
+            q.admit(&l, None),
+            Err(QuotaRefusal { quota: Refusal::Instance, retry_after: 2 }),
+            "one message every 2 s"
+        );
     }
 
     #[test]
@@ -274,7 +291,7 @@ mod tests {
         let q = Quotas::default();
         let l = limits(None, None, Some(1.0), Some(2));
         assert!(q.admit(&l, Some("a")).is_ok() && q.admit(&l, Some("a")).is_ok());
-        assert_eq!(q.admit(&l, Some("a")), Err((Refusal::User, 1)));
+        assert_eq!(q.admit(&l, Some("a")), Err(QuotaRefusal { quota: Refusal::User, retry_after: 1 }));
         assert!(q.admit(&l, Some("b")).is_ok(), "another user is not held back");
         assert!(q.admit(&l, None).is_ok(), "no user, no user quota");
     }
@@ -285,10 +302,14 @@ mod tests {
         let q = Quotas::with_clock(clock.clone());
         let l = limits(Some(5.0), None, None, None);
         assert!((0..5).all(|_| q.admit(&l, None).is_ok()));
-        assert_eq!(q.admit(&l, None), Err((Refusal::Instance, 1)));
+        assert_eq!(q.admit(&l, None), Err(QuotaRefusal { quota: Refusal::Instance, retry_after: 1 }));
         let l = limits(Some(0.25), None, None, None);
         assert!(q.admit(&l, None).is_ok());
-        assert_eq!(q.admit(&l, None), Err((Refusal::Instance, 4)), "one message every 4 s, a burst of 1");
+        assert_eq!(
+            q.admit(&l, None),
+            Err(QuotaRefusal { quota: Refusal::Instance, retry_after: 4 }),
+            "one message every 4 s, a burst of 1"
+        );
     }
 
     #[test]
@@ -301,7 +322,11 @@ mod tests {
         clock.advance(Duration::from_millis(150));
         assert!(q.admit(&l, Some("u")).is_ok());
         clock.advance(Duration::from_millis(150));
-        assert_eq!(q.admit(&l, Some("u")), Err((Refusal::User, 2)), "the user's quota is one message every 2 s");
+        assert_eq!(
+            q.admit(&l, Some("u")),
+            Err(QuotaRefusal { quota: Refusal::User, retry_after: 2 }),
+            "the user's quota is one message every 2 s"
+        );
         clock.advance(Duration::from_millis(1_900));
         assert!(q.admit(&l, Some("u")).is_ok());
     }
@@ -329,7 +354,7 @@ mod tests {
         assert!(q.admit(&slow, None).is_ok());
         let slow = limits(Some(1e-300), Some(1), None, None);
         assert!(q.admit(&slow, None).is_ok());
-        assert!(q.admit(&slow, None).is_err_and(|(_, s)| s > 1));
+        assert!(q.admit(&slow, None).is_err_and(|refusal| refusal.retry_after > 1));
     }
 
     #[test]
@@ -343,7 +368,7 @@ mod tests {
             // WHEN 200 000 users each drain their quota, a thousand users a second,
             let user = format!("user-{i}");
             assert!(q.admit(&l, Some(&user)).is_ok() && q.admit(&l, Some(&user)).is_ok());
-            assert_eq!(q.admit(&l, Some(&user)), Err((Refusal::User, 1)));
+            assert_eq!(q.admit(&l, Some(&user)), Err(QuotaRefusal { quota: Refusal::User, retry_after: 1 }));
             if i % 1_000 == 999 {
                 clock.advance(Duration::from_secs(1));
             }
@@ -354,6 +379,6 @@ mod tests {
         assert!(most_held < 10_000, "{most_held} user states held at once");
         // AND a user dropped starts full, as one never seen does.
         assert!(q.admit(&l, Some("user-0")).is_ok() && q.admit(&l, Some("user-0")).is_ok());
-        assert_eq!(q.admit(&l, Some("user-0")), Err((Refusal::User, 1)));
+        assert_eq!(q.admit(&l, Some("user-0")), Err(QuotaRefusal { quota: Refusal::User, retry_after: 1 }));
     }
 }
