@@ -1,6 +1,6 @@
 //! The ceiling for `serve`: a direct MQTT 5 client publishing the same message
 //! (256 bytes, QoS 1) with 64 publishes in flight through the same broker.
-//! Prints the rate of acknowledged publishes; asserts nothing. `bench/run` starts
+//! Prints the rate of acknowledged publishes; asserts nothing. `load/run` starts
 //! the broker and passes its address:
 //!
 //!     cargo bench --bench direct_mqtt -- 127.0.0.1:1883 10

@@ -11,8 +11,9 @@
 //! the bytes are out. Reading request heads ourselves ahead of hyper would mean
 //! parsing HTTP/1 framing (bodies, pipelining) a second time. So
 //! [`JsonParseErrors`] wraps the connection and replaces those answers, on their
-//! way out, with the contract's JSON errors; tests/serve.rs sends both kinds of
-//! unparsable request, so a hyper that answers differently fails the suite.
+//! way out, with the contract's JSON errors; tests/serve/http_limits.rs sends
+//! both kinds of unparsable request, so a hyper that answers differently fails
+//! the suite.
 //!
 //! How one of hyper's own answers is told apart from the service's, exactly:
 //! it is the last thing hyper writes on the connection; it is a head alone

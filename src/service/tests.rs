@@ -248,7 +248,7 @@ async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() 
     assert_eq!(service.waiting(), 0, "a refused wait leaves its place");
     assert!(publisher.sent().is_empty(), "nothing is published without a subscription for its reply");
     reached.extend(["invalid_response_timeout", "too_many_waiting"].map(String::from));
-    // Only a broker's reply (or its absence) answers these: tests/serve.rs.
+    // Only a broker's reply (or its absence) answers these: tests/serve/replies.rs.
     reached.extend(["reply_timeout", "reply_too_large"].map(String::from));
 
     // The config store down: 503, never 401.

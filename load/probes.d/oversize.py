@@ -1,4 +1,4 @@
-"""Probe 1 of bench/probes: one body over the broker's max_packet_size, then small ones.
+"""Probe 1 of load/probes: one body over the broker's max_packet_size, then small ones.
 
 Sends one POST with a big body while a small POST is sent at the same instant on another
 connection, then small POSTs one after the other. Each small request has a topic of its

@@ -1,5 +1,5 @@
 /*
- * The MQTT client of bench/run's load section: what a device fleet's publishes cost the broker
+ * The MQTT client of load/run's load section: what a device fleet's publishes cost the broker
  * without HTTP in between. A C client on libmosquitto (Debian's libmosquitto-dev) publishes what
  * wrk's requests to serve carry (256 bytes, QoS 1, MQTT 5) round-robin over the topics
  * bench/t0..bench/t63, and keeps IN_FLIGHT publishes unacknowledged at all times: each PUBACK
@@ -7,7 +7,7 @@
  *
  *   libmosquitto_publish HOST PORT IN_FLIGHT SECONDS
  *
- *   cc -O2 -o libmosquitto_publish bench/libmosquitto_publish.c -lmosquitto
+ *   cc -O2 -o libmosquitto_publish load/libmosquitto_publish.c -lmosquitto
  *
  * Prints one line of NAME VALUE pairs, e.g.
  *

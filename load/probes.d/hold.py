@@ -1,4 +1,4 @@
-"""Probe 3 of bench/probes: thousands of idle or half-sent connections held open.
+"""Probe 3 of load/probes: thousands of idle or half-sent connections held open.
 
 Opens COUNT TCP connections to serve at --rate a second: the even ones send nothing, the
 odd ones send a request line and half a header block and stall. With them held, times a

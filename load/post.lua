@@ -1,4 +1,4 @@
--- wrk script: the load of bench/run. A 256-byte body, QoS 1 (in the URL), Basic auth as user0,
+-- wrk script: the load of load/run. A 256-byte body, QoS 1 (in the URL), Basic auth as user0,
 -- to 64 topics in turn, bench/t0 .. bench/t63: a fleet of devices, each publishing to its own
 -- topic. (serve's pool of broker connections keeps one topic's messages on one connection, so a
 -- single topic would measure one connection.) The URL given to wrk names only the host:

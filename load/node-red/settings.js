@@ -1,7 +1,7 @@
-// Node-RED settings for bench/run: Node-RED as a peer of `serve`, answering the same
-// POST /topics/{topic}?qos=1 with Basic auth as user0 / secret0 (bench/node-red/flows.json).
-// bench/run starts it as
-//   node red.js --settings bench/node-red/settings.js --userDir WORK --port PORT WORK/flows.json
+// Node-RED settings for load/run: Node-RED as a peer of `serve`, answering the same
+// POST /topics/{topic}?qos=1 with Basic auth as user0 / secret0 (load/node-red/flows.json).
+// load/run starts it as
+//   node red.js --settings load/node-red/settings.js --userDir WORK --port PORT WORK/flows.json
 // with MQTT_PORT in the environment (the flow's broker node reads ${MQTT_PORT}).
 module.exports = {
     uiHost: "127.0.0.1",

@@ -1,4 +1,4 @@
-"""Probe 2 of bench/probes: a password-guessing flood from one source address.
+"""Probe 2 of load/probes: a password-guessing flood from one source address.
 
 CONNS keep-alive connections, bound to SOURCE, each sending POSTs with a new wrong password
 for USER as fast as answers come back, until SIGTERM/SIGINT or --max-seconds. A connection
