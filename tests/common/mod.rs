@@ -339,3 +339,28 @@ impl Drop for Proc {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Waits until something listens on the loopback `port`; panics naming `what` after 5 s.
+pub async fn wait_for_port(port: u16, what: &str) {
+    for _ in 0..200 {
+        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("{what} did not listen on {port}");
+}
+
+/// Debian's redis-server on loopback `port` (a free one if `None`), keeping nothing on disk.
+pub async fn redis_server_on(port: Option<u16>) -> (Proc, u16) {
+    let port = port.unwrap_or_else(free_port);
+    let (stdout, stderr) = child_logs("redis-server");
+    let child = std::process::Command::new("redis-server")
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .expect("redis-server (scripts/test installs it)");
+    wait_for_port(port, "redis-server").await;
+    (Proc(child), port)
+}

@@ -1,28 +1,14 @@
 //! A fleet behind a load balancer: two `serve` processes sharing one Redis
 //! (`--redis`).
 
-use std::process::Command;
 use std::time::Duration;
 
 use rumqttc::v5::mqttbytes::v5::Publish;
 
-use crate::common;
-use crate::common::{free_port, Proc};
-use crate::support::{drain, mosquitto, post, serve, subscriber, temp_dir, wait_for_port, write_config, USER0};
+use crate::common::redis_server_on;
+use crate::support::{drain, mosquitto, post, serve, subscriber, temp_dir, write_config, USER0};
 
 /// Debian's redis-server on `port` (a free one if `None`), loopback only, nothing saved to disk.
-async fn redis_server_on(port: Option<u16>) -> (Proc, u16) {
-    let port = port.unwrap_or_else(free_port);
-    let (stdout, stderr) = common::child_logs("redis-server");
-    let child = Command::new("redis-server")
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-        .stdout(stdout)
-        .stderr(stderr)
-        .spawn()
-        .expect("redis-server (scripts/test installs it)");
-    wait_for_port(port, "redis-server").await;
-    (Proc(child), port)
-}
 
 fn user_property(message: &Publish, name: &str) -> Option<String> {
     let properties = message.properties.as_ref()?;

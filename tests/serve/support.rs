@@ -10,6 +10,7 @@ use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use tokio::sync::mpsc;
 
 use crate::common;
+pub(crate) use crate::common::wait_for_port;
 use crate::common::{free_port, request, Proc, Wire};
 
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_mqtt-http-publish");
@@ -17,16 +18,6 @@ fn bin() -> String {
     std::env::var("MHP_SERVE_BINARY").unwrap_or_else(|_| BIN.to_owned())
 }
 pub(crate) const USER0: (&str, &str) = ("authorization", "Basic dXNlcjA6c2VjcmV0MA==");
-
-pub(crate) async fn wait_for_port(port: u16, what: &str) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("{what} did not listen on {port}");
-}
 
 pub(crate) fn temp_dir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("mhp-serve-{}-{name}", std::process::id()));
