@@ -10,7 +10,7 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use mqtt_http_publish::acl::{Access, Acl, Action, Effect, Rule, TopicFilter};
-use mqtt_http_publish::contract::{Topic, TopicLimits};
+use mqtt_http_publish::contract::{Qos, Topic, TopicLimits};
 
 fn rule(priority: i64, effect: Effect, topic: &str, username: Option<String>) -> Rule {
     Rule {
@@ -76,7 +76,7 @@ fn main() {
                     username: Some(user),
                     client_id: "bench",
                     source_ip: None,
-                    qos: 1,
+                    qos: Qos::AtLeastOnce,
                     retain: false,
                     basic: true,
                     certificate: false,

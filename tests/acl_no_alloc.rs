@@ -7,7 +7,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
 use mqtt_http_publish::acl::{Access, Acl, Action, Cidr, Effect, Glob, Rule, TopicFilter};
-use mqtt_http_publish::contract::{Topic, TopicLimits};
+use mqtt_http_publish::contract::{Qos, Topic, TopicLimits};
 
 /// The system allocator, counting this thread's allocations.
 struct Counting;
@@ -88,7 +88,7 @@ fn a_decision_allocates_nothing() {
                 username,
                 client_id,
                 source_ip: Some(ip.parse().unwrap()),
-                qos: 1,
+                qos: Qos::AtLeastOnce,
                 retain: false,
                 basic: username.is_some(),
                 certificate: username.is_none(),

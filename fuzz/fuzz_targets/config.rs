@@ -8,7 +8,7 @@
 use libfuzzer_sys::fuzz_target;
 use mqtt_http_publish::acl::{Access, Action, Effect};
 use mqtt_http_publish::config::{parse_toml, Policy};
-use mqtt_http_publish::contract::{Topic, TopicLimits};
+use mqtt_http_publish::contract::{Qos, Topic, TopicLimits};
 
 const TOPICS: &[&str] = &["home", "home/kitchen", "devices/dev-1/t", "users/user0", "$SYS/x", "a//b", "/"];
 
@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
                 username,
                 client_id: "dev-1",
                 source_ip: Some("10.1.2.3".parse().expect("an address")),
-                qos,
+                qos: Qos::from_level(qos).unwrap(),
                 retain,
                 basic: username.is_some(),
                 certificate: username.is_none(),

@@ -8,7 +8,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use mqtt_http_publish::acl::{Access, Acl, Action, Effect, Placeholders, Rule, TopicFilter};
-use mqtt_http_publish::contract::{Topic, TopicLimits};
+use mqtt_http_publish::contract::{Qos, Topic, TopicLimits};
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else {
@@ -39,7 +39,7 @@ fuzz_target!(|data: &[u8]| {
         username,
         client_id,
         source_ip: None,
-        qos: 1,
+        qos: Qos::AtLeastOnce,
         retain: false,
         basic: true,
         certificate: false,

@@ -12,7 +12,7 @@ pub mod pattern;
 use std::collections::HashMap;
 use std::net::IpAddr;
 
-use crate::contract::Topic;
+use crate::contract::{Qos, Topic};
 
 pub use self::filter::{Level, Placeholders, TopicFilter};
 pub use self::pattern::{Cidr, Glob, PatternError};
@@ -103,7 +103,7 @@ pub struct Access<'a> {
     /// The caller's address, if known.
     pub source_ip: Option<IpAddr>,
     /// Requested QoS.
-    pub qos: u8,
+    pub qos: Qos,
     /// Requested retain flag.
     pub retain: bool,
     /// A Basic header was verified.
@@ -148,7 +148,7 @@ impl Rule {
                 .source_ips
                 .as_ref()
                 .is_none_or(|blocks| access.source_ip.is_some_and(|ip| blocks.iter().any(|b| b.contains(ip))))
-            && self.qos.as_ref().is_none_or(|q| q.contains(&access.qos))
+            && self.qos.as_ref().is_none_or(|q| q.contains(&access.qos.level()))
             && self.retain.is_none_or(|r| r == access.retain)
             && self.auth.is_none_or(|a| match a {
                 AuthMethod::Basic => access.basic,
@@ -311,7 +311,7 @@ mod tests {
             username: Some("user0"),
             client_id: "curl-x",
             source_ip: Some("10.1.2.3".parse().unwrap()),
-            qos: 1,
+            qos: Qos::AtLeastOnce,
             retain: false,
             basic: true,
             certificate: false,
@@ -350,8 +350,8 @@ mod tests {
         let acl = Acl::new(vec![only_admin, qos0_deny, rule(3, Effect::Allow, &["home"])]);
         let t = topic("home");
         assert_eq!(acl.decide(&access(&t)), Effect::Allow);
-        assert_eq!(acl.decide(&Access { qos: 0, ..access(&t) }), Effect::Deny);
-        assert_eq!(acl.decide(&Access { username: Some("admin"), qos: 0, ..access(&t) }), Effect::Allow);
+        assert_eq!(acl.decide(&Access { qos: Qos::AtMostOnce, ..access(&t) }), Effect::Deny);
+        assert_eq!(acl.decide(&Access { username: Some("admin"), qos: Qos::AtMostOnce, ..access(&t) }), Effect::Allow);
     }
 
     #[test]
@@ -408,7 +408,7 @@ mod tests {
         for t in topics {
             let t = topic(t);
             for qos in [0, 1] {
-                let a = Access { qos, ..access(&t) };
+                let a = Access { qos: Qos::from_level(qos).unwrap(), ..access(&t) };
                 assert_eq!(acl.decide(&a), linear(&rules, &a), "topic {t} qos {qos}");
             }
         }
@@ -451,7 +451,11 @@ mod tests {
                 let depth = 1 + next(4);
                 let name = (0..depth).map(|_| topic_words[next(topic_words.len())]).collect::<Vec<_>>().join("/");
                 let t = topic(if name.is_empty() { "a" } else { &name });
-                let a = Access { qos: next(2) as u8, username: [Some("user0"), None][next(2)], ..access(&t) };
+                let a = Access {
+                    qos: Qos::from_level(next(2) as u8).unwrap(),
+                    username: [Some("user0"), None][next(2)],
+                    ..access(&t)
+                };
                 assert_eq!(acl.decide(&a), linear(&rules, &a), "round {round}, topic {t:?}");
             }
         }

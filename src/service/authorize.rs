@@ -42,7 +42,7 @@ impl Authorized {
             username: identity.username(),
             client_id: identity.client_id.as_str(),
             source_ip: self.source_ip,
-            qos: wanted.qos.level(),
+            qos: wanted.qos,
             retain: wanted.retain,
             basic: identity.basic(),
             certificate: identity.certificate(),

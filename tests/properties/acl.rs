@@ -6,6 +6,7 @@ use std::net::IpAddr;
 
 use mqtt_http_publish::acl::{Access, Action, Effect};
 use mqtt_http_publish::config::{ActionEntry, AuthEntry, EffectEntry, Limits, RuleEntry, RuleSet};
+use mqtt_http_publish::contract::Qos;
 use proptest::prelude::*;
 use proptest::sample::select;
 
@@ -196,7 +197,7 @@ proptest! {
                 username: caller.username,
                 client_id: caller.client_id,
                 source_ip: caller.source_ip,
-                qos: caller.qos,
+                qos: Qos::from_level(caller.qos).unwrap(),
                 retain: caller.retain,
                 basic: caller.basic,
                 certificate: caller.certificate,

@@ -2,7 +2,7 @@
 //! with a level-by-level reference matcher (MQTT 5 §4.7).
 
 use mqtt_http_publish::acl::{Access, Acl, Action, Effect, Placeholders, Rule, TopicFilter};
-use mqtt_http_publish::contract::{Topic, TopicLimits};
+use mqtt_http_publish::contract::{Qos, Topic, TopicLimits};
 use proptest::prelude::*;
 use proptest::sample::select;
 
@@ -109,7 +109,7 @@ proptest! {
             username,
             client_id,
             source_ip: None,
-            qos: 1,
+            qos: Qos::AtLeastOnce,
             retain: false,
             basic: true,
             certificate: false,

@@ -8,7 +8,6 @@ use rumqttc::v5::mqttbytes::v5::Publish;
 use crate::common::redis_server_on;
 use crate::support::{drain, mosquitto, post, serve, subscriber, temp_dir, write_config, USER0};
 
-
 fn user_property(message: &Publish, name: &str) -> Option<String> {
     let properties = message.properties.as_ref()?;
     properties.user_properties.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
