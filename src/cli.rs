@@ -40,7 +40,7 @@ pub enum Command {
     User(UserCommand),
     /// Serve the publish API over HTTP(S), in front of an MQTT 5 broker or an embedded one.
     #[cfg(feature = "serve")]
-    Serve(ServeArgs),
+    Serve(crate::serve::ServeOptions),
     /// Run as the AWS Lambda function (the default when AWS_LAMBDA_RUNTIME_API is set).
     Lambda,
     /// Run one Lambda event file through the function and print its response, as
@@ -49,86 +49,6 @@ pub enum Command {
         /// An event JSON file, e.g. events/example-1-basic-auth.json.
         event: PathBuf,
     },
-}
-
-/// `serve`'s options.
-#[cfg(feature = "serve")]
-#[derive(Debug, Args)]
-pub struct ServeArgs {
-    /// Address of the HTTP(S) listener.
-    #[arg(long, default_value = "127.0.0.1:8080")]
-    pub listen: std::net::SocketAddr,
-    /// TOML config of users and rules; without it (or --config-table) a demo config runs (user0 / secret0).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// The DynamoDB config table to read users and rules from, through the Lambda function's
-    /// caches (AWS region, credentials and endpoint from the usual AWS environment); not with --config.
-    // Not a clap conflict: clap would count an empty CONFIG_TABLE, which means none, as on Lambda.
-    #[arg(long, env = "CONFIG_TABLE", value_name = "NAME")]
-    pub config_table: Option<String>,
-    /// The MQTT 5 broker, mqtt://HOST:PORT or mqtts://HOST:PORT; without it a broker is embedded.
-    #[arg(long)]
-    pub mqtt: Option<String>,
-    /// CA certificate (PEM) to trust for mqtts:// (default: the system's roots).
-    #[arg(long)]
-    pub mqtt_ca: Option<PathBuf>,
-    /// User name for the broker connection.
-    #[arg(long)]
-    pub mqtt_username: Option<String>,
-    /// Password for the broker connection (better: the MQTT_PASSWORD variable, out of `ps`).
-    #[arg(long, env = "MQTT_PASSWORD", hide_env_values = true)]
-    pub mqtt_password: Option<String>,
-    /// Address of the embedded broker (used without --mqtt).
-    #[arg(long, default_value = "127.0.0.1:1883")]
-    pub broker_listen: std::net::SocketAddr,
-    /// Server certificate chain (PEM): serve HTTPS.
-    #[arg(long, requires = "tls_key")]
-    pub tls_cert: Option<PathBuf>,
-    /// Server private key (PEM).
-    #[arg(long, requires = "tls_cert")]
-    pub tls_key: Option<PathBuf>,
-    /// CA (PEM) for client certificates; a verified certificate's CN becomes the client_id.
-    #[arg(long, requires = "tls_cert")]
-    pub client_ca: Option<PathBuf>,
-    /// Seconds a client has to send a request's line and headers; then its connection is closed.
-    #[arg(long, default_value_t = crate::serve::http::HEADER_READ_TIMEOUT.as_secs(), value_parser = clap::value_parser!(u64).range(1..))]
-    pub header_read_timeout: u64,
-    /// Connections to the broker (default: enough to keep 64 publishes per core in
-    /// flight within the Receive Maximum the broker announces). A topic's messages
-    /// always share one connection, so their order is kept.
-    #[arg(long)]
-    pub mqtt_connections: Option<std::num::NonZeroUsize>,
-    /// Address of the admin listener, off by default: /metrics (Prometheus), /healthz, /readyz.
-    #[arg(long)]
-    pub admin_listen: Option<std::net::SocketAddr>,
-    /// Redis or Valkey shared by a fleet of instances, redis://[:PASSWORD@]HOST:PORT[/DB]
-    /// (no TLS: a private network or a tunnel): Idempotency-Key records and the [limits] quotas live there.
-    /// Without it both are this process's own.
-    #[arg(long, env = "REDIS_URL", hide_env_values = true, value_name = "URL")]
-    pub redis: Option<String>,
-}
-
-#[cfg(feature = "serve")]
-impl From<ServeArgs> for crate::serve::ServeOptions {
-    fn from(a: ServeArgs) -> Self {
-        crate::serve::ServeOptions {
-            listen: a.listen,
-            config: a.config,
-            config_table: a.config_table.filter(|table| !table.is_empty()),
-            mqtt: a.mqtt,
-            mqtt_ca: a.mqtt_ca,
-            mqtt_username: a.mqtt_username,
-            mqtt_password: a.mqtt_password,
-            broker_listen: a.broker_listen,
-            tls_cert: a.tls_cert,
-            tls_key: a.tls_key,
-            client_ca: a.client_ca,
-            header_read_timeout: std::time::Duration::from_secs(a.header_read_timeout),
-            mqtt_connections: a.mqtt_connections,
-            admin_listen: a.admin_listen,
-            redis: a.redis.filter(|url| !url.is_empty()),
-        }
-    }
 }
 
 /// `config` subcommands.

@@ -5,6 +5,7 @@
 //! table's caches; [`manage`] is the command line's check, push, pull and edits.
 
 pub mod manage;
+pub mod open;
 pub mod source;
 pub mod table;
 

@@ -1,6 +1,8 @@
-//! The AWS Lambda entry point: decode the event, run the service, encode the answer.
+//! The AWS Lambda entry point: decode the event, run the service, encode the
+//! answer ([`event`]); the function built from its environment ([`function`]).
 
 pub mod event;
+pub mod function;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

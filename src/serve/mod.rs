@@ -5,12 +5,11 @@
 pub mod admin;
 pub mod broker;
 pub mod http;
+pub mod options;
 pub mod parse_errors;
 pub mod tls;
 
 use std::net::SocketAddr;
-use std::num::NonZeroUsize;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,92 +18,24 @@ use tokio::signal::unix::{signal, SignalKind};
 use tokio_rustls::TlsAcceptor;
 use tracing::{error, info, warn};
 
-use crate::config::source::{CacheSettings, CachedTable, ConfigStore, FileStore};
-use crate::config::table::TableStore;
-use crate::config::{ConfigError, Policy};
+pub use self::options::ServeOptions;
+use crate::config::open::{Config, ConfigSource, EntryPoint, OpenError};
+use crate::config::source::CacheSettings;
+use crate::config::source::{CachedTable, ConfigStore};
 use crate::contract::query::MAX_RESPONSE_TIMEOUT;
+use crate::idempotency::redis::RedisKeys;
 use crate::publish::mqtt::{BrokerSettings, MqttPublisher, MQTT_LIMITS};
+use crate::quota::redis::RedisQuotas;
 use crate::replies::Replies;
 use crate::service::Service;
-
-/// Everything `serve` is told on its command line.
-#[derive(Debug, Clone)]
-pub struct ServeOptions {
-    /// The HTTP(S) listen address.
-    pub listen: SocketAddr,
-    /// The TOML config; `None` (and no table) runs the demo config.
-    pub config: Option<PathBuf>,
-    /// The DynamoDB config table, read through the Lambda function's caches; excludes `config`.
-    pub config_table: Option<String>,
-    /// `mqtt://HOST:PORT` or `mqtts://HOST:PORT`; `None` embeds a broker.
-    pub mqtt: Option<String>,
-    /// CA file to trust for `mqtts://` (else the system's roots).
-    pub mqtt_ca: Option<PathBuf>,
-    /// User name for the broker connection.
-    pub mqtt_username: Option<String>,
-    /// Password for the broker connection.
-    pub mqtt_password: Option<String>,
-    /// Where the embedded broker listens.
-    pub broker_listen: SocketAddr,
-    /// Server certificate chain (PEM) for HTTPS.
-    pub tls_cert: Option<PathBuf>,
-    /// Server private key (PEM) for HTTPS.
-    pub tls_key: Option<PathBuf>,
-    /// CA (PEM) that client certificates must chain to.
-    pub client_ca: Option<PathBuf>,
-    /// Time a client has to send a request's line and headers before its connection is closed.
-    pub header_read_timeout: Duration,
-    /// Connections to the broker; `None` sizes the pool from its Receive Maximum.
-    pub mqtt_connections: Option<NonZeroUsize>,
-    /// Where `/metrics`, `/healthz` and `/readyz` are served; `None`: nowhere.
-    pub admin_listen: Option<SocketAddr>,
-    /// The Redis a fleet shares (idempotency keys, quotas); none: this process's own.
-    pub redis: Option<String>,
-}
-
-/// The demo config: `user0` / `secret0` may publish to any topic not starting
-/// with `$` (`#` does not match those) or under `replies/` (devices answer
-/// there), and so may a device with a verified certificate; both may wait for
-/// replies on their default response topics; the try-it page of
-/// `--admin-listen 127.0.0.1:9090` may call it.
-pub const DEMO_CONFIG: &str = r##"
-[[users]]
-username = "user0"
-password_hash = "$argon2id$v=19$m=19456,t=2,p=1$eRi/JmbC+0iM7lbk0iybwA$cok3Q+hd+USrvOXevP6umE7RRRhr6FtVu5mWX6zfDNk"
-
-# Replies come from devices, on the broker: a caller of the API may not forge one.
-[[rules]]
-priority = 0
-effect = "deny"
-topics = ["replies/#"]
-
-[[rules]]
-priority = 1
-effect = "allow"
-topics = ["#"]
-
-# Waiting for a reply (ResponseTimeout) on the default response topic.
-[[rules]]
-priority = 2
-effect = "allow"
-topics = ["replies/${client_id}/#"]
-actions = ["subscribe"]
-
-[cors]
-allowed_origins = ["http://127.0.0.1:9090", "http://localhost:9090"]
-"##;
+use crate::store::redis::Redis;
 
 /// Why `serve` could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    /// The config file is refused; the message names the entry.
-    #[error("{}: {source}", path.display())]
-    Config {
-        /// The file given with `--config`.
-        path: PathBuf,
-        /// What is wrong with it.
-        source: ConfigError,
-    },
+    /// No config can be opened: a refused file, or options that exclude each other.
+    #[error(transparent)]
+    Config(#[from] OpenError),
     /// `--mqtt` is not a broker URL.
     #[error("--mqtt {url:?}: {reason}")]
     BrokerUrl {
@@ -149,41 +80,32 @@ fn advice(what: &str, error: &std::io::Error) -> &'static str {
 }
 
 /// Splits `mqtt://host:port` / `mqtts://host:port` (IPv6 in brackets) into host, port and TLS.
-pub fn parse_broker_url(url: &str) -> Result<(String, u16, bool), ServeError> {
-    let bad = |reason: String| ServeError::BrokerUrl { url: url.to_owned(), reason };
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("mqtts://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("mqtt://") {
-        (false, rest)
-    } else {
-        return Err(bad("use mqtt://HOST:PORT or mqtts://HOST:PORT".into()));
+pub fn parse_broker_url(text: &str) -> Result<(String, u16, bool), ServeError> {
+    let bad = |reason: String| ServeError::BrokerUrl { url: text.to_owned(), reason };
+    let url = url::Url::parse(text).map_err(|e| bad(e.to_string()))?;
+    let tls = match url.scheme() {
+        "mqtts" => true,
+        "mqtt" => false,
+        _ => return Err(bad("use mqtt://HOST:PORT or mqtts://HOST:PORT".into())),
     };
-    let rest = rest.trim_end_matches('/');
-    let default_port = if tls { 8883 } else { 1883 };
-    let (host, port) = match rest.strip_prefix('[') {
-        Some(v6) => {
-            let (host, after) = v6.split_once(']').ok_or_else(|| bad("unclosed '['".into()))?;
-            (host, after.strip_prefix(':'))
-        }
-        None => match rest.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (rest, None),
-        },
-    };
-    let port = match port {
-        Some(p) => p.parse().map_err(|_| bad(format!("{p:?} is not a port")))?,
-        None => default_port,
-    };
-    if host.is_empty() {
-        return Err(bad("no host".into()));
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("give the broker's credentials with --mqtt-username and MQTT_PASSWORD, not in the URL".into()));
     }
-    Ok((host.to_owned(), port, tls))
+    if !matches!(url.path(), "" | "/") || url.query().is_some() || url.fragment().is_some() {
+        return Err(bad("a broker URL is mqtt://HOST:PORT, with no path or query".into()));
+    }
+    let host = match url.host() {
+        Some(url::Host::Ipv6(address)) => address.to_string(),
+        Some(host) if !host.to_string().is_empty() => host.to_string(),
+        _ => return Err(bad("no host".into())),
+    };
+    Ok((host, url.port().unwrap_or(if tls { 8883 } else { 1883 }), tls))
 }
 
 fn connection_client_id() -> String {
     let mut bytes = [0u8; 6];
     let _ = getrandom::getrandom(&mut bytes);
-    format!("mqtt-http-publish-{}", bytes.iter().map(|b| format!("{b:02x}")).collect::<String>())
+    format!("mqtt-http-publish-{}", hex::encode(bytes))
 }
 
 /// How long a 429 `too_many_login_attempts` is held (see [`Service::with_login_refusal_delay`]).
@@ -194,34 +116,25 @@ const BROKER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Runs the server until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
-    let config = load_config(&options).await?;
+    let config = open_config(&options).await?;
     let broker = broker_settings(&options)?;
-    let redis = options.redis.as_deref().map(crate::store::redis::Redis::new).transpose()?;
+    let redis = options.redis.as_deref().filter(|url| !url.is_empty()).map(Redis::new).transpose()?;
     let acceptor = tls_acceptor(&options)?;
-
     let admin = match options.admin_listen {
-        Some(address) => Some(TcpListener::bind(address).await.map_err(|source| ServeError::Listen {
-            what: "the admin listener",
-            address,
-            source,
-        })?),
+        Some(address) => Some(listen("the admin listener", address).await?),
         None => None,
     };
     let replies = Arc::new(Replies::new(crate::publish::mqtt::replies_connect(&broker)));
     let publisher = MqttPublisher::connect(broker, BROKER_PATIENCE).await;
-    let listener = TcpListener::bind(options.listen).await.map_err(|source| ServeError::Listen {
-        what: "the server",
-        address: options.listen,
-        source,
-    })?;
+    let listener = listen("the server", options.listen).await?;
     let api_address = listener.local_addr().unwrap_or(options.listen);
     if let Some(admin_listener) = admin {
         info!(
-            listen = %admin_listener.local_addr().unwrap_or(options.admin_listen.unwrap_or(options.listen)),
+            listen = %admin_listener.local_addr().unwrap_or(options.listen),
             "serving the try-it page, /metrics, /healthz and /readyz"
         );
         let table = match &config {
-            Config::Table { store, .. } => Some(Arc::clone(store)),
+            Config::Table { cached, .. } => Some(Arc::clone(cached)),
             Config::File(_) => None,
         };
         let page = admin::TryPage::new(api_address.port(), acceptor.is_some());
@@ -233,19 +146,19 @@ pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     if let Some(redis) = redis {
         info!("idempotency keys and the [limits] quotas are shared through Redis");
         service = service
-            .with_key_store(Arc::new(crate::idempotency::redis::RedisKeys::new(redis.clone())))
-            .with_shared_quotas(Arc::new(crate::quota::redis::RedisQuotas::new(redis)));
+            .with_key_store(Arc::new(RedisKeys::new(redis.clone())))
+            .with_shared_quotas(Arc::new(RedisQuotas::new(redis)));
     }
-    let service = Arc::new(service);
-    info!(
-        listen = %api_address,
-        scheme = if acceptor.is_some() { "https" } else { "http" },
-        "serving the publish API"
-    );
+    info!(listen = %api_address, scheme = if acceptor.is_some() { "https" } else { "http" }, "serving the publish API");
     reload_on_hangup(config)?;
-    http::serve(listener, acceptor, service, options.header_read_timeout, shutdown_signal()).await;
+    http::serve(listener, acceptor, Arc::new(service), options.header_read_timeout, shutdown_signal()).await;
     info!("stopped");
     Ok(())
+}
+
+/// A listener on `address`, or the error naming `what` could not listen there.
+async fn listen(what: &'static str, address: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(address).await.map_err(|source| ServeError::Listen { what, address, source })
 }
 
 /// `/readyz`'s answer: a broker connection is up, and the config is loaded (a
@@ -267,99 +180,68 @@ impl admin::Readiness for Ready {
     }
 }
 
-/// Where `serve` reads users and rules.
-enum Config {
-    /// `--config`, or the demo config: in memory, reloaded on SIGHUP.
-    File(Arc<FileStore>),
-    /// `--config-table`: the table behind the caches the Lambda function uses, so
-    /// that every instance of a fleet serves the same config.
-    Table {
-        /// The caches over the table.
-        store: Arc<CachedTable>,
-        /// The table's name, for log lines.
-        name: String,
-    },
-}
-
-impl Config {
-    /// The store requests read.
-    fn store(&self) -> Arc<dyn ConfigStore> {
-        match self {
-            Config::File(file) => Arc::clone(file) as Arc<dyn ConfigStore>,
-            Config::Table { store, .. } => Arc::clone(store) as Arc<dyn ConfigStore>,
-        }
-    }
-}
-
 /// The `--config` file, the `--config-table` table (its rules read in the background
 /// from now on, as the Lambda function does), or the demo config (said loudly).
-async fn load_config(options: &ServeOptions) -> Result<Config, ServeError> {
-    match (&options.config, &options.config_table) {
-        (Some(_), Some(_)) => Err(ServeError::Options(
-            "--config and --config-table (or CONFIG_TABLE) exclude each other: give a file or a table",
-        )),
-        (Some(path), None) => FileStore::load(path.clone())
-            .map(|file| Config::File(Arc::new(file)))
-            .map_err(|source| ServeError::Config { path: path.clone(), source }),
-        (None, Some(name)) => {
-            // Region, credentials and endpoints (AWS_ENDPOINT_URL_DYNAMODB) as for the Lambda function.
-            let sdk = crate::aws::sdk_config().await;
-            if sdk.region().is_none() {
-                return Err(ServeError::Options("--config-table needs an AWS region: set AWS_REGION"));
-            }
-            let settings = CacheSettings::from_env();
-            let store = Arc::new(CachedTable::new(TableStore::new(&sdk, name), settings));
-            let prefetch = Arc::clone(&store);
-            tokio::spawn(async move { prefetch.prefetch().await });
-            info!(table = %name, ttl_seconds = settings.ttl.as_secs(), "reading users and rules from the config table");
-            Ok(Config::Table { store, name: name.clone() })
-        }
-        (None, None) => {
-            warn!("NO --config GIVEN: running the DEMO config. user0 / secret0 (and any client certificate the --client-ca trusts) may publish to every topic not starting with '$' or under replies/. Do not expose this server.");
-            let demo = Policy::from_toml(DEMO_CONFIG).expect("the demo config is valid");
-            Ok(Config::File(Arc::new(FileStore::new(demo))))
-        }
+async fn open_config(options: &ServeOptions) -> Result<Config, ServeError> {
+    let (table, file) = (options.config.config_table.clone(), options.config.config.clone());
+    let source = ConfigSource::choose(EntryPoint::Serve, table, file)?;
+    match &source {
+        ConfigSource::Table(name) => info!(
+            table = %name,
+            ttl_seconds = CacheSettings::from_env().ttl.as_secs(),
+            "reading users and rules from the config table"
+        ),
+        ConfigSource::Demo => warn!("NO --config GIVEN: running the DEMO config. user0 / secret0 (and any client certificate the --client-ca trusts) may publish to every topic not starting with '$' or under replies/. Do not expose this server."),
+        ConfigSource::File(_) => {}
     }
+    let config = source.open(None).await?;
+    if let Config::Table { cached, .. } = &config {
+        let prefetch = Arc::clone(cached);
+        tokio::spawn(async move { prefetch.prefetch().await });
+    }
+    Ok(config)
 }
 
 /// The broker of `--mqtt`, or the embedded one, started here.
 fn broker_settings(options: &ServeOptions) -> Result<BrokerSettings, ServeError> {
-    let Some(url) = &options.mqtt else {
-        broker::start(options.broker_listen).map_err(|source| ServeError::Listen {
+    let broker = &options.broker;
+    let Some(url) = &broker.mqtt else {
+        broker::start(broker.broker_listen).map_err(|source| ServeError::Listen {
             what: "the embedded broker",
-            address: options.broker_listen,
+            address: broker.broker_listen,
             source,
         })?;
-        info!(listen = %options.broker_listen, "embedded MQTT 5 broker started");
+        info!(listen = %broker.broker_listen, "embedded MQTT 5 broker started");
         return Ok(BrokerSettings {
-            host: options.broker_listen.ip().to_string(),
-            port: options.broker_listen.port(),
+            host: broker.broker_listen.ip().to_string(),
+            port: broker.broker_listen.port(),
             tls: None,
             credentials: None,
             client_id: connection_client_id(),
             max_payload_bytes: broker::EMBEDDED_MAX_PAYLOAD,
-            connections: options.mqtt_connections,
+            connections: broker.mqtt_connections,
         });
     };
     let (host, port, use_tls) = parse_broker_url(url)?;
     Ok(BrokerSettings {
         host,
         port,
-        tls: if use_tls { Some(tls::client_config(options.mqtt_ca.as_deref())?) } else { None },
-        credentials: options.mqtt_username.clone().map(|u| (u, options.mqtt_password.clone().unwrap_or_default())),
+        tls: if use_tls { Some(tls::client_config(broker.mqtt_ca.as_deref())?) } else { None },
+        credentials: broker.mqtt_username.clone().map(|u| (u, broker.mqtt_password.clone().unwrap_or_default())),
         client_id: connection_client_id(),
         max_payload_bytes: MQTT_LIMITS.max_payload_bytes,
-        connections: options.mqtt_connections,
+        connections: broker.mqtt_connections,
     })
 }
 
 /// The HTTPS acceptor of `--tls-cert`/`--tls-key` (and `--client-ca`), if given.
 fn tls_acceptor(options: &ServeOptions) -> Result<Option<TlsAcceptor>, ServeError> {
-    match (&options.tls_cert, &options.tls_key) {
+    let tls = &options.tls;
+    match (&tls.tls_cert, &tls.tls_key) {
         (Some(cert), Some(key)) => {
-            Ok(Some(TlsAcceptor::from(tls::server_config(cert, key, options.client_ca.as_deref())?)))
+            Ok(Some(TlsAcceptor::from(tls::server_config(cert, key, tls.client_ca.as_deref())?)))
         }
-        (None, None) if options.client_ca.is_some() => {
+        (None, None) if tls.client_ca.is_some() => {
             Err(ServeError::Options("--client-ca needs --tls-cert and --tls-key"))
         }
         (None, None) => Ok(None),
@@ -375,9 +257,9 @@ fn reload_on_hangup(config: Config) -> Result<(), ServeError> {
         while hangup.recv().await.is_some() {
             let config = match &config {
                 Config::File(file) => file,
-                Config::Table { name, .. } => {
+                Config::Table { table, .. } => {
                     info!(
-                        table = %name,
+                        table = %table.table(),
                         "SIGHUP: nothing to reload; the config table's entries are read again once their TTL \
                          (CONFIG_CACHE_TTL_SECONDS) has passed"
                     );
@@ -430,9 +312,11 @@ mod tests {
     }
 
     #[test]
-    fn the_demo_config_allows_user0_everywhere_but_dollar_topics() {
-        let policy = Policy::from_toml(DEMO_CONFIG).unwrap();
-        assert!(policy.users["user0"].verify(b"secret0"));
-        assert!(DEMO_CONFIG.contains(crate::config::DEMO_PASSWORD_HASH), "config push must know it as the demo's");
+    fn a_broker_url_holds_no_credentials_path_or_query() {
+        for url in ["mqtt://user:pw@broker:1883", "mqtt://user@broker", "mqtt://broker/topic", "mqtt://broker?x=1"] {
+            let error = parse_broker_url(url).unwrap_err().to_string();
+            assert!(!error.contains("pw@") || url.contains("pw@"), "{error}");
+            assert!(error.contains("mqtt-username") || error.contains("no path"), "{url}: {error}");
+        }
     }
 }
