@@ -23,9 +23,13 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
 use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
 
 #[cfg(feature = "serve")]
 use tracing_appender::non_blocking::{NonBlocking, NonBlockingBuilder, WorkerGuard};
@@ -65,11 +69,13 @@ impl Guard {
 
 /// Installs the global subscriber. The level comes from `AWS_LAMBDA_LOG_LEVEL`
 /// (Lambda's advanced logging controls) or `RUST_LOG`, else `info` with the
-/// embedded broker's per-connection lines held back to warnings.
+/// embedded broker's per-connection lines held back to warnings; `lambda_runtime`'s
+/// own lines stop at `debug` whatever they say ([`runtime_cap`]).
 pub fn init(output: Output) -> Guard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("AWS_LAMBDA_LOG_LEVEL")
         .or_else(|_| tracing_subscriber::EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| "info,rumqttd=warn".into());
+    let cap = runtime_cap(Layer::<Registry>::max_level_hint(&filter).unwrap_or(LevelFilter::TRACE));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_target(false);
     use std::io::IsTerminal;
     let ansi = io::stderr().is_terminal();
@@ -82,20 +88,27 @@ pub fn init(output: Output) -> Guard {
                 .with_span_list(true)
                 .without_time();
             let namespace = metrics_namespace(std::env::var("METRICS_NAMESPACE").ok());
-            builder.json().event_format(Emf { inner: json, namespace }).init();
+            builder.json().event_format(Emf { inner: json, namespace }).finish().with(cap).init();
             Guard::in_place()
         }
         Output::Text => {
-            builder.with_writer(io::stderr).with_ansi(ansi).init();
+            builder.with_writer(io::stderr).with_ansi(ansi).finish().with(cap).init();
             Guard::in_place()
         }
         #[cfg(feature = "serve")]
         Output::Background => {
             let (writer, guard) = background(io::stderr());
-            builder.with_writer(writer).with_ansi(ansi).init();
+            builder.with_writer(writer).with_ansi(ansi).finish().with(cap).init();
             Guard { _background: Some(guard) }
         }
     }
+}
+
+/// `lambda_runtime`'s lines stop at `debug`: at `trace` it logs each event whole, a request's
+/// Authorization header included. A filter beside the user's (`most`: the most it allows), so
+/// that no directive of theirs lifts the cap.
+fn runtime_cap(most: LevelFilter) -> Targets {
+    Targets::new().with_default(most).with_target("lambda_runtime", most.min(LevelFilter::DEBUG))
 }
 
 /// The CloudWatch namespace of the request metrics, from `METRICS_NAMESPACE`:
@@ -323,6 +336,33 @@ mod tests {
         assert_eq!(metrics_namespace(None).as_deref(), Some(DEFAULT_METRICS_NAMESPACE));
         assert_eq!(metrics_namespace(Some(String::new())), None);
         assert_eq!(metrics_namespace(Some("team/mqtt".into())).as_deref(), Some("team/mqtt"));
+    }
+
+    #[test]
+    fn lambda_runtime_s_lines_stop_at_debug_whatever_the_filter_allows() {
+        let out = Captured::default();
+        let writer = out.clone();
+        let filter = tracing_subscriber::EnvFilter::new("trace,lambda_runtime::layers::api_response=trace");
+        let cap = runtime_cap(Layer::<Registry>::max_level_hint(&filter).unwrap());
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish()
+            .with(cap);
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::trace!(target: "lambda_runtime::layers::api_response", body = "the-whole-event", "raw event");
+            tracing::debug!(target: "lambda_runtime::runtime", "runtime debug line");
+            tracing::trace!(target: "mqtt_http_publish::service", "own trace line");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        assert!(!text.contains("raw event") && !text.contains("the-whole-event"), "{text}");
+        assert!(text.contains("runtime debug line") && text.contains("own trace line"), "{text}");
+        // Under a quieter filter the cap lets through nothing it would not, and hints no more.
+        let quiet = runtime_cap(LevelFilter::INFO);
+        assert!(!quiet.would_enable("mqtt_http_publish", &tracing::Level::DEBUG));
+        assert!(!quiet.would_enable("lambda_runtime::runtime", &tracing::Level::DEBUG));
+        assert_eq!(Layer::<Registry>::max_level_hint(&quiet), Some(LevelFilter::INFO));
     }
 
     #[cfg(feature = "serve")]

@@ -101,7 +101,13 @@ async fn start_emulator_with_time(events: Vec<(String, Vec<u8>)>, time: Duration
 
 /// The built binary as Lambda starts it, on `runtime_api`, with `env` on top.
 fn spawn_function(runtime_api: &str, env: &[(&str, &str)]) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-http-publish"))
+    function_command(runtime_api, env).spawn().unwrap()
+}
+
+/// The command [`spawn_function`] runs, to change before it is spawned.
+fn function_command(runtime_api: &str, env: &[(&str, &str)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_mqtt-http-publish"));
+    command
         .env("AWS_LAMBDA_RUNTIME_API", runtime_api)
         .env("AWS_LAMBDA_FUNCTION_NAME", "mqtt-http-publish")
         .env("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "128")
@@ -114,9 +120,8 @@ fn spawn_function(runtime_api: &str, env: &[(&str, &str)]) -> tokio::process::Ch
         .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap()
+        .kill_on_drop(true);
+    command
 }
 
 /// Everything a stopped function printed, also left in the suite's log directory.
@@ -184,6 +189,84 @@ async fn the_binary_serves_events_from_the_runtime_api_and_publishes_to_moto() {
     assert!(logs.contains("req-1"), "log lines carry the Lambda request id:\n{logs}");
     for secret in ["secret0", "secret1", "dXNlcjA6c2VjcmV0MA==", "dXNlcjA6c2VjcmV0MQ==", "$argon2id$"] {
         assert!(!logs.contains(secret), "a log line carries {secret:?}:\n{logs}");
+    }
+}
+
+#[tokio::test]
+async fn at_trace_level_no_line_carries_the_request_s_credentials() {
+    // GIVEN two requests with Basic credentials: example 1's (user0:secret0, a 200) and one
+    // with a password used nowhere else (user0:trace-level-pw, a 401)
+    let moto = moto_url();
+    let app = unique_app_name("trace");
+    let mut other: Value = serde_json::from_slice(&event("example-1-basic-auth.json")).unwrap();
+    other["headers"]["authorization"] = "Basic dXNlcjA6dHJhY2UtbGV2ZWwtcHc=".into();
+    let secrets = [
+        "secret0",
+        "dXNlcjA6c2VjcmV0MA==",
+        "Basic dXNlcjA6c2VjcmV0MA==",
+        "trace-level-pw",
+        "dXNlcjA6dHJhY2UtbGV2ZWwtcHc=",
+        "Basic dXNlcjA6dHJhY2UtbGV2ZWwtcHc=",
+    ];
+    // Lambda's advanced logging controls, RUST_LOG, and RUST_LOG naming the very module
+    // that logs each event whole at TRACE (lambda_runtime's api_response layer).
+    let levels = [
+        ("AWS_LAMBDA_LOG_LEVEL", "TRACE"),
+        ("RUST_LOG", "trace"),
+        ("RUST_LOG", "trace,lambda_runtime::layers::api_response=trace"),
+    ];
+    for (variable, level) in levels {
+        // WHEN the function serves them with that level
+        let events = vec![
+            ("trace-200".to_owned(), event("example-1-basic-auth.json")),
+            ("trace-401".to_owned(), serde_json::to_vec(&other).unwrap()),
+        ];
+        let (runtime_api, state) = start_emulator(events).await;
+        let mut command = function_command(
+            &runtime_api,
+            &[
+                ("CONFIG_FILE", concat!(env!("CARGO_MANIFEST_DIR"), "/config/example.toml")),
+                ("AWS_ENDPOINT_URL_IOT_DATA_PLANE", &moto),
+                ("AWS_SDK_UA_APP_ID", &app),
+            ],
+        );
+        command.env_remove("AWS_LAMBDA_LOG_LEVEL").env_remove("RUST_LOG").env(variable, level);
+        let mut child = command.spawn().unwrap();
+        // Read as it comes: at TRACE the output outgrows a pipe's buffer, and the function would block.
+        let (mut stdout, mut stderr) = (child.stdout.take().unwrap(), child.stderr.take().unwrap());
+        let stdout = tokio::spawn(async move {
+            let mut text = String::new();
+            stdout.read_to_string(&mut text).await.map(|_| text)
+        });
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            stderr.read_to_string(&mut text).await.map(|_| text)
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while state.lock().await.responses.len() < 2 {
+            assert!(tokio::time::Instant::now() < deadline, "{variable}={level}: the function did not answer twice");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        child.kill().await.unwrap();
+        let logs = stdout.await.unwrap().unwrap() + &stderr.await.unwrap().unwrap();
+        common::keep_log("lambda-runtime-trace", logs.as_bytes());
+
+        // THEN both were served, at that level, and no line carries their credentials
+        let s = state.lock().await;
+        let status = |id: &str| s.responses.iter().find(|(i, _)| i == id).map(|(_, r)| r["statusCode"].clone());
+        assert_eq!((status("trace-200"), status("trace-401")), (Some(200.into()), Some(401.into())), "{logs}");
+        let levels: Vec<String> = logs
+            .lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .filter_map(|line| line["level"].as_str().map(str::to_owned))
+            .collect();
+        for wanted in ["TRACE", "DEBUG"] {
+            assert!(levels.iter().any(|l| l == wanted), "{variable}={level}: no {wanted} line, so nothing was tested");
+        }
+        for secret in secrets {
+            let line = logs.lines().find(|line| line.contains(secret));
+            assert!(line.is_none(), "{variable}={level}: a log line carries {secret:?}:\n{}", line.unwrap_or_default());
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! template.yaml keeps its promises: least privilege, the `$default` route,
-//! throttling from the parameters, a time budget inside API Gateway's, and
-//! mutual TLS under its condition, all three of its parameters or none.
+//! throttling from the parameters, reserved concurrency only when asked for, a
+//! time budget inside API Gateway's, and mutual TLS under its condition, all
+//! three of its parameters or none.
 //! samconfig.toml chooses the architecture once, for build and deploy.
 
 use std::collections::HashMap;
@@ -216,6 +217,23 @@ fn throttling_is_wired_to_the_parameters() {
     let settings = &resource(&t, "HttpApi")["Properties"]["DefaultRouteSettings"];
     assert_eq!(settings["ThrottlingRateLimit"]["Ref"].as_str(), Some("ThrottlingRateLimit"));
     assert_eq!(settings["ThrottlingBurstLimit"]["Ref"].as_str(), Some("ThrottlingBurstLimit"));
+}
+
+#[test]
+fn reserved_concurrency_is_set_only_when_the_parameter_is_given() {
+    let t = template();
+    let parameter = &t["Parameters"]["ReservedConcurrency"];
+    assert_eq!(parameter["Type"].as_str(), Some("String"), "a String, so that empty can mean none");
+    assert_eq!(parameter["Default"].as_str(), Some(""), "a default deploy reserves nothing and caps nothing");
+    // Empty, or a whole number from 1 up: 0 would throttle every request.
+    assert_eq!(parameter["AllowedPattern"].as_str(), Some("^$|^[1-9][0-9]*$"));
+    let branches = &resource(&t, "PublishFunction")["Properties"]["ReservedConcurrentExecutions"]["Fn::If"];
+    assert_eq!(branches[0].as_str(), Some("HasReservedConcurrency"), "{branches:?}");
+    assert_eq!(branches[1]["Ref"].as_str(), Some("ReservedConcurrency"));
+    assert_eq!(branches[2]["Ref"].as_str(), Some("AWS::NoValue"), "empty leaves the property out");
+    let condition = &t["Conditions"]["HasReservedConcurrency"];
+    assert!(!holds(condition, &HashMap::from([("ReservedConcurrency", "")])), "empty: no reserved concurrency");
+    assert!(holds(condition, &HashMap::from([("ReservedConcurrency", "100")])), "100: reserved and capped at 100");
 }
 
 #[test]
