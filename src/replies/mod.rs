@@ -28,14 +28,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{Filter, Publish, RetainForwardRule, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Filter, Publish, RetainForwardRule, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use rumqttc::Outgoing;
 use tokio::sync::{oneshot, watch, OnceCell};
-use tracing::{info, warn};
+use tokio::time::Instant;
+use tracing::warn;
 
-/// How long the first waiter waits for the connection to come up.
+use crate::session::{self, Epoch, Handler, InFlight, Lines, Session};
+
+/// How long a waiter waits for the connection to come up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a waiter waits for its subscription's SUBACK.
 const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,7 +73,7 @@ pub enum WaitError {
     Refused(String),
 }
 
-/// Builds the connection's options when it is (re)opened for the first time:
+/// Builds the connection's options when it is opened for the first time:
 /// may look up an endpoint first.
 pub type Connect = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<MqttOptions, String>> + Send>> + Send + Sync>;
 
@@ -82,16 +85,22 @@ pub struct Replies {
 struct Inner {
     /// The connection's options, built on first need.
     connect: Connect,
-    /// The client, once the connection task runs; `up` says whether it is connected.
-    client: OnceCell<AsyncClient>,
-    up: watch::Sender<bool>,
+    /// The connection, once its session runs.
+    link: OnceCell<Link>,
     state: Mutex<State>,
+}
+
+/// The connection: its client, and the session that supervises it.
+struct Link {
+    client: AsyncClient,
+    session: Session,
 }
 
 /// Subscriptions and their waiters.
 #[derive(Default)]
 struct State {
-    connected: bool,
+    /// The session that is up, if any: what a subscription is made on.
+    session: Option<Epoch>,
     topics: HashMap<String, Subscription>,
     /// Subscribes handed to rumqttc, not yet written: (topic, token), in channel order.
     queued: VecDeque<(String, u64)>,
@@ -164,7 +173,7 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let Some(client) = self.inner.client.get() else { return };
+        let Some(Link { client, .. }) = self.inner.link.get() else { return };
         let mut state = self.inner.lock();
         if let Some(subscription) = state.topics.get_mut(&self.topic) {
             let before = subscription.waiters.len();
@@ -187,8 +196,8 @@ impl Replies {
     /// Replies over the connection `connect` describes, opened on first need
     /// and re-opened (with backoff) whenever it drops.
     pub fn new(connect: Connect) -> Replies {
-        let (up, _) = watch::channel(false);
-        Replies { inner: Arc::new(Inner { connect, client: OnceCell::new(), up, state: Mutex::new(State::default()) }) }
+        let inner = Inner { connect, link: OnceCell::new(), state: Mutex::new(State::default()) };
+        Replies { inner: Arc::new(inner) }
     }
 
     /// Subscribes to `topic` (or joins its subscription) and returns once the
@@ -196,10 +205,14 @@ impl Replies {
     /// A subscription lost to a connection that had died unnoticed (a Lambda
     /// container thawed after a freeze) is tried once more on the new one.
     pub async fn wait_for(&self, topic: &str, correlation: Bytes) -> Result<Waiting, WaitError> {
-        let mut retried = false;
+        let link = self.link().await?;
+        // The session a subscription was lost with: the next try waits for a newer.
+        let mut lost = None;
         loop {
-            let client = self.client().await?;
-            let (waiting, mut ready) = self.join(client, topic, correlation.clone())?;
+            if link.session.wait_up(lost, Instant::now() + CONNECT_TIMEOUT).await.is_none() {
+                return Err(WaitError::Unavailable("not connected to the broker".into()));
+            }
+            let (waiting, mut ready, joined) = self.join(&link.client, topic, correlation.clone())?;
             let confirmed = tokio::time::timeout(SUBACK_TIMEOUT, ready.wait_for(|r| *r != Ready::Pending)).await;
             let outcome = match confirmed {
                 Ok(Ok(ready)) => ready.clone(),
@@ -208,7 +221,7 @@ impl Replies {
             };
             match outcome {
                 Ready::Active => return Ok(waiting),
-                Ready::Failed(WaitError::Lost) if !retried => retried = true,
+                Ready::Failed(WaitError::Lost) if lost.is_none() => lost = Some(joined),
                 Ready::Failed(WaitError::Lost) => {
                     return Err(WaitError::Unavailable("the connection dropped while subscribing".into()))
                 }
@@ -218,39 +231,31 @@ impl Replies {
         }
     }
 
-    /// The client, starting the connection task on first need; waits up to
-    /// [`CONNECT_TIMEOUT`] for the connection to be up.
-    async fn client(&self) -> Result<&AsyncClient, WaitError> {
-        let client = self
-            .inner
-            .client
+    /// The connection, its session started on first need.
+    async fn link(&self) -> Result<&Link, WaitError> {
+        self.inner
+            .link
             .get_or_try_init(|| async {
                 let options = (self.inner.connect)().await.map_err(WaitError::Unavailable)?;
                 let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
-                tokio::spawn(drive(eventloop, Arc::clone(&self.inner), client.clone()));
-                Ok::<_, WaitError>(client)
+                let handler = ReplyHandler { inner: Arc::clone(&self.inner), client: client.clone() };
+                Ok(Link { client, session: Session::start(eventloop, handler) })
             })
-            .await?;
-        let mut up = self.inner.up.subscribe();
-        let connected = matches!(tokio::time::timeout(CONNECT_TIMEOUT, up.wait_for(|up| *up)).await, Ok(Ok(_)));
-        if connected {
-            Ok(client)
-        } else {
-            Err(WaitError::Unavailable("not connected to the broker".into()))
-        }
+            .await
     }
 
-    /// Adds a waiter to `topic`'s subscription, subscribing if it has none.
+    /// Adds a waiter to `topic`'s subscription, subscribing if it has none;
+    /// says which session the subscription is on.
     fn join(
         &self,
         client: &AsyncClient,
         topic: &str,
         correlation: Bytes,
-    ) -> Result<(Waiting, watch::Receiver<Ready>), WaitError> {
+    ) -> Result<(Waiting, watch::Receiver<Ready>, Epoch), WaitError> {
         let mut state = self.inner.lock();
-        if !state.connected {
+        let Some(epoch) = state.session else {
             return Err(WaitError::Unavailable("not connected to the broker".into()));
-        }
+        };
         let id = state.next_id;
         state.next_id += 1;
         if !state.topics.contains_key(topic) {
@@ -273,78 +278,65 @@ impl Replies {
         let (tx, rx) = oneshot::channel();
         subscription.waiters.push(Waiter { id, correlation, reply: tx });
         let ready = subscription.ready.subscribe();
-        Ok((Waiting { inner: Arc::clone(&self.inner), topic: topic.to_owned(), id, reply: rx, taken: None }, ready))
+        let waiting = Waiting { inner: Arc::clone(&self.inner), topic: topic.to_owned(), id, reply: rx, taken: None };
+        Ok((waiting, ready, epoch))
     }
 }
 
-/// Runs the connection: credits SUBACKs, routes replies, reconnects with backoff.
-async fn drive(mut eventloop: EventLoop, inner: Arc<Inner>, client: AsyncClient) {
-    let mut backoff = Duration::from_millis(100);
-    // Whether this outage was logged: its first failure is, connected before or not
-    // (a refused handshake, wrong credentials), and then nothing until it ends.
-    let mut reported = false;
-    loop {
-        match eventloop.poll().await {
-            Ok(event) => {
-                let mut state = inner.lock();
-                match event {
-                    Event::Incoming(Incoming::ConnAck(_)) => {
-                        state.connected = true;
-                        inner.up.send_replace(true);
-                        backoff = Duration::from_millis(100);
-                        reported = false;
-                        info!(
-                            broker = %eventloop.options.broker_address().0,
-                            client_id = %eventloop.options.client_id(),
-                            "the connection that waits for replies is up"
-                        );
-                    }
-                    Event::Outgoing(Outgoing::Subscribe(pkid)) => {
-                        if let Some((topic, token)) = state.queued.pop_front() {
-                            state.subacks.push_back((pkid, topic, token));
-                        }
-                    }
-                    Event::Incoming(Incoming::SubAck(ack)) => {
-                        let oldest = state.subacks.iter().position(|(pkid, _, _)| *pkid == ack.pkid);
-                        if let Some((_, topic, token)) = oldest.and_then(|i| state.subacks.remove(i)) {
-                            if let Some(subscription) = state.topics.get(&topic).filter(|s| s.token == token) {
-                                subscription.ready.send_replace(match ack.return_codes.first() {
-                                    Some(SubscribeReasonCode::Success(_)) => Ready::Active,
-                                    other => Ready::Failed(WaitError::Refused(format!("SUBACK {other:?}"))),
-                                });
-                            }
-                        }
-                    }
-                    Event::Incoming(Incoming::Publish(publish)) => route(&mut state, &client, publish),
-                    _ => {}
+/// The connection's side of its session: credits SUBACKs, routes replies,
+/// fails every wait when the session goes.
+struct ReplyHandler {
+    inner: Arc<Inner>,
+    client: AsyncClient,
+}
+
+impl Handler for ReplyHandler {
+    const LINES: Lines = Lines {
+        up: "the connection that waits for replies is up",
+        lost: "lost the connection that waits for replies; reconnecting",
+        cannot_connect: Some("cannot connect to wait for replies; retrying"),
+    };
+
+    fn on_connected(&mut self, epoch: Epoch, _: &ConnAck) {
+        self.inner.lock().session = Some(epoch);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let mut state = self.inner.lock();
+        match event {
+            Event::Outgoing(Outgoing::Subscribe(pkid)) => {
+                if let Some((topic, token)) = state.queued.pop_front() {
+                    state.subacks.push_back((pkid, topic, token));
                 }
             }
-            Err(error) => {
-                {
-                    let mut state = inner.lock();
-                    if state.connected {
-                        warn!(%error, "lost the connection that waits for replies; reconnecting");
-                    } else if !reported {
-                        warn!(%error, "cannot connect to wait for replies; retrying");
-                    }
-                    reported = true;
-                    state.connected = false;
-                    inner.up.send_replace(false);
-                    // A clean start: the subscriptions are gone with the session,
-                    // and nothing queued for it may be written to the next one.
-                    eventloop.clean();
-                    eventloop.pending.clear();
-                    state.queued.clear();
-                    state.subacks.clear();
-                    for (_, subscription) in state.topics.drain() {
-                        subscription.ready.send_replace(Ready::Failed(WaitError::Lost));
-                        for waiter in subscription.waiters {
-                            let _ = waiter.reply.send(Err(WaitError::Lost));
-                        }
+            Event::Incoming(Incoming::SubAck(ack)) => {
+                let oldest = state.subacks.iter().position(|(pkid, _, _)| *pkid == ack.pkid);
+                if let Some((_, topic, token)) = oldest.and_then(|i| state.subacks.remove(i)) {
+                    if let Some(subscription) = state.topics.get(&topic).filter(|s| s.token == token) {
+                        subscription.ready.send_replace(match ack.return_codes.first() {
+                            Some(SubscribeReasonCode::Success(_)) => Ready::Active,
+                            other => Ready::Failed(WaitError::Refused(format!("SUBACK {other:?}"))),
+                        });
                     }
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Event::Incoming(Incoming::Publish(publish)) => route(&mut state, &self.client, publish),
+            _ => {}
+        }
+    }
+
+    fn on_lost(&mut self, in_flight: InFlight<'_>) {
+        let mut state = self.inner.lock();
+        state.session = None;
+        // A clean start: the subscriptions are gone with the session,
+        // and nothing queued for it may be written to the next one.
+        in_flight.discard();
+        state.queued.clear();
+        state.subacks.clear();
+        for (_, subscription) in state.topics.drain() {
+            subscription.ready.send_replace(Ready::Failed(WaitError::Lost));
+            for waiter in subscription.waiters {
+                let _ = waiter.reply.send(Err(WaitError::Lost));
             }
         }
     }
@@ -383,19 +375,11 @@ fn unsubscribe(client: &AsyncClient, topic: &str) {
     }
 }
 
-/// Options for a connection that waits for replies: a clean start, and a
+/// Options for a connection that waits for replies: [`session::options`] and a
 /// Maximum Packet Size of `max_packet` so a broker drops (rather than sends)
 /// anything larger, which would otherwise cost the connection.
 pub fn options(client_id: String, broker: String, port: u16, max_packet: u32) -> MqttOptions {
-    let mut options = MqttOptions::new(client_id, broker, port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_clean_start(true);
+    let mut options = session::options(client_id, broker, port);
     options.set_max_packet_size(Some(max_packet));
-    // A wait is a few small packets each way (SUBSCRIBE, PUBACK, UNSUBSCRIBE):
-    // Nagle's algorithm would hold one behind another's delayed ACK, 40 ms.
-    let mut network = rumqttc::NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    network.set_connection_timeout(5);
-    options.set_network_options(network);
     options
 }
