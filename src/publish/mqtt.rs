@@ -195,7 +195,7 @@ impl Correlation {
     /// it. Written or still in rumqttc's queue (which it may yet send after a
     /// reconnect), each may be delivered: their outcome is unknown.
     fn fail_all(&mut self, reason: &str) {
-        let error = || Err(PublishError::Unknown(reason.to_owned()));
+        let error = || Err(PublishError::Unknown(reason.into()));
         for waiter in self.queued.drain(..) {
             let _ = waiter.send(error());
         }
@@ -323,6 +323,7 @@ impl Publisher for MqttPublisher {
         }
     }
 
+    #[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
     async fn publish(&self, message: Message) -> Result<(), PublishError> {
         let p = message.properties;
         let properties = PublishProperties {
@@ -364,7 +365,7 @@ impl Publisher for MqttPublisher {
             connection
                 .client
                 .try_publish_with_properties(topic, qos, message.retain, payload, properties.unwrap_or_default())
-                .map_err(|e| PublishError::Unavailable(format!("the publish queue is full: {e}")))?;
+                .map_err(|e| PublishError::Unavailable(format!("the publish queue is full: {e}").into()))?;
             correlation.queued.push_back(tx);
         }
         let _in_flight = metrics::publish_started();
@@ -448,6 +449,7 @@ impl Handler for PoolHandler {
 }
 
 /// PUBACK reason codes (MQTT 5 §3.4.2.1) as publish outcomes.
+#[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
 fn classify(reason: PubAckReason) -> Result<(), PublishError> {
     match reason {
         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
@@ -463,7 +465,7 @@ fn classify(reason: PubAckReason) -> Result<(), PublishError> {
         PubAckReason::PayloadFormatInvalid => {
             Err(PublishError::Rejected("the broker refused the payload format (PUBACK 0x99)".into()))
         }
-        other => Err(PublishError::Failed(format!("the broker refused the publish: {other:?}"))),
+        other => Err(PublishError::Failed(format!("the broker refused the publish: {other:?}").into())),
     }
 }
 

@@ -73,9 +73,50 @@ pub enum WaitError {
     Refused(String),
 }
 
+/// Why the connection's options cannot be built: where to connect is not
+/// known, or could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Looking up where to connect failed.
+    #[error("{what}: {source}")]
+    Lookup {
+        /// What was looked up.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Said in words: nothing to connect to, or a cause already made text.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ConnectError {
+    /// Looking up `what` failed with `source`.
+    pub fn lookup(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ConnectError {
+        ConnectError::Lookup { what: what.into(), source: source.into() }
+    }
+}
+
+impl From<String> for ConnectError {
+    fn from(reason: String) -> ConnectError {
+        ConnectError::Other(reason)
+    }
+}
+
+impl From<&str> for ConnectError {
+    fn from(reason: &str) -> ConnectError {
+        ConnectError::Other(reason.to_owned())
+    }
+}
+
 /// Builds the connection's options when it is opened for the first time:
 /// may look up an endpoint first.
-pub type Connect = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<MqttOptions, String>> + Send>> + Send + Sync>;
+pub type Connect =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<MqttOptions, ConnectError>> + Send>> + Send + Sync>;
 
 /// The connection that waits for replies, shared by every request of a process.
 pub struct Replies {
@@ -232,11 +273,13 @@ impl Replies {
     }
 
     /// The connection, its session started on first need.
+    #[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
     async fn link(&self) -> Result<&Link, WaitError> {
         self.inner
             .link
             .get_or_try_init(|| async {
-                let options = (self.inner.connect)().await.map_err(WaitError::Unavailable)?;
+                let options =
+                    (self.inner.connect)().await.map_err(|error| WaitError::Unavailable(error.to_string().into()))?;
                 let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
                 let handler = ReplyHandler { inner: Arc::clone(&self.inner), client: client.clone() };
                 Ok(Link { client, session: Session::start(eventloop, handler) })
@@ -246,6 +289,7 @@ impl Replies {
 
     /// Adds a waiter to `topic`'s subscription, subscribing if it has none;
     /// says which session the subscription is on.
+    #[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
     fn join(
         &self,
         client: &AsyncClient,
@@ -269,7 +313,7 @@ impl Replies {
             };
             client
                 .try_subscribe_many([filter])
-                .map_err(|e| WaitError::Unavailable(format!("the subscription queue is full: {e}")))?;
+                .map_err(|e| WaitError::Unavailable(format!("the subscription queue is full: {e}").into()))?;
             state.queued.push_back((topic.to_owned(), id));
             let (ready, _) = watch::channel(Ready::Pending);
             state.topics.insert(topic.to_owned(), Subscription { token: id, ready, waiters: Vec::new() });
@@ -382,4 +426,44 @@ pub fn options(client_id: String, broker: String, port: u16, max_packet: u32) ->
     let mut options = session::options(client_id, broker, port);
     options.set_max_packet_size(Some(max_packet));
     options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_lookup_keeps_its_cause() {
+        let error = ConnectError::lookup("the AWS IoT endpoint", std::io::Error::other("no route to DescribeEndpoint"));
+        assert_eq!(error.to_string(), "the AWS IoT endpoint: no route to DescribeEndpoint");
+        let source = std::error::Error::source(&error).expect("the cause");
+        assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");
+    }
+
+    /// A [`Connect`] written as the Lambda's entry point writes one: reasons as
+    /// `String`s through `?`, and `&str`s through `.into()`.
+    fn connect_failing_with(lookup: Result<Option<String>, String>) -> Connect {
+        Box::new(move || {
+            let lookup = lookup.clone();
+            Box::pin(async move {
+                let host = match lookup? {
+                    Some(host) => host,
+                    None => return Err("the AWS IoT endpoint is not known".into()),
+                };
+                Ok(options("test".into(), host, 1883, 1024))
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_cannot_be_described_makes_the_wait_unavailable_with_the_reason() {
+        for (lookup, reason) in [
+            (Err("DescribeEndpoint failed".to_owned()), "DescribeEndpoint failed"),
+            (Ok(None), "the AWS IoT endpoint is not known"),
+        ] {
+            let replies = Replies::new(connect_failing_with(lookup));
+            let error = replies.wait_for("replies/x", Bytes::from_static(b"id")).await.err();
+            assert_eq!(error, Some(WaitError::Unavailable(reason.into())));
+        }
+    }
 }
