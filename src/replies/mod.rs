@@ -18,6 +18,14 @@
 //! When the connection drops, every subscription is gone with it (a clean
 //! start): each waiter gets [`WaitError::Lost`] at once, never a reply from a
 //! later session.
+//!
+//! **A connection that died unnoticed.** A Lambda container is frozen between
+//! invocations, and the broker drops a client it has not heard from for 1.5 ×
+//! the keep-alive without the client knowing. So a wait first checks when the
+//! broker was last heard from: after longer than a live connection is ever
+//! silent, the connection is made anew before subscribing. A subscription that
+//! is lost, or not confirmed in time, is tried once more on a new connection
+//! when the request's deadline leaves room for it.
 
 pub mod sigv4;
 
@@ -34,14 +42,18 @@ use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use rumqttc::Outgoing;
 use tokio::sync::{oneshot, watch, OnceCell};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{info, warn};
 
-use crate::session::{self, Epoch, Handler, InFlight, Lines, Session};
+use crate::session::{self, Epoch, Handler, InFlight, Lines, Session, KEEP_ALIVE};
 
 /// How long a waiter waits for the connection to come up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a waiter waits for its subscription's SUBACK.
+/// How long a waiter waits for its subscription's SUBACK, by default.
 const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Silent for longer, the connection is made anew before a subscription, by default.
+// A live connection hears a PINGRESP every keep-alive (30 s) plus a round trip; a broker
+// drops a client silent for 1.5 × keep-alive (45 s): longer silence means a frozen process.
+const IDLE_LIMIT: Duration = KEEP_ALIVE.saturating_add(Duration::from_secs(5));
 /// Subscribes and unsubscribes queued towards the connection at most.
 const CHANNEL_CAPACITY: usize = 4096;
 
@@ -121,6 +133,10 @@ pub type Connect =
 /// The connection that waits for replies, shared by every request of a process.
 pub struct Replies {
     inner: Arc<Inner>,
+    /// How long a subscription waits for its SUBACK before it is tried again.
+    suback_timeout: Duration,
+    /// How long the connection may have been silent before a subscription.
+    idle_limit: Duration,
 }
 
 struct Inner {
@@ -238,37 +254,88 @@ impl Replies {
     /// and re-opened (with backoff) whenever it drops.
     pub fn new(connect: Connect) -> Replies {
         let inner = Inner { connect, link: OnceCell::new(), state: Mutex::new(State::default()) };
-        Replies { inner: Arc::new(inner) }
+        Replies { inner: Arc::new(inner), suback_timeout: SUBACK_TIMEOUT, idle_limit: IDLE_LIMIT }
+    }
+
+    /// The same, with a SUBACK awaited for `timeout` (5 s by default) before
+    /// the subscription is tried once more on a new connection.
+    pub fn with_suback_timeout(mut self, timeout: Duration) -> Replies {
+        self.suback_timeout = timeout;
+        self
+    }
+
+    /// The same, with the connection made anew before a subscription when the
+    /// broker has been silent for longer than `limit` (35 s by default).
+    pub fn with_idle_limit(mut self, limit: Duration) -> Replies {
+        self.idle_limit = limit;
+        self
+    }
+
+    /// [`Replies::wait_for_by`] with no deadline.
+    pub async fn wait_for(&self, topic: &str, correlation: Bytes) -> Result<Waiting, WaitError> {
+        self.wait_for_by(topic, correlation, None).await
     }
 
     /// Subscribes to `topic` (or joins its subscription) and returns once the
     /// broker confirmed it: a reply published from then on reaches the wait.
-    /// A subscription lost to a connection that had died unnoticed (a Lambda
-    /// container thawed after a freeze) is tried once more on the new one.
-    pub async fn wait_for(&self, topic: &str, correlation: Bytes) -> Result<Waiting, WaitError> {
+    /// Waits no later than `answer_by`. A connection silent for too long is
+    /// made anew first; a subscription lost with its connection, or not
+    /// confirmed in time, is tried once more on a new one if `answer_by` leaves
+    /// time for another full SUBACK wait.
+    pub async fn wait_for_by(
+        &self,
+        topic: &str,
+        correlation: Bytes,
+        answer_by: Option<Instant>,
+    ) -> Result<Waiting, WaitError> {
         let link = self.link().await?;
-        // The session a subscription was lost with: the next try waits for a newer.
-        let mut lost = None;
+        // The session the last attempt found wanting: the next one waits for a newer.
+        let mut stale = None;
+        let mut refreshed = false;
+        let mut retried = false;
         loop {
-            if link.session.wait_up(lost, Instant::now() + CONNECT_TIMEOUT).await.is_none() {
+            let until = within(CONNECT_TIMEOUT, answer_by);
+            let Some(epoch) = link.session.wait_up(stale, until).await else {
                 return Err(WaitError::Unavailable("not connected to the broker".into()));
+            };
+            let idle = link.session.idle();
+            if !refreshed && idle > self.idle_limit {
+                if link.session.reconnect(epoch) {
+                    info!(?idle, "the broker was silent for longer than a live connection ever is: making the connection that waits for replies anew before subscribing");
+                }
+                (stale, refreshed) = (Some(epoch), true);
+                continue;
             }
             let (waiting, mut ready, joined) = self.join(&link.client, topic, correlation.clone())?;
-            let confirmed = tokio::time::timeout(SUBACK_TIMEOUT, ready.wait_for(|r| *r != Ready::Pending)).await;
-            let outcome = match confirmed {
-                Ok(Ok(ready)) => ready.clone(),
-                Ok(Err(_)) => Ready::Failed(WaitError::Lost),
-                Err(_) => Ready::Failed(WaitError::Unavailable("the broker did not confirm the subscription".into())),
+            let confirmed = tokio::time::timeout_at(
+                within(self.suback_timeout, answer_by),
+                ready.wait_for(|r| *r != Ready::Pending),
+            )
+            .await
+            .map(|ready| ready.map(|ready| ready.clone()));
+            let timed_out = match confirmed {
+                Ok(Ok(Ready::Active)) => return Ok(waiting),
+                Ok(Ok(Ready::Failed(WaitError::Lost)) | Err(_)) => false,
+                Ok(Ok(Ready::Failed(error))) => return Err(error),
+                Ok(Ok(Ready::Pending)) => unreachable!("waited until it was not pending"),
+                Err(_) => true,
             };
-            match outcome {
-                Ready::Active => return Ok(waiting),
-                Ready::Failed(WaitError::Lost) if lost.is_none() => lost = Some(joined),
-                Ready::Failed(WaitError::Lost) => {
-                    return Err(WaitError::Unavailable("the connection dropped while subscribing".into()))
-                }
-                Ready::Failed(error) => return Err(error),
-                Ready::Pending => unreachable!("waited until it was not pending"),
+            drop(waiting);
+            let time_left = answer_by.map_or(Duration::MAX, |by| by.saturating_duration_since(Instant::now()));
+            if retried || time_left < self.suback_timeout {
+                return Err(WaitError::Unavailable(
+                    if timed_out {
+                        "the broker did not confirm the subscription"
+                    } else {
+                        "the connection dropped while subscribing"
+                    }
+                    .into(),
+                ));
             }
+            if timed_out && link.session.reconnect(joined) {
+                warn!(timeout = ?self.suback_timeout, "no SUBACK in time: making the connection that waits for replies anew and subscribing once more");
+            }
+            (stale, retried) = (Some(joined), true);
         }
     }
 
@@ -325,6 +392,12 @@ impl Replies {
         let waiting = Waiting { inner: Arc::clone(&self.inner), topic: topic.to_owned(), id, reply: rx, taken: None };
         Ok((waiting, ready, epoch))
     }
+}
+
+/// `after` from now, but no later than `answer_by`.
+fn within(after: Duration, answer_by: Option<Instant>) -> Instant {
+    let at = Instant::now() + after;
+    answer_by.map_or(at, |by| at.min(by))
 }
 
 /// The connection's side of its session: credits SUBACKs, routes replies,
