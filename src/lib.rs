@@ -21,6 +21,9 @@
 //! - [`replies`]: the edge that waits for a device's reply (`ResponseTimeout`):
 //!   one MQTT 5 connection subscribing to response topics, to the broker or to
 //!   AWS IoT over a SigV4-signed WebSocket.
+//! - [`session`]: one supervised MQTT 5 connection (reconnect and backoff,
+//!   what goes with a dropped session, the signal that it is up), which the
+//!   pool of `publish::mqtt` and the reply connection each run.
 //! - [`aws`]: the AWS SDK config the IoT publisher and the config table share.
 //! - [`quota`]: the `[limits]` rate limits (429), each source address's
 //!   budget of password checks, and (`serve --redis`) the quotas a fleet shares.
@@ -59,4 +62,5 @@ pub mod replies;
 #[cfg(feature = "serve")]
 pub mod serve;
 pub mod service;
+pub mod session;
 pub mod store;

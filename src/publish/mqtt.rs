@@ -29,8 +29,8 @@
 //! resolves it. When the connection drops, every waiter fails (503) and
 //! whatever rumqttc still holds for the broken session is dropped, so nothing
 //! sent before the drop can later be mistaken for a newer request's publish.
-//! The connection is re-established with backoff; meanwhile its requests get
-//! 503 at once.
+//! The connection is re-established with backoff ([`crate::session`] supervises
+//! it); meanwhile its requests get 503 at once.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -39,9 +39,9 @@ use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use rumqttc::v5::mqttbytes::v5::{ConnAckProperties, PubAckReason, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnAckProperties, PubAckReason, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use rumqttc::{Outgoing, Transport};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
@@ -49,6 +49,7 @@ use tracing::{info, warn};
 use super::{Message, PublishError, Publisher};
 use crate::contract::{BackendLimits, Qos, TopicLimits};
 use crate::metrics;
+use crate::session::{self, Epoch, Handler, InFlight, Lines, Session};
 
 /// What any MQTT 5 broker accepts (MQTT 5 §1.5.4, §2.2.2: 65 535-byte names, 256 MB packets).
 pub const MQTT_LIMITS: BackendLimits = BackendLimits {
@@ -105,20 +106,31 @@ pub fn replies_connect(settings: &BrokerSettings) -> crate::replies::Connect {
     let settings = settings.clone();
     Box::new(move || {
         let max_packet = settings.max_payload_bytes.min(MAX_REPLY_PAYLOAD) + 64 * 1024;
-        let mut options = crate::replies::options(
-            format!("{}-replies", settings.client_id),
-            settings.host.clone(),
-            settings.port,
-            u32::try_from(max_packet).unwrap_or(u32::MAX),
-        );
-        if let Some((user, password)) = &settings.credentials {
-            options.set_credentials(user.clone(), password.clone());
-        }
-        if let Some(tls) = &settings.tls {
-            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
-        }
+        let mut options = broker_options(&settings, format!("{}-replies", settings.client_id));
+        // As `replies::options` says: the broker drops a larger reply rather than send it.
+        options.set_max_packet_size(Some(u32::try_from(max_packet).unwrap_or(u32::MAX)));
         Box::pin(async move { Ok(options) })
     })
+}
+
+/// The options of the pool's connection `index`.
+fn connection_options(settings: &BrokerSettings, index: usize) -> MqttOptions {
+    let mut options = broker_options(settings, format!("{}-{index}", settings.client_id));
+    options.set_outgoing_inflight_upper_limit(MAX_INFLIGHT);
+    options
+}
+
+/// The options of a connection to the broker of `settings` as `client_id`:
+/// [`session::options`] with the broker's credentials and TLS.
+fn broker_options(settings: &BrokerSettings, client_id: String) -> MqttOptions {
+    let mut options = session::options(client_id, settings.host.clone(), settings.port);
+    if let Some((user, password)) = &settings.credentials {
+        options.set_credentials(user.clone(), password.clone());
+    }
+    if let Some(tls) = &settings.tls {
+        options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
+    }
+    options
 }
 
 /// The default pool: enough connections to carry [`IN_FLIGHT_PER_CORE`] publishes
@@ -169,6 +181,8 @@ type Waiter = oneshot::Sender<Result<(), PublishError>>;
 /// Waiters by where their publish is.
 #[derive(Default)]
 struct Correlation {
+    /// Whether `publish` may send: cleared under this lock with what the lost
+    /// session held, so no request slips in between.
     connected: bool,
     /// Sent into rumqttc's channel, not yet written: in channel order.
     queued: VecDeque<Waiter>,
@@ -201,33 +215,27 @@ struct Connection {
     correlation: Arc<Mutex<Correlation>>,
     /// The Maximum Packet Size of this connection's CONNACK (MQTT's own limit if none).
     max_packet_size: Arc<AtomicU32>,
+    session: Session,
 }
 
 impl Connection {
-    /// Starts the connection task; returns at once.
+    /// Starts the connection's session; returns at once.
     fn start(settings: &BrokerSettings, index: usize, announced: &Arc<Announced>) -> Connection {
-        let client_id = format!("{}-{index}", settings.client_id);
-        let mut options = MqttOptions::new(client_id, settings.host.clone(), settings.port);
-        options.set_keep_alive(Duration::from_secs(30));
-        options.set_clean_start(true);
-        options.set_connection_timeout(5);
-        options.set_outgoing_inflight_upper_limit(MAX_INFLIGHT);
-        if let Some((user, password)) = &settings.credentials {
-            options.set_credentials(user.clone(), password.clone());
-        }
-        if let Some(tls) = &settings.tls {
-            options.set_transport(Transport::tls_with_config(rumqttc::TlsConfiguration::Rustls(Arc::clone(tls))));
-        }
-        let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
+        let (client, eventloop) = AsyncClient::new(connection_options(settings, index), CHANNEL_CAPACITY);
         let correlation = Arc::new(Mutex::new(Correlation::default()));
         let max_packet_size = Arc::new(AtomicU32::new(MQTT_MAX_PACKET));
-        let limits = Arc::clone(&max_packet_size);
-        tokio::spawn(drive(eventloop, Arc::clone(&correlation), Arc::clone(announced), limits));
-        Connection { client, correlation, max_packet_size }
+        let handler = PoolHandler {
+            correlation: Arc::clone(&correlation),
+            announced: Arc::clone(announced),
+            max_packet_size: Arc::clone(&max_packet_size),
+            connected_before: false,
+        };
+        let session = Session::start(eventloop, handler);
+        Connection { client, correlation, max_packet_size, session }
     }
 
     fn is_up(&self) -> bool {
-        self.correlation.lock().unwrap_or_else(|e| e.into_inner()).connected
+        self.session.is_up()
     }
 }
 
@@ -261,7 +269,7 @@ impl MqttPublisher {
             Some(n) => n.get(),
             None => {
                 let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
-                if !wait_until(deadline, || first.is_up()).await {
+                if first.session.wait_up(None, deadline).await.is_none() {
                     warn!("the broker has not answered yet: sizing the connection pool by the cores alone");
                 }
                 pool_size(announced.receive_maximum.load(Ordering::Relaxed), cores)
@@ -271,7 +279,11 @@ impl MqttPublisher {
         connections.extend((1..size).map(|index| Connection::start(&settings, index, &announced)));
         metrics::broker_pool_size(size);
         let publisher = MqttPublisher { pool: Arc::new(Pool { connections, announced, limits }) };
-        if !wait_until(deadline, || publisher.pool.connections.iter().all(Connection::is_up)).await {
+        let mut all_up = true;
+        for connection in &publisher.pool.connections {
+            all_up &= connection.session.wait_up(None, deadline).await.is_some();
+        }
+        if !all_up {
             warn!(
                 up = publisher.connections_up(),
                 of = size,
@@ -297,19 +309,6 @@ impl MqttPublisher {
     }
 }
 
-/// Polls `ready` until it holds or `deadline` passes; says which.
-async fn wait_until(deadline: tokio::time::Instant, ready: impl Fn() -> bool) -> bool {
-    loop {
-        if ready() {
-            return true;
-        }
-        if tokio::time::Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 impl Publisher for MqttPublisher {
     fn limits(&self) -> BackendLimits {
         let announced = &self.pool.announced;
@@ -324,6 +323,7 @@ impl Publisher for MqttPublisher {
         }
     }
 
+    #[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
     async fn publish(&self, message: Message) -> Result<(), PublishError> {
         let p = message.properties;
         let properties = PublishProperties {
@@ -377,77 +377,79 @@ impl Publisher for MqttPublisher {
     }
 }
 
-/// Runs the connection: resolves waiters from events, reconnects with backoff.
-async fn drive(
-    mut eventloop: EventLoop,
+/// A pool connection's side of its session: the limits its CONNACK announces,
+/// its waiters resolved by PUBACKs, its metrics.
+struct PoolHandler {
     correlation: Arc<Mutex<Correlation>>,
     announced: Arc<Announced>,
     max_packet_size: Arc<AtomicU32>,
-) {
-    let mut backoff = Duration::from_millis(100);
-    let mut connected_before = false;
-    loop {
-        match eventloop.poll().await {
-            Ok(event) => {
-                let mut c = correlation.lock().unwrap_or_else(|e| e.into_inner());
-                match event {
-                    Event::Incoming(Incoming::ConnAck(connack)) => {
-                        announced.update(connack.properties.as_ref());
-                        let limit = connack.properties.as_ref().and_then(|p| p.max_packet_size);
-                        max_packet_size.store(limit.unwrap_or(MQTT_MAX_PACKET).min(MQTT_MAX_PACKET), Ordering::Relaxed);
-                        c.connected = true;
-                        metrics::broker_connection(true);
-                        if connected_before {
-                            metrics::broker_reconnect();
-                        }
-                        connected_before = true;
-                        backoff = Duration::from_millis(100);
-                        info!(
-                            broker = %eventloop.options.broker_address().0,
-                            client_id = %eventloop.options.client_id(),
-                            "connected to the MQTT broker"
-                        );
-                    }
-                    Event::Outgoing(Outgoing::Publish(pkid)) => {
-                        if let Some(waiter) = c.queued.pop_front() {
-                            if pkid == 0 {
-                                let _ = waiter.send(Ok(()));
-                            } else {
-                                c.inflight.insert(pkid, waiter);
-                            }
-                        }
-                    }
-                    Event::Incoming(Incoming::PubAck(ack)) => {
-                        if let Some(waiter) = c.inflight.remove(&ack.pkid) {
-                            let _ = waiter.send(classify(ack.reason));
-                        }
-                    }
-                    _ => {}
-                }
-            }
-            Err(error) => {
-                {
-                    let mut c = correlation.lock().unwrap_or_else(|e| e.into_inner());
-                    if c.connected {
-                        metrics::broker_connection(false);
-                        warn!(%error, client_id = %eventloop.options.client_id(), "lost the MQTT broker connection; reconnecting");
-                    }
-                    c.connected = false;
-                    // Drop what rumqttc kept of the broken session, including requests that
-                    // entered its channel after it failed: their waiters fail below, so none
-                    // of them may be written later in a new request's place.
-                    eventloop.clean();
-                    eventloop.pending.clear();
-                    c.fail_all("the broker connection dropped");
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+    /// Whether the connection was up before: its next CONNACK is a reconnect.
+    connected_before: bool,
+}
+
+impl PoolHandler {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Correlation> {
+        self.correlation.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Handler for PoolHandler {
+    const LINES: Lines = Lines {
+        up: "connected to the MQTT broker",
+        lost: "lost the MQTT broker connection; reconnecting",
+        // `connect` says when the pool is not up in time; each retry is not worth a line.
+        cannot_connect: None,
+    };
+
+    fn on_connected(&mut self, _: Epoch, connack: &ConnAck) {
+        self.announced.update(connack.properties.as_ref());
+        let limit = connack.properties.as_ref().and_then(|p| p.max_packet_size);
+        self.max_packet_size.store(limit.unwrap_or(MQTT_MAX_PACKET).min(MQTT_MAX_PACKET), Ordering::Relaxed);
+        self.lock().connected = true;
+        metrics::broker_connection(true);
+        if self.connected_before {
+            metrics::broker_reconnect();
         }
+        self.connected_before = true;
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let mut c = self.lock();
+        match event {
+            Event::Outgoing(Outgoing::Publish(pkid)) => {
+                if let Some(waiter) = c.queued.pop_front() {
+                    if pkid == 0 {
+                        let _ = waiter.send(Ok(()));
+                    } else {
+                        c.inflight.insert(pkid, waiter);
+                    }
+                }
+            }
+            Event::Incoming(Incoming::PubAck(ack)) => {
+                if let Some(waiter) = c.inflight.remove(&ack.pkid) {
+                    let _ = waiter.send(classify(ack.reason));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_lost(&mut self, in_flight: InFlight<'_>) {
+        let mut c = self.lock();
+        if c.connected {
+            metrics::broker_connection(false);
+        }
+        c.connected = false;
+        // Under the lock that `publish` sends under: requests that entered rumqttc's
+        // channel after the failure are discarded too, and their waiters fail below,
+        // so none of them may be written later in a new request's place.
+        in_flight.discard();
+        c.fail_all("the broker connection dropped");
     }
 }
 
 /// PUBACK reason codes (MQTT 5 §3.4.2.1) as publish outcomes.
+#[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
 fn classify(reason: PubAckReason) -> Result<(), PublishError> {
     match reason {
         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),
@@ -485,6 +487,34 @@ mod tests {
         assert_eq!(pool_size(u16::MAX, 16), 16);
         assert_eq!(pool_size(1, 4), MAX_POOL, "never more than MAX_POOL");
         assert_eq!(pool_size(0, 2), MAX_POOL, "a Receive Maximum of 0 (a protocol error) is taken as 1");
+    }
+
+    fn settings(port: u16) -> BrokerSettings {
+        BrokerSettings {
+            host: "127.0.0.1".into(),
+            port,
+            tls: None,
+            credentials: Some(("user".into(), "secret".into())),
+            client_id: "mhp".into(),
+            max_payload_bytes: 1024 * 1024,
+            connections: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_pool_s_connections_and_the_reply_connection_share_credentials_and_set_tcp_nodelay() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let settings = settings(listener.local_addr().unwrap().port());
+        let pool = connection_options(&settings, 3);
+        let login = |options: &MqttOptions| options.credentials().map(|l| (l.username, l.password));
+        let expected = Some(("user".to_owned(), "secret".to_owned()));
+        assert_eq!((pool.client_id(), login(&pool)), ("mhp-3".to_owned(), expected.clone()));
+        assert_eq!((pool.keep_alive(), pool.clean_start()), (session::KEEP_ALIVE, true));
+        assert!(crate::session::tests::client_socket_nodelay(pool, &listener).await, "a pool connection");
+        let replies = replies_connect(&settings)().await.unwrap();
+        assert_eq!((replies.client_id(), login(&replies)), ("mhp-replies".to_owned(), expected));
+        assert_eq!(replies.max_packet_size(), Some(1024 * 1024 + 64 * 1024));
+        assert!(crate::session::tests::client_socket_nodelay(replies, &listener).await, "the reply connection");
     }
 
     #[test]

@@ -18,6 +18,14 @@
 //! When the connection drops, every subscription is gone with it (a clean
 //! start): each waiter gets [`WaitError::Lost`] at once, never a reply from a
 //! later session.
+//!
+//! **A connection that died unnoticed.** A Lambda container is frozen between
+//! invocations, and the broker drops a client it has not heard from for 1.5 ×
+//! the keep-alive without the client knowing. So a wait first checks when the
+//! broker was last heard from: after longer than a live connection is ever
+//! silent, the connection is made anew before subscribing. A subscription that
+//! is lost, or not confirmed in time, is tried once more on a new connection
+//! when the request's deadline leaves room for it.
 
 pub mod sigv4;
 
@@ -28,17 +36,24 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
-use rumqttc::v5::mqttbytes::v5::{Filter, Publish, RetainForwardRule, SubscribeReasonCode};
+use rumqttc::v5::mqttbytes::v5::{ConnAck, Filter, Publish, RetainForwardRule, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::{AsyncClient, Event, EventLoop, Incoming, MqttOptions};
+use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
 use rumqttc::Outgoing;
 use tokio::sync::{oneshot, watch, OnceCell};
+use tokio::time::Instant;
 use tracing::{info, warn};
 
-/// How long the first waiter waits for the connection to come up.
+use crate::session::{self, Epoch, Handler, InFlight, Lines, Session, KEEP_ALIVE};
+
+/// How long a waiter waits for the connection to come up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a waiter waits for its subscription's SUBACK.
+/// How long a waiter waits for its subscription's SUBACK, by default.
 const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
+/// Silent for longer, the connection is made anew before a subscription, by default.
+// A live connection hears a PINGRESP every keep-alive (30 s) plus a round trip; a broker
+// drops a client silent for 1.5 × keep-alive (45 s): longer silence means a frozen process.
+const IDLE_LIMIT: Duration = KEEP_ALIVE.saturating_add(Duration::from_secs(5));
 /// Subscribes and unsubscribes queued towards the connection at most.
 const CHANNEL_CAPACITY: usize = 4096;
 
@@ -70,28 +85,79 @@ pub enum WaitError {
     Refused(String),
 }
 
-/// Builds the connection's options when it is (re)opened for the first time:
+/// Why the connection's options cannot be built: where to connect is not
+/// known, or could not be looked up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    /// Looking up where to connect failed.
+    #[error("{what}: {source}")]
+    Lookup {
+        /// What was looked up.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// Said in words: nothing to connect to, or a cause already made text.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ConnectError {
+    /// Looking up `what` failed with `source`.
+    pub fn lookup(
+        what: impl Into<String>,
+        source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> ConnectError {
+        ConnectError::Lookup { what: what.into(), source: source.into() }
+    }
+}
+
+impl From<String> for ConnectError {
+    fn from(reason: String) -> ConnectError {
+        ConnectError::Other(reason)
+    }
+}
+
+impl From<&str> for ConnectError {
+    fn from(reason: &str) -> ConnectError {
+        ConnectError::Other(reason.to_owned())
+    }
+}
+
+/// Builds the connection's options when it is opened for the first time:
 /// may look up an endpoint first.
-pub type Connect = Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<MqttOptions, String>> + Send>> + Send + Sync>;
+pub type Connect =
+    Box<dyn Fn() -> Pin<Box<dyn Future<Output = Result<MqttOptions, ConnectError>> + Send>> + Send + Sync>;
 
 /// The connection that waits for replies, shared by every request of a process.
 pub struct Replies {
     inner: Arc<Inner>,
+    /// How long a subscription waits for its SUBACK before it is tried again.
+    suback_timeout: Duration,
+    /// How long the connection may have been silent before a subscription.
+    idle_limit: Duration,
 }
 
 struct Inner {
     /// The connection's options, built on first need.
     connect: Connect,
-    /// The client, once the connection task runs; `up` says whether it is connected.
-    client: OnceCell<AsyncClient>,
-    up: watch::Sender<bool>,
+    /// The connection, once its session runs.
+    link: OnceCell<Link>,
     state: Mutex<State>,
+}
+
+/// The connection: its client, and the session that supervises it.
+struct Link {
+    client: AsyncClient,
+    session: Session,
 }
 
 /// Subscriptions and their waiters.
 #[derive(Default)]
 struct State {
-    connected: bool,
+    /// The session that is up, if any: what a subscription is made on.
+    session: Option<Epoch>,
     topics: HashMap<String, Subscription>,
     /// Subscribes handed to rumqttc, not yet written: (topic, token), in channel order.
     queued: VecDeque<(String, u64)>,
@@ -164,7 +230,7 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        let Some(client) = self.inner.client.get() else { return };
+        let Some(Link { client, .. }) = self.inner.link.get() else { return };
         let mut state = self.inner.lock();
         if let Some(subscription) = state.topics.get_mut(&self.topic) {
             let before = subscription.waiters.len();
@@ -187,70 +253,120 @@ impl Replies {
     /// Replies over the connection `connect` describes, opened on first need
     /// and re-opened (with backoff) whenever it drops.
     pub fn new(connect: Connect) -> Replies {
-        let (up, _) = watch::channel(false);
-        Replies { inner: Arc::new(Inner { connect, client: OnceCell::new(), up, state: Mutex::new(State::default()) }) }
+        let inner = Inner { connect, link: OnceCell::new(), state: Mutex::new(State::default()) };
+        Replies { inner: Arc::new(inner), suback_timeout: SUBACK_TIMEOUT, idle_limit: IDLE_LIMIT }
+    }
+
+    /// The same, with a SUBACK awaited for `timeout` (5 s by default) before
+    /// the subscription is tried once more on a new connection.
+    pub fn with_suback_timeout(mut self, timeout: Duration) -> Replies {
+        self.suback_timeout = timeout;
+        self
+    }
+
+    /// The same, with the connection made anew before a subscription when the
+    /// broker has been silent for longer than `limit` (35 s by default).
+    pub fn with_idle_limit(mut self, limit: Duration) -> Replies {
+        self.idle_limit = limit;
+        self
+    }
+
+    /// [`Replies::wait_for_by`] with no deadline.
+    pub async fn wait_for(&self, topic: &str, correlation: Bytes) -> Result<Waiting, WaitError> {
+        self.wait_for_by(topic, correlation, None).await
     }
 
     /// Subscribes to `topic` (or joins its subscription) and returns once the
     /// broker confirmed it: a reply published from then on reaches the wait.
-    /// A subscription lost to a connection that had died unnoticed (a Lambda
-    /// container thawed after a freeze) is tried once more on the new one.
-    pub async fn wait_for(&self, topic: &str, correlation: Bytes) -> Result<Waiting, WaitError> {
+    /// Waits no later than `answer_by`. A connection silent for too long is
+    /// made anew first; a subscription lost with its connection, or not
+    /// confirmed in time, is tried once more on a new one if `answer_by` leaves
+    /// time for another full SUBACK wait.
+    pub async fn wait_for_by(
+        &self,
+        topic: &str,
+        correlation: Bytes,
+        answer_by: Option<Instant>,
+    ) -> Result<Waiting, WaitError> {
+        let link = self.link().await?;
+        // The session the last attempt found wanting: the next one waits for a newer.
+        let mut stale = None;
+        let mut refreshed = false;
         let mut retried = false;
         loop {
-            let client = self.client().await?;
-            let (waiting, mut ready) = self.join(client, topic, correlation.clone())?;
-            let confirmed = tokio::time::timeout(SUBACK_TIMEOUT, ready.wait_for(|r| *r != Ready::Pending)).await;
-            let outcome = match confirmed {
-                Ok(Ok(ready)) => ready.clone(),
-                Ok(Err(_)) => Ready::Failed(WaitError::Lost),
-                Err(_) => Ready::Failed(WaitError::Unavailable("the broker did not confirm the subscription".into())),
+            let until = within(CONNECT_TIMEOUT, answer_by);
+            let Some(epoch) = link.session.wait_up(stale, until).await else {
+                return Err(WaitError::Unavailable("not connected to the broker".into()));
             };
-            match outcome {
-                Ready::Active => return Ok(waiting),
-                Ready::Failed(WaitError::Lost) if !retried => retried = true,
-                Ready::Failed(WaitError::Lost) => {
-                    return Err(WaitError::Unavailable("the connection dropped while subscribing".into()))
+            let idle = link.session.idle();
+            if !refreshed && idle > self.idle_limit {
+                if link.session.reconnect(epoch) {
+                    info!(?idle, "the broker was silent for longer than a live connection ever is: making the connection that waits for replies anew before subscribing");
                 }
-                Ready::Failed(error) => return Err(error),
-                Ready::Pending => unreachable!("waited until it was not pending"),
+                (stale, refreshed) = (Some(epoch), true);
+                continue;
             }
+            let (waiting, mut ready, joined) = self.join(&link.client, topic, correlation.clone())?;
+            let confirmed = tokio::time::timeout_at(
+                within(self.suback_timeout, answer_by),
+                ready.wait_for(|r| *r != Ready::Pending),
+            )
+            .await
+            .map(|ready| ready.map(|ready| ready.clone()));
+            let timed_out = match confirmed {
+                Ok(Ok(Ready::Active)) => return Ok(waiting),
+                Ok(Ok(Ready::Failed(WaitError::Lost)) | Err(_)) => false,
+                Ok(Ok(Ready::Failed(error))) => return Err(error),
+                Ok(Ok(Ready::Pending)) => unreachable!("waited until it was not pending"),
+                Err(_) => true,
+            };
+            drop(waiting);
+            let time_left = answer_by.map_or(Duration::MAX, |by| by.saturating_duration_since(Instant::now()));
+            if retried || time_left < self.suback_timeout {
+                return Err(WaitError::Unavailable(
+                    if timed_out {
+                        "the broker did not confirm the subscription"
+                    } else {
+                        "the connection dropped while subscribing"
+                    }
+                    .into(),
+                ));
+            }
+            if timed_out && link.session.reconnect(joined) {
+                warn!(timeout = ?self.suback_timeout, "no SUBACK in time: making the connection that waits for replies anew and subscribing once more");
+            }
+            (stale, retried) = (Some(joined), true);
         }
     }
 
-    /// The client, starting the connection task on first need; waits up to
-    /// [`CONNECT_TIMEOUT`] for the connection to be up.
-    async fn client(&self) -> Result<&AsyncClient, WaitError> {
-        let client = self
-            .inner
-            .client
+    /// The connection, its session started on first need.
+    #[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
+    async fn link(&self) -> Result<&Link, WaitError> {
+        self.inner
+            .link
             .get_or_try_init(|| async {
-                let options = (self.inner.connect)().await.map_err(WaitError::Unavailable)?;
+                let options =
+                    (self.inner.connect)().await.map_err(|error| WaitError::Unavailable(error.to_string().into()))?;
                 let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
-                tokio::spawn(drive(eventloop, Arc::clone(&self.inner), client.clone()));
-                Ok::<_, WaitError>(client)
+                let handler = ReplyHandler { inner: Arc::clone(&self.inner), client: client.clone() };
+                Ok(Link { client, session: Session::start(eventloop, handler) })
             })
-            .await?;
-        let mut up = self.inner.up.subscribe();
-        let connected = matches!(tokio::time::timeout(CONNECT_TIMEOUT, up.wait_for(|up| *up)).await, Ok(Ok(_)));
-        if connected {
-            Ok(client)
-        } else {
-            Err(WaitError::Unavailable("not connected to the broker".into()))
-        }
+            .await
     }
 
-    /// Adds a waiter to `topic`'s subscription, subscribing if it has none.
+    /// Adds a waiter to `topic`'s subscription, subscribing if it has none;
+    /// says which session the subscription is on.
+    #[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
     fn join(
         &self,
         client: &AsyncClient,
         topic: &str,
         correlation: Bytes,
-    ) -> Result<(Waiting, watch::Receiver<Ready>), WaitError> {
+    ) -> Result<(Waiting, watch::Receiver<Ready>, Epoch), WaitError> {
         let mut state = self.inner.lock();
-        if !state.connected {
+        let Some(epoch) = state.session else {
             return Err(WaitError::Unavailable("not connected to the broker".into()));
-        }
+        };
         let id = state.next_id;
         state.next_id += 1;
         if !state.topics.contains_key(topic) {
@@ -264,7 +380,7 @@ impl Replies {
             };
             client
                 .try_subscribe_many([filter])
-                .map_err(|e| WaitError::Unavailable(format!("the subscription queue is full: {e}")))?;
+                .map_err(|e| WaitError::Unavailable(format!("the subscription queue is full: {e}").into()))?;
             state.queued.push_back((topic.to_owned(), id));
             let (ready, _) = watch::channel(Ready::Pending);
             state.topics.insert(topic.to_owned(), Subscription { token: id, ready, waiters: Vec::new() });
@@ -273,78 +389,71 @@ impl Replies {
         let (tx, rx) = oneshot::channel();
         subscription.waiters.push(Waiter { id, correlation, reply: tx });
         let ready = subscription.ready.subscribe();
-        Ok((Waiting { inner: Arc::clone(&self.inner), topic: topic.to_owned(), id, reply: rx, taken: None }, ready))
+        let waiting = Waiting { inner: Arc::clone(&self.inner), topic: topic.to_owned(), id, reply: rx, taken: None };
+        Ok((waiting, ready, epoch))
     }
 }
 
-/// Runs the connection: credits SUBACKs, routes replies, reconnects with backoff.
-async fn drive(mut eventloop: EventLoop, inner: Arc<Inner>, client: AsyncClient) {
-    let mut backoff = Duration::from_millis(100);
-    // Whether this outage was logged: its first failure is, connected before or not
-    // (a refused handshake, wrong credentials), and then nothing until it ends.
-    let mut reported = false;
-    loop {
-        match eventloop.poll().await {
-            Ok(event) => {
-                let mut state = inner.lock();
-                match event {
-                    Event::Incoming(Incoming::ConnAck(_)) => {
-                        state.connected = true;
-                        inner.up.send_replace(true);
-                        backoff = Duration::from_millis(100);
-                        reported = false;
-                        info!(
-                            broker = %eventloop.options.broker_address().0,
-                            client_id = %eventloop.options.client_id(),
-                            "the connection that waits for replies is up"
-                        );
-                    }
-                    Event::Outgoing(Outgoing::Subscribe(pkid)) => {
-                        if let Some((topic, token)) = state.queued.pop_front() {
-                            state.subacks.push_back((pkid, topic, token));
-                        }
-                    }
-                    Event::Incoming(Incoming::SubAck(ack)) => {
-                        let oldest = state.subacks.iter().position(|(pkid, _, _)| *pkid == ack.pkid);
-                        if let Some((_, topic, token)) = oldest.and_then(|i| state.subacks.remove(i)) {
-                            if let Some(subscription) = state.topics.get(&topic).filter(|s| s.token == token) {
-                                subscription.ready.send_replace(match ack.return_codes.first() {
-                                    Some(SubscribeReasonCode::Success(_)) => Ready::Active,
-                                    other => Ready::Failed(WaitError::Refused(format!("SUBACK {other:?}"))),
-                                });
-                            }
-                        }
-                    }
-                    Event::Incoming(Incoming::Publish(publish)) => route(&mut state, &client, publish),
-                    _ => {}
+/// `after` from now, but no later than `answer_by`.
+fn within(after: Duration, answer_by: Option<Instant>) -> Instant {
+    let at = Instant::now() + after;
+    answer_by.map_or(at, |by| at.min(by))
+}
+
+/// The connection's side of its session: credits SUBACKs, routes replies,
+/// fails every wait when the session goes.
+struct ReplyHandler {
+    inner: Arc<Inner>,
+    client: AsyncClient,
+}
+
+impl Handler for ReplyHandler {
+    const LINES: Lines = Lines {
+        up: "the connection that waits for replies is up",
+        lost: "lost the connection that waits for replies; reconnecting",
+        cannot_connect: Some("cannot connect to wait for replies; retrying"),
+    };
+
+    fn on_connected(&mut self, epoch: Epoch, _: &ConnAck) {
+        self.inner.lock().session = Some(epoch);
+    }
+
+    fn on_event(&mut self, event: Event) {
+        let mut state = self.inner.lock();
+        match event {
+            Event::Outgoing(Outgoing::Subscribe(pkid)) => {
+                if let Some((topic, token)) = state.queued.pop_front() {
+                    state.subacks.push_back((pkid, topic, token));
                 }
             }
-            Err(error) => {
-                {
-                    let mut state = inner.lock();
-                    if state.connected {
-                        warn!(%error, "lost the connection that waits for replies; reconnecting");
-                    } else if !reported {
-                        warn!(%error, "cannot connect to wait for replies; retrying");
-                    }
-                    reported = true;
-                    state.connected = false;
-                    inner.up.send_replace(false);
-                    // A clean start: the subscriptions are gone with the session,
-                    // and nothing queued for it may be written to the next one.
-                    eventloop.clean();
-                    eventloop.pending.clear();
-                    state.queued.clear();
-                    state.subacks.clear();
-                    for (_, subscription) in state.topics.drain() {
-                        subscription.ready.send_replace(Ready::Failed(WaitError::Lost));
-                        for waiter in subscription.waiters {
-                            let _ = waiter.reply.send(Err(WaitError::Lost));
-                        }
+            Event::Incoming(Incoming::SubAck(ack)) => {
+                let oldest = state.subacks.iter().position(|(pkid, _, _)| *pkid == ack.pkid);
+                if let Some((_, topic, token)) = oldest.and_then(|i| state.subacks.remove(i)) {
+                    if let Some(subscription) = state.topics.get(&topic).filter(|s| s.token == token) {
+                        subscription.ready.send_replace(match ack.return_codes.first() {
+                            Some(SubscribeReasonCode::Success(_)) => Ready::Active,
+                            other => Ready::Failed(WaitError::Refused(format!("SUBACK {other:?}"))),
+                        });
                     }
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+            Event::Incoming(Incoming::Publish(publish)) => route(&mut state, &self.client, publish),
+            _ => {}
+        }
+    }
+
+    fn on_lost(&mut self, in_flight: InFlight<'_>) {
+        let mut state = self.inner.lock();
+        state.session = None;
+        // A clean start: the subscriptions are gone with the session,
+        // and nothing queued for it may be written to the next one.
+        in_flight.discard();
+        state.queued.clear();
+        state.subacks.clear();
+        for (_, subscription) in state.topics.drain() {
+            subscription.ready.send_replace(Ready::Failed(WaitError::Lost));
+            for waiter in subscription.waiters {
+                let _ = waiter.reply.send(Err(WaitError::Lost));
             }
         }
     }
@@ -383,19 +492,51 @@ fn unsubscribe(client: &AsyncClient, topic: &str) {
     }
 }
 
-/// Options for a connection that waits for replies: a clean start, and a
+/// Options for a connection that waits for replies: [`session::options`] and a
 /// Maximum Packet Size of `max_packet` so a broker drops (rather than sends)
 /// anything larger, which would otherwise cost the connection.
 pub fn options(client_id: String, broker: String, port: u16, max_packet: u32) -> MqttOptions {
-    let mut options = MqttOptions::new(client_id, broker, port);
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_clean_start(true);
+    let mut options = session::options(client_id, broker, port);
     options.set_max_packet_size(Some(max_packet));
-    // A wait is a few small packets each way (SUBSCRIBE, PUBACK, UNSUBSCRIBE):
-    // Nagle's algorithm would hold one behind another's delayed ACK, 40 ms.
-    let mut network = rumqttc::NetworkOptions::new();
-    network.set_tcp_nodelay(true);
-    network.set_connection_timeout(5);
-    options.set_network_options(network);
     options
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_lookup_keeps_its_cause() {
+        let error = ConnectError::lookup("the AWS IoT endpoint", std::io::Error::other("no route to DescribeEndpoint"));
+        assert_eq!(error.to_string(), "the AWS IoT endpoint: no route to DescribeEndpoint");
+        let source = std::error::Error::source(&error).expect("the cause");
+        assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");
+    }
+
+    /// A [`Connect`] written as the Lambda's entry point writes one: reasons as
+    /// `String`s through `?`, and `&str`s through `.into()`.
+    fn connect_failing_with(lookup: Result<Option<String>, String>) -> Connect {
+        Box::new(move || {
+            let lookup = lookup.clone();
+            Box::pin(async move {
+                let host = match lookup? {
+                    Some(host) => host,
+                    None => return Err("the AWS IoT endpoint is not known".into()),
+                };
+                Ok(options("test".into(), host, 1883, 1024))
+            })
+        })
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_cannot_be_described_makes_the_wait_unavailable_with_the_reason() {
+        for (lookup, reason) in [
+            (Err("DescribeEndpoint failed".to_owned()), "DescribeEndpoint failed"),
+            (Ok(None), "the AWS IoT endpoint is not known"),
+        ] {
+            let replies = Replies::new(connect_failing_with(lookup));
+            let error = replies.wait_for("replies/x", Bytes::from_static(b"id")).await.err();
+            assert_eq!(error, Some(WaitError::Unavailable(reason.into())));
+        }
+    }
 }

@@ -1,6 +1,7 @@
 //! AWS IoT's MQTT over WebSocket, signed with SigV4 from the function's role:
 //! the presigned `wss://{endpoint}/mqtt` URL, signed anew on every (re)connect
-//! so its date and the role's credentials are always fresh.
+//! so its date and the role's credentials are always fresh, and for the region
+//! the endpoint is in ([`endpoint_region`]), which need not be the function's.
 //!
 //! AWS IoT's rule (Developer Guide, "MQTT over WebSocket"): the signing name is
 //! `iotdevicegateway`, the body hash is that of the empty string, only `host`
@@ -80,8 +81,25 @@ pub struct IotMqtt {
 pub struct Signer {
     /// The SDK's credentials provider (the function's role).
     pub credentials: aws_credential_types::provider::SharedCredentialsProvider,
-    /// The endpoint's region.
+    /// The region to sign for when the endpoint's host does not name one.
     pub region: String,
+}
+
+/// The region an AWS IoT endpoint's URL names in its host,
+/// `{prefix}.iot.{region}.amazonaws.com` (`-ats` prefixes, `iot-fips`, and
+/// `.amazonaws.com.cn` in China alike); `None` for any other host.
+pub fn endpoint_region(url: &str) -> Option<String> {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or(rest);
+    let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+    let host = host.split(':').next().unwrap_or(host).trim_end_matches('.').to_ascii_lowercase();
+    let name = host.strip_suffix(".amazonaws.com").or_else(|| host.strip_suffix(".amazonaws.com.cn"))?;
+    let mut labels = name.rsplit('.');
+    let (region, service) = (labels.next()?, labels.next()?);
+    let prefix = labels.next()?;
+    let region_shaped =
+        region.contains('-') && region.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    (matches!(service, "iot" | "iot-fips") && !prefix.is_empty() && region_shaped).then(|| region.to_owned())
 }
 
 impl IotMqtt {
@@ -111,14 +129,16 @@ impl IotMqtt {
             options.set_transport(Transport::Ws);
         }
         if let Some(signer) = self.signer.clone() {
+            let region = endpoint_region(&self.url).unwrap_or(signer.region);
+            let credentials = signer.credentials;
             options.set_request_modifier(move |mut request: http::Request<()>| {
-                let signer = signer.clone();
+                let (credentials, region) = (credentials.clone(), region.clone());
                 async move {
-                    match signer.credentials.provide_credentials().await {
+                    match credentials.provide_credentials().await {
                         Ok(credentials) => {
                             let now = SystemTime::now();
                             if let Err(error) =
-                                presign(&mut request, credentials, &signer.region, IOT_SIGNING_NAME, now, URL_LIFETIME)
+                                presign(&mut request, credentials, &region, IOT_SIGNING_NAME, now, URL_LIFETIME)
                             {
                                 warn!(%error, "cannot sign the WebSocket URL for AWS IoT");
                             }
@@ -155,7 +175,8 @@ fn port_of(url: &str) -> u16 {
 #[cfg(test)]
 mod tests {
     //! AWS's published SigV4 vectors for presigned URLs (the CRT signing test
-    //! suite shipped in aws-sigv4, `get-vanilla*`), driven through [`presign`].
+    //! suite shipped in aws-sigv4, `get-vanilla*`), driven through [`presign`];
+    //! and the region each endpoint's URL is signed for.
 
     use super::*;
 
@@ -212,6 +233,61 @@ mod tests {
         assert!(url.starts_with("wss://example-ats.iot.us-east-1.amazonaws.com/mqtt?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=AKIDEXAMPLE%2F20150830%2Fus-east-1%2Fiotdevicegateway%2Faws4_request&"), "{url}");
         assert_eq!(signature(&url), "35e221b41b3d3752a12d668dc8f02946c5fb882fc6e2e4adaa800dfea882ea00");
         assert!(url.ends_with(&format!("&X-Amz-Security-Token={TOKEN}")));
+    }
+
+    #[test]
+    fn the_region_comes_from_an_iot_endpoint_s_host() {
+        for (url, region) in [
+            ("wss://a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com/mqtt", "eu-west-1"),
+            // A legacy (VeriSign) endpoint.
+            ("wss://a1b2c3d4e5f6g7.iot.ap-southeast-2.amazonaws.com/mqtt", "ap-southeast-2"),
+            ("wss://a1b2c3d4e5f6g7.ats.iot.cn-north-1.amazonaws.com.cn/mqtt", "cn-north-1"),
+            ("wss://data.iot-fips.us-gov-west-1.amazonaws.com/mqtt", "us-gov-west-1"),
+            ("wss://A1B2-ATS.IOT.US-EAST-2.AMAZONAWS.COM:443/mqtt?x=1", "us-east-2"),
+            ("a1b2-ats.iot.sa-east-1.amazonaws.com", "sa-east-1"),
+        ] {
+            assert_eq!(endpoint_region(url).as_deref(), Some(region), "{url}");
+        }
+    }
+
+    #[test]
+    fn any_other_host_names_no_region() {
+        for url in [
+            "ws://127.0.0.1:18831/mqtt",
+            "ws://localhost/mqtt",
+            "wss://mqtt.example.com/mqtt",
+            "wss://iot.eu-west-1.amazonaws.com/mqtt",
+            "wss://a1b2.execute-api.eu-west-1.amazonaws.com/mqtt",
+            "wss://a1b2-ats.iot.eu-west-1.amazonaws.com.example.com/mqtt",
+            "wss://a1b2-ats.iot.notaregion.amazonaws.com/mqtt",
+            "wss://a1b2-ats.iot.eu-west-1.amazonaws.com@example.com/mqtt",
+        ] {
+            assert_eq!(endpoint_region(url), None, "{url}");
+        }
+    }
+
+    /// The URL the connection's WebSocket handshake would ask for, signed by `signer_region`'s signer.
+    async fn handshake_url(url: &str, signer_region: &str) -> String {
+        let credentials = Credentials::new(AKID, SECRET, Some(TOKEN.to_owned()), None, "test");
+        let signer = Signer {
+            credentials: aws_credential_types::provider::SharedCredentialsProvider::new(credentials),
+            region: signer_region.to_owned(),
+        };
+        let iot = IotMqtt { url: url.to_owned(), client_id: "test".into(), signer: Some(signer), max_packet: 1024 };
+        let modify = iot.options().request_modifier().expect("a signed connection modifies its handshake");
+        let request = http::Request::get(url).body(()).unwrap();
+        modify(request).await.uri().to_string()
+    }
+
+    #[tokio::test]
+    async fn the_websocket_url_is_signed_for_the_endpoint_s_region_not_the_function_s() {
+        let url = handshake_url("wss://a1b2c3d4e5f6g7-ats.iot.eu-west-1.amazonaws.com/mqtt", "us-east-1").await;
+        assert!(url.contains("%2Feu-west-1%2Fiotdevicegateway%2Faws4_request"), "{url}");
+        let url = handshake_url("ws://127.0.0.1:18831/mqtt", "us-east-1").await;
+        assert!(
+            url.contains("%2Fus-east-1%2Fiotdevicegateway%2Faws4_request"),
+            "a local broker: the signer's region: {url}"
+        );
     }
 
     #[test]
