@@ -11,7 +11,7 @@ use crate::config::open::{Config, ConfigSource, EntryPoint, OpenError};
 use crate::idempotency::dynamo::DynamoKeys;
 use crate::publish::iot::{IotPublisher, IotSettings};
 use crate::replies::sigv4::{IotMqtt, Signer, MAX_LAMBDA_RESPONSE_TIMEOUT};
-use crate::replies::{Connect, Replies};
+use crate::replies::{Connect, ConnectError, Replies};
 use crate::service::Service;
 
 /// What the function reads of its environment to build its service.
@@ -74,7 +74,11 @@ fn reply_connection(sdk: &aws_config::SdkConfig, publisher: IotPublisher, enviro
         Box::pin(async move {
             let url = match url {
                 Some(url) => url,
-                None => match publisher.endpoint_host().await.map_err(|e| e.to_string())? {
+                None => match publisher
+                    .endpoint_host()
+                    .await
+                    .map_err(|e| ConnectError::lookup("the AWS IoT endpoint", e))?
+                {
                     Some(host) => format!("wss://{host}/mqtt"),
                     None => {
                         return Err("the AWS IoT endpoint is not known: set IOT_DATA_ENDPOINT or IOT_MQTT_URL".into())

@@ -323,7 +323,6 @@ impl Publisher for MqttPublisher {
         }
     }
 
-    #[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
     async fn publish(&self, message: Message) -> Result<(), PublishError> {
         let p = message.properties;
         let properties = PublishProperties {
@@ -449,7 +448,6 @@ impl Handler for PoolHandler {
 }
 
 /// PUBACK reason codes (MQTT 5 §3.4.2.1) as publish outcomes.
-#[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
 fn classify(reason: PubAckReason) -> Result<(), PublishError> {
     match reason {
         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => Ok(()),

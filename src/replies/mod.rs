@@ -44,6 +44,7 @@ use tokio::sync::{oneshot, watch, OnceCell};
 use tokio::time::Instant;
 use tracing::{info, warn};
 
+use crate::cause::Cause;
 use crate::session::{self, Epoch, Handler, InFlight, Lines, Session, KEEP_ALIVE};
 
 /// How long a waiter waits for the connection to come up.
@@ -75,14 +76,14 @@ pub struct Reply {
 pub enum WaitError {
     /// Not connected, the connection dropped, or no SUBACK in time: no reply
     /// can arrive on this connection for now.
-    #[error("the connection that waits for replies is unavailable: {0}")]
-    Unavailable(String),
+    #[error("the connection that waits for replies is unavailable")]
+    Unavailable(#[source] Cause),
     /// The connection dropped while the request waited: its subscription is gone.
     #[error("the connection that waits for replies dropped")]
     Lost,
     /// The broker refused the subscription (our own permissions: a server fault).
-    #[error("the broker refused the subscription: {0}")]
-    Refused(String),
+    #[error("the broker refused the subscription")]
+    Refused(#[source] Cause),
 }
 
 /// Why the connection's options cannot be built: where to connect is not
@@ -90,7 +91,7 @@ pub enum WaitError {
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// Looking up where to connect failed.
-    #[error("{what}: {source}")]
+    #[error("cannot look up {what}")]
     Lookup {
         /// What was looked up.
         what: String,
@@ -340,13 +341,12 @@ impl Replies {
     }
 
     /// The connection, its session started on first need.
-    #[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
     async fn link(&self) -> Result<&Link, WaitError> {
         self.inner
             .link
             .get_or_try_init(|| async {
                 let options =
-                    (self.inner.connect)().await.map_err(|error| WaitError::Unavailable(error.to_string().into()))?;
+                    (self.inner.connect)().await.map_err(|error| WaitError::Unavailable(Cause::new(error)))?;
                 let (client, eventloop) = AsyncClient::new(options, CHANNEL_CAPACITY);
                 let handler = ReplyHandler { inner: Arc::clone(&self.inner), client: client.clone() };
                 Ok(Link { client, session: Session::start(eventloop, handler) })
@@ -356,7 +356,6 @@ impl Replies {
 
     /// Adds a waiter to `topic`'s subscription, subscribing if it has none;
     /// says which session the subscription is on.
-    #[allow(clippy::useless_conversion, reason = "error reasons go in through `Into`, whatever type the variant holds")]
     fn join(
         &self,
         client: &AsyncClient,
@@ -432,7 +431,7 @@ impl Handler for ReplyHandler {
                     if let Some(subscription) = state.topics.get(&topic).filter(|s| s.token == token) {
                         subscription.ready.send_replace(match ack.return_codes.first() {
                             Some(SubscribeReasonCode::Success(_)) => Ready::Active,
-                            other => Ready::Failed(WaitError::Refused(format!("SUBACK {other:?}"))),
+                            other => Ready::Failed(WaitError::Refused(format!("SUBACK {other:?}").into())),
                         });
                     }
                 }
@@ -508,7 +507,10 @@ mod tests {
     #[test]
     fn a_failed_lookup_keeps_its_cause() {
         let error = ConnectError::lookup("the AWS IoT endpoint", std::io::Error::other("no route to DescribeEndpoint"));
-        assert_eq!(error.to_string(), "the AWS IoT endpoint: no route to DescribeEndpoint");
+        assert_eq!(
+            crate::cause::Chain(&error).to_string(),
+            "cannot look up the AWS IoT endpoint: no route to DescribeEndpoint"
+        );
         let source = std::error::Error::source(&error).expect("the cause");
         assert!(source.downcast_ref::<std::io::Error>().is_some(), "{source:?}");
     }

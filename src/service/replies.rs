@@ -152,7 +152,8 @@ impl<P: Publisher> Service<P> {
             warn!(message_id = %message_id, "ResponseTimeout asked of a service without a reply connection");
             return Err(ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER });
         };
-        replies.wait_for(route.topic.as_str(), route.correlation.clone()).await.map_err(|error| {
+        let (topic, correlation) = (route.topic.as_str(), route.correlation.clone());
+        replies.wait_for_by(topic, correlation, exchange.answer_by).await.map_err(|error| {
             warn!(message_id = %message_id, error = %Chain(&error), "cannot subscribe to the response topic");
             match error {
                 WaitError::Refused(_) => ApiError::Internal,
