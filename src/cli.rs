@@ -82,8 +82,9 @@ pub enum ConfigCommand {
     ImportMosquitto {
         /// A file of `username:hash` lines written by mosquitto_passwd.
         password_file: PathBuf,
+        /// Where to add them: a table or a file; neither prints them.
         #[command(flatten)]
-        target: OptionalTarget,
+        target: Target<false>,
     },
 }
 
@@ -106,26 +107,15 @@ pub enum UserCommand {
     },
 }
 
-/// Where a command works: exactly one of a table and a file.
+/// Where a command works: one of a table and a file, never both; for a
+/// `Target<false>`, neither is allowed too.
 #[derive(Debug, Args)]
-#[group(required = true, multiple = false)]
-pub struct Target {
+#[group(required = REQUIRED, multiple = false)]
+pub struct Target<const REQUIRED: bool = true> {
     /// The DynamoDB config table (CONFIG_TABLE on Lambda).
     #[arg(long)]
     pub table: Option<String>,
     /// A TOML config file, in place of a table.
-    #[arg(long)]
-    pub file: Option<PathBuf>,
-}
-
-/// Where a command may also write: a table, a file, or neither.
-#[derive(Debug, Args)]
-#[group(required = false, multiple = false)]
-pub struct OptionalTarget {
-    /// The DynamoDB config table.
-    #[arg(long)]
-    pub table: Option<String>,
-    /// A TOML config file.
     #[arg(long)]
     pub file: Option<PathBuf>,
 }

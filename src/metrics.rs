@@ -46,21 +46,40 @@ pub enum Refusal {
     Waiting,
 }
 
-struct Metrics {
-    registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_seconds: Histogram,
-    publish_seconds: Histogram,
-    publishes_in_flight: Gauge,
-    broker_connections: Gauge,
-    broker_connections_up: Gauge,
-    broker_reconnects: Counter,
-    credential_cache_hits: Counter,
-    credential_cache_misses: Counter,
-    password_hashes: Counter,
-    password_hash_seconds: Histogram,
-    refusals: Family<KindLabels, Counter>,
-    config_reloads: Family<KindLabels, Counter>,
+/// Declares the process's metrics from one table: each one's field, type,
+/// how it is made, and the name and help it is registered under.
+macro_rules! metrics {
+    ($($field:ident: $kind:ty = $make:expr, $name:literal, $help:literal;)*) => {
+        struct Metrics {
+            registry: Registry,
+            $($field: $kind,)*
+        }
+
+        fn registered() -> Metrics {
+            let mut registry = Registry::with_prefix("mqtt_http_publish");
+            $(
+                let $field: $kind = $make;
+                registry.register($name, $help, $field.clone());
+            )*
+            Metrics { registry, $($field,)* }
+        }
+    };
+}
+
+metrics! {
+    requests: Family<RequestLabels, Counter> = Family::default(), "requests", "Requests answered, by status and error code";
+    request_seconds: Histogram = latency(), "request_duration_seconds", "Time from a request's arrival to its answer";
+    publish_seconds: Histogram = latency(), "publish_duration_seconds", "Time from a publish's start to the broker's acceptance (PUBACK at QoS 1)";
+    publishes_in_flight: Gauge = Gauge::default(), "publishes_in_flight", "Publishes awaiting the broker";
+    broker_connections: Gauge = Gauge::default(), "broker_connections", "Connections of the broker pool";
+    broker_connections_up: Gauge = Gauge::default(), "broker_connections_up", "Connections of the broker pool that are up";
+    broker_reconnects: Counter = Counter::default(), "broker_reconnects", "Broker connections lost and re-established";
+    credential_cache_hits: Counter = Counter::default(), "credential_cache_hits", "Basic credentials verified from the cache";
+    credential_cache_misses: Counter = Counter::default(), "credential_cache_misses", "Basic credentials not in the cache";
+    password_hashes: Counter = Counter::default(), "password_hashes", "Slow password hashes computed";
+    password_hash_seconds: Histogram = latency(), "password_hash_duration_seconds", "Time of one slow password hash";
+    refusals: Family<KindLabels, Counter> = Family::default(), "refusals", "Requests refused with 429 before their publish, by kind: instance, user, password_checks";
+    config_reloads: Family<KindLabels, Counter> = Family::default(), "config_reloads", "Config reloads, by result: ok, failed";
 }
 
 /// Latency buckets from 100 µs to ~3.3 s, doubling.
@@ -68,67 +87,7 @@ fn latency() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 16))
 }
 
-static METRICS: LazyLock<Metrics> = LazyLock::new(|| {
-    let mut m = Metrics {
-        registry: Registry::with_prefix("mqtt_http_publish"),
-        requests: Family::default(),
-        request_seconds: latency(),
-        publish_seconds: latency(),
-        publishes_in_flight: Gauge::default(),
-        broker_connections: Gauge::default(),
-        broker_connections_up: Gauge::default(),
-        broker_reconnects: Counter::default(),
-        credential_cache_hits: Counter::default(),
-        credential_cache_misses: Counter::default(),
-        password_hashes: Counter::default(),
-        password_hash_seconds: latency(),
-        refusals: Family::default(),
-        config_reloads: Family::default(),
-    };
-    let registry = &mut m.registry;
-    registry.register("requests", "Requests answered, by status and error code", m.requests.clone());
-    registry.register(
-        "request_duration_seconds",
-        "Time from a request's arrival to its answer",
-        m.request_seconds.clone(),
-    );
-    registry.register(
-        "publish_duration_seconds",
-        "Time from a publish's start to the broker's acceptance (PUBACK at QoS 1)",
-        m.publish_seconds.clone(),
-    );
-    registry.register("publishes_in_flight", "Publishes awaiting the broker", m.publishes_in_flight.clone());
-    registry.register("broker_connections", "Connections of the broker pool", m.broker_connections.clone());
-    registry.register(
-        "broker_connections_up",
-        "Connections of the broker pool that are up",
-        m.broker_connections_up.clone(),
-    );
-    registry.register("broker_reconnects", "Broker connections lost and re-established", m.broker_reconnects.clone());
-    registry.register(
-        "credential_cache_hits",
-        "Basic credentials verified from the cache",
-        m.credential_cache_hits.clone(),
-    );
-    registry.register(
-        "credential_cache_misses",
-        "Basic credentials not in the cache",
-        m.credential_cache_misses.clone(),
-    );
-    registry.register("password_hashes", "Slow password hashes computed", m.password_hashes.clone());
-    registry.register(
-        "password_hash_duration_seconds",
-        "Time of one slow password hash",
-        m.password_hash_seconds.clone(),
-    );
-    registry.register(
-        "refusals",
-        "Requests refused with 429 before their publish, by kind: instance, user, password_checks",
-        m.refusals.clone(),
-    );
-    registry.register("config_reloads", "Config reloads, by result: ok, failed", m.config_reloads.clone());
-    m
-});
+static METRICS: LazyLock<Metrics> = LazyLock::new(registered);
 
 /// A request answered with `status`; `code` is its error code, `None` for a 200.
 pub fn request(status: u16, code: Option<&'static str>, elapsed: Duration) {

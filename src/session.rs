@@ -377,6 +377,18 @@ pub(crate) mod tests {
         (client, Session::start(eventloop, Recorder(tx)), calls)
     }
 
+    /// A session up on a broker of the test's own, its first session's `Connected` call seen.
+    async fn connected() -> (AsyncClient, Session, mpsc::UnboundedReceiver<Call>, Accepted, Epoch) {
+        let (port, accepted) = broker().await;
+        let (client, session, mut calls) = start(port);
+        let epoch = session.wait_up(None, soon()).await.expect("up");
+        assert_eq!(next_call(&mut calls).await, Call::Connected(epoch));
+        (client, session, calls, accepted, epoch)
+    }
+
+    /// The connections a test broker accepted.
+    type Accepted = mpsc::UnboundedReceiver<TcpStream>;
+
     fn soon() -> Instant {
         Instant::now() + Duration::from_secs(5)
     }
@@ -399,12 +411,10 @@ pub(crate) mod tests {
         assert_eq!(built.connection_timeout(), CONNECTION_TIMEOUT_SECS);
         assert!(client_socket_nodelay(built, &listener).await);
     }
+
     #[tokio::test]
     async fn a_session_is_up_after_its_connack_and_numbered() {
-        let (port, mut accepted) = broker().await;
-        let (_client, session, mut calls) = start(port);
-        let epoch = session.wait_up(None, soon()).await.expect("up");
-        assert_eq!(next_call(&mut calls).await, Call::Connected(epoch));
+        let (_client, session, _calls, mut accepted, epoch) = connected().await;
         assert!(session.is_up());
         assert_eq!(session.epoch(), Some(epoch));
         let _server = accepted.recv().await.unwrap();
@@ -413,10 +423,7 @@ pub(crate) mod tests {
 
     #[tokio::test]
     async fn a_connection_the_broker_closes_is_lost_then_made_anew() {
-        let (port, mut accepted) = broker().await;
-        let (_client, session, mut calls) = start(port);
-        let first = session.wait_up(None, soon()).await.expect("up");
-        assert_eq!(next_call(&mut calls).await, Call::Connected(first));
+        let (_client, session, mut calls, mut accepted, first) = connected().await;
         drop(accepted.recv().await.unwrap());
         assert_eq!(next_call(&mut calls).await, Call::Lost);
         let second = session.wait_up(Some(first), soon()).await.expect("up again");

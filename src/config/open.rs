@@ -16,32 +16,7 @@ use super::{ConfigError, Policy};
 /// there), and so may a device with a verified certificate; both may wait for
 /// replies on their default response topics; the try-it page of
 /// `serve --admin-listen 127.0.0.1:9090` may call it.
-pub const DEMO_CONFIG: &str = r##"
-[[users]]
-username = "user0"
-password_hash = "$argon2id$v=19$m=19456,t=2,p=1$eRi/JmbC+0iM7lbk0iybwA$cok3Q+hd+USrvOXevP6umE7RRRhr6FtVu5mWX6zfDNk"
-
-# Replies come from devices, on the broker: a caller of the API may not forge one.
-[[rules]]
-priority = 0
-effect = "deny"
-topics = ["replies/#"]
-
-[[rules]]
-priority = 1
-effect = "allow"
-topics = ["#"]
-
-# Waiting for a reply (ResponseTimeout) on the default response topic.
-[[rules]]
-priority = 2
-effect = "allow"
-topics = ["replies/${client_id}/#"]
-actions = ["subscribe"]
-
-[cors]
-allowed_origins = ["http://127.0.0.1:9090", "http://localhost:9090"]
-"##;
+pub const DEMO_CONFIG: &str = include_str!("../../config/demo.toml");
 
 /// Which entry point chooses: each has its own rule for a table and a file named together, or neither.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

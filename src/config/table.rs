@@ -441,19 +441,15 @@ mod tests {
         attributes.iter().map(|(name, value)| (name.to_string(), value.clone())).collect()
     }
 
+    /// An item of the `acl` partition: its sort key, then `attributes`.
+    fn acl_item(sort_key: &str, attributes: &[(&str, AttributeValue)]) -> Item {
+        let mut item = item(attributes);
+        item.extend([("pk".to_owned(), s("acl")), ("sk".to_owned(), s(sort_key))]);
+        item
+    }
+
     fn rule(priority: i64) -> RuleEntry {
-        RuleEntry {
-            priority,
-            effect: EffectEntry::Allow,
-            topics: vec!["a".into()],
-            usernames: None,
-            client_ids: None,
-            source_ips: None,
-            qos: None,
-            retain: None,
-            auth: None,
-            actions: None,
-        }
+        toml::from_str(&format!("priority = {priority}\neffect = \"allow\"\ntopics = [\"a\"]")).unwrap()
     }
 
     #[test]
@@ -489,42 +485,34 @@ mod tests {
         };
         assert_eq!(
             rule_item(&full),
-            item(&[
-                ("pk", s("acl")),
-                ("sk", s("rule#-5")),
-                ("priority", n("-5")),
-                ("effect", s("deny")),
-                ("topics", l(&["home", "home/#"])),
-                ("usernames", l(&["user0"])),
-                ("client_ids", l(&["curl-*"])),
-                ("source_ips", l(&["10.0.0.0/8"])),
-                ("qos", AttributeValue::L(vec![n("0"), n("1")])),
-                ("retain", AttributeValue::Bool(true)),
-                ("auth", s("certificate")),
-                ("actions", l(&["publish", "subscribe"])),
-            ])
+            acl_item(
+                "rule#-5",
+                &[
+                    ("priority", n("-5")),
+                    ("effect", s("deny")),
+                    ("topics", l(&["home", "home/#"])),
+                    ("usernames", l(&["user0"])),
+                    ("client_ids", l(&["curl-*"])),
+                    ("source_ips", l(&["10.0.0.0/8"])),
+                    ("qos", AttributeValue::L(vec![n("0"), n("1")])),
+                    ("retain", AttributeValue::Bool(true)),
+                    ("auth", s("certificate")),
+                    ("actions", l(&["publish", "subscribe"])),
+                ]
+            )
         );
         assert_eq!(
             rule_item(&rule(7)),
-            item(&[
-                ("pk", s("acl")),
-                ("sk", s("rule#7")),
-                ("priority", n("7")),
-                ("effect", s("allow")),
-                ("topics", l(&["a"]))
-            ]),
+            acl_item("rule#7", &[("priority", n("7")), ("effect", s("allow")), ("topics", l(&["a"]))]),
             "an absent optional field is no attribute at all"
         );
         let limits = Limits { messages_per_second: Some(1000.5), user_burst: Some(200), ..Limits::default() };
         assert_eq!(
             limits_item(&limits),
-            item(&[
-                ("pk", s("acl")),
-                ("sk", s("limits")),
-                ("max_payload_bytes", n("131072")),
-                ("messages_per_second", n("1000.5")),
-                ("user_burst", n("200")),
-            ])
+            acl_item(
+                "limits",
+                &[("max_payload_bytes", n("131072")), ("messages_per_second", n("1000.5")), ("user_burst", n("200")),]
+            )
         );
     }
 
@@ -533,16 +521,17 @@ mod tests {
         let edited = BTreeMap::from([
             (
                 rule_key(20),
-                item(&[
-                    ("pk", s("acl")),
-                    ("sk", s("rule#20")),
-                    ("priority", n("20")),
-                    ("effect", s("allow")),
-                    ("topics", AttributeValue::Ss(vec!["home".into(), "home/#".into()])),
-                    ("usernames", AttributeValue::Ss(vec!["user0".into()])),
-                    ("qos", AttributeValue::Ns(vec!["1".into(), "0".into()])),
-                    ("note", s("added in the console")),
-                ]),
+                acl_item(
+                    "rule#20",
+                    &[
+                        ("priority", n("20")),
+                        ("effect", s("allow")),
+                        ("topics", AttributeValue::Ss(vec!["home".into(), "home/#".into()])),
+                        ("usernames", AttributeValue::Ss(vec!["user0".into()])),
+                        ("qos", AttributeValue::Ns(vec!["1".into(), "0".into()])),
+                        ("note", s("added in the console")),
+                    ],
+                ),
             ),
             (limits_key(), item(&[("pk", s("acl")), ("sk", s("limits")), ("burst", n("2000"))])),
         ]);

@@ -56,6 +56,24 @@ where
     }
 }
 
+/// The item of `claim`'s key.
+fn key(claim: &Claim) -> HashMap<String, AttributeValue> {
+    HashMap::from([("pk".to_owned(), s(&claim.id)), ("sk".to_owned(), s(SORT_KEY))])
+}
+
+/// A condition: the item is the claim's own in-flight record.
+const OWN_IN_FLIGHT: &str = "#state = :inflight AND #owner = :owner";
+
+/// The names and values [`OWN_IN_FLIGHT`] refers to.
+fn own_in_flight(claim: &Claim) -> (HashMap<String, String>, HashMap<String, AttributeValue>) {
+    let names = HashMap::from([("#state".to_owned(), "state".to_owned()), ("#owner".to_owned(), "owner".to_owned())]);
+    let values = HashMap::from([
+        (":inflight".to_owned(), s(State::InFlight.letter())),
+        (":owner".to_owned(), s(&claim.owner.to_string())),
+    ]);
+    (names, values)
+}
+
 impl DynamoKeys {
     /// Records in the table `table`, through `client` (and its timeouts): the config table's.
     pub fn new(client: Client, table: &str) -> DynamoKeys {
@@ -76,14 +94,45 @@ impl DynamoKeys {
         ])
     }
 
+    /// Releases a key whose publish certainly did not go out: the claim's own
+    /// first claim goes; a takeover puts the unknown outcome back.
+    async fn release(&self, claim: &Claim) -> Result<(), StoreError> {
+        let (names, mut values) = own_in_flight(claim);
+        let deleted = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .set_key(Some(key(claim)))
+            .condition_expression(format!("{OWN_IN_FLIGHT} AND message_id = :owner"))
+            .set_expression_attribute_names(Some(names.clone()))
+            .set_expression_attribute_values(Some(values.clone()))
+            .send()
+            .await;
+        match deleted {
+            Ok(_) => return Ok(()),
+            Err(error) => unless_refused(error)?,
+        }
+        values.extend([(":unknown".to_owned(), s(State::Unknown.letter())), (":zero".to_owned(), n(0))]);
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(claim)))
+            .update_expression("SET #state = :unknown, lease_until = :zero")
+            .condition_expression(OWN_IN_FLIGHT)
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .send()
+            .await
+            .map_or_else(unless_refused, |_| Ok(()))
+    }
+
     /// The record of `claim`'s key, `None` if there is none or it expired.
     async fn read(&self, claim: &Claim) -> Result<Option<Record>, StoreError> {
         let output = self
             .client
             .get_item()
             .table_name(&self.table)
-            .key("pk", s(&claim.id))
-            .key("sk", s(SORT_KEY))
+            .set_key(Some(key(claim)))
             .consistent_read(true)
             .send()
             .await
@@ -170,47 +219,10 @@ impl KeyStore for DynamoKeys {
 
     fn finish<'a>(&'a self, claim: &'a Claim, outcome: Outcome) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let owner = claim.owner.to_string();
             let state = match outcome {
                 Outcome::Delivered => State::Done,
                 Outcome::Unknown => State::Unknown,
-                Outcome::NotDelivered => {
-                    // The claim's own first claim goes; a takeover puts the unknown outcome back.
-                    let deleted = self
-                        .client
-                        .delete_item()
-                        .table_name(&self.table)
-                        .key("pk", s(&claim.id))
-                        .key("sk", s(SORT_KEY))
-                        .condition_expression("#state = :inflight AND #owner = :owner AND message_id = :owner")
-                        .expression_attribute_names("#state", "state")
-                        .expression_attribute_names("#owner", "owner")
-                        .expression_attribute_values(":inflight", s(State::InFlight.letter()))
-                        .expression_attribute_values(":owner", s(&owner))
-                        .send()
-                        .await;
-                    match deleted {
-                        Ok(_) => return Ok(()),
-                        Err(error) => unless_refused(error)?,
-                    }
-                    return self
-                        .client
-                        .update_item()
-                        .table_name(&self.table)
-                        .key("pk", s(&claim.id))
-                        .key("sk", s(SORT_KEY))
-                        .update_expression("SET #state = :unknown, lease_until = :zero")
-                        .condition_expression("#state = :inflight AND #owner = :owner")
-                        .expression_attribute_names("#state", "state")
-                        .expression_attribute_names("#owner", "owner")
-                        .expression_attribute_values(":unknown", s(State::Unknown.letter()))
-                        .expression_attribute_values(":zero", n(0))
-                        .expression_attribute_values(":inflight", s(State::InFlight.letter()))
-                        .expression_attribute_values(":owner", s(&owner))
-                        .send()
-                        .await
-                        .map_or_else(unless_refused, |_| Ok(()));
-                }
+                Outcome::NotDelivered => return self.release(claim).await,
             };
             let record = Record {
                 state,
@@ -219,15 +231,14 @@ impl KeyStore for DynamoKeys {
                 owner: claim.owner,
                 lease_until_ms: 0,
             };
+            let (names, values) = own_in_flight(claim);
             self.client
                 .put_item()
                 .table_name(&self.table)
                 .set_item(Some(DynamoKeys::item(claim, &record)))
-                .condition_expression("attribute_not_exists(pk) OR (#state = :inflight AND #owner = :owner)")
-                .expression_attribute_names("#state", "state")
-                .expression_attribute_names("#owner", "owner")
-                .expression_attribute_values(":inflight", s(State::InFlight.letter()))
-                .expression_attribute_values(":owner", s(&owner))
+                .condition_expression(format!("attribute_not_exists(pk) OR ({OWN_IN_FLIGHT})"))
+                .set_expression_attribute_names(Some(names))
+                .set_expression_attribute_values(Some(values))
                 .send()
                 .await
                 .map_or_else(unless_refused, |_| Ok(()))

@@ -234,6 +234,11 @@ mod tests {
 
     use super::*;
 
+    /// A refusal by `quota`, with `Retry-After: retry_after`.
+    fn refused(quota: Refusal, retry_after: u32) -> Result<(), QuotaRefusal> {
+        Err(QuotaRefusal { quota, retry_after })
+    }
+
     fn limits(rate: Option<f64>, burst: Option<u32>, user_rate: Option<f64>, user_burst: Option<u32>) -> Limits {
         Limits {
             messages_per_second: rate,
@@ -279,11 +284,7 @@ mod tests {
         let q = Quotas::default();
         let l = limits(Some(0.5), Some(3), None, None);
         assert!((0..3).all(|_| q.admit(&l, None).is_ok()));
-        assert_eq!(
-            q.admit(&l, None),
-            Err(QuotaRefusal { quota: Refusal::Instance, retry_after: 2 }),
-            "one message every 2 s"
-        );
+        assert_eq!(q.admit(&l, None), refused(Refusal::Instance, 2), "one message every 2 s");
     }
 
     #[test]
@@ -291,7 +292,7 @@ mod tests {
         let q = Quotas::default();
         let l = limits(None, None, Some(1.0), Some(2));
         assert!(q.admit(&l, Some("a")).is_ok() && q.admit(&l, Some("a")).is_ok());
-        assert_eq!(q.admit(&l, Some("a")), Err(QuotaRefusal { quota: Refusal::User, retry_after: 1 }));
+        assert_eq!(q.admit(&l, Some("a")), refused(Refusal::User, 1));
         assert!(q.admit(&l, Some("b")).is_ok(), "another user is not held back");
         assert!(q.admit(&l, None).is_ok(), "no user, no user quota");
     }
@@ -302,14 +303,10 @@ mod tests {
         let q = Quotas::with_clock(clock.clone());
         let l = limits(Some(5.0), None, None, None);
         assert!((0..5).all(|_| q.admit(&l, None).is_ok()));
-        assert_eq!(q.admit(&l, None), Err(QuotaRefusal { quota: Refusal::Instance, retry_after: 1 }));
+        assert_eq!(q.admit(&l, None), refused(Refusal::Instance, 1));
         let l = limits(Some(0.25), None, None, None);
         assert!(q.admit(&l, None).is_ok());
-        assert_eq!(
-            q.admit(&l, None),
-            Err(QuotaRefusal { quota: Refusal::Instance, retry_after: 4 }),
-            "one message every 4 s, a burst of 1"
-        );
+        assert_eq!(q.admit(&l, None), refused(Refusal::Instance, 4), "one message every 4 s, a burst of 1");
     }
 
     #[test]
@@ -322,11 +319,7 @@ mod tests {
         clock.advance(Duration::from_millis(150));
         assert!(q.admit(&l, Some("u")).is_ok());
         clock.advance(Duration::from_millis(150));
-        assert_eq!(
-            q.admit(&l, Some("u")),
-            Err(QuotaRefusal { quota: Refusal::User, retry_after: 2 }),
-            "the user's quota is one message every 2 s"
-        );
+        assert_eq!(q.admit(&l, Some("u")), refused(Refusal::User, 2), "the user's quota is one message every 2 s");
         clock.advance(Duration::from_millis(1_900));
         assert!(q.admit(&l, Some("u")).is_ok());
     }
@@ -368,7 +361,7 @@ mod tests {
             // WHEN 200 000 users each drain their quota, a thousand users a second,
             let user = format!("user-{i}");
             assert!(q.admit(&l, Some(&user)).is_ok() && q.admit(&l, Some(&user)).is_ok());
-            assert_eq!(q.admit(&l, Some(&user)), Err(QuotaRefusal { quota: Refusal::User, retry_after: 1 }));
+            assert_eq!(q.admit(&l, Some(&user)), refused(Refusal::User, 1));
             if i % 1_000 == 999 {
                 clock.advance(Duration::from_secs(1));
             }
@@ -379,6 +372,6 @@ mod tests {
         assert!(most_held < 10_000, "{most_held} user states held at once");
         // AND a user dropped starts full, as one never seen does.
         assert!(q.admit(&l, Some("user-0")).is_ok() && q.admit(&l, Some("user-0")).is_ok());
-        assert_eq!(q.admit(&l, Some("user-0")), Err(QuotaRefusal { quota: Refusal::User, retry_after: 1 }));
+        assert_eq!(q.admit(&l, Some("user-0")), refused(Refusal::User, 1));
     }
 }

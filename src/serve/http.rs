@@ -36,8 +36,6 @@ use crate::service::Service;
 
 /// Most bytes of request line and headers (hyper's read buffer).
 pub const MAX_HEADER_BYTES: usize = 16 * 1024;
-/// Time a client has to send its request line and headers, unless `serve --header-read-timeout` says otherwise.
-pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a client has to complete the TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time requests in flight get to finish after a shutdown signal.

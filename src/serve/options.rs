@@ -57,13 +57,13 @@ pub struct ConfigOptions {
 #[derive(Debug, Clone, Args)]
 pub struct BrokerOptions {
     /// The MQTT 5 broker, mqtt://HOST:PORT or mqtts://HOST:PORT; without it a broker is embedded.
-    #[arg(long)]
+    #[arg(long, value_name = "URL")]
     pub mqtt: Option<String>,
     /// CA certificate (PEM) to trust for mqtts:// (default: the system's roots).
-    #[arg(long)]
+    #[arg(long, value_name = "FILE")]
     pub mqtt_ca: Option<PathBuf>,
     /// User name for the broker connection.
-    #[arg(long)]
+    #[arg(long = "mqtt-username", value_name = "NAME")]
     pub mqtt_username: Option<String>,
     /// Password for the broker connection (better: the MQTT_PASSWORD variable, out of `ps`).
     #[arg(long, env = "MQTT_PASSWORD", hide_env_values = true)]
@@ -82,13 +82,13 @@ pub struct BrokerOptions {
 #[derive(Debug, Clone, Args)]
 pub struct TlsOptions {
     /// Server certificate chain (PEM): serve HTTPS.
-    #[arg(long, requires = "tls_key")]
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<PathBuf>,
     /// Server private key (PEM).
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
     /// CA (PEM) for client certificates; a verified certificate's CN becomes the client_id.
-    #[arg(long, requires = "tls_cert")]
+    #[arg(long = "client-ca", value_name = "FILE", requires = "tls_cert")]
     pub client_ca: Option<PathBuf>,
 }
 

@@ -479,12 +479,20 @@ async fn a_key_never_skips_authentication_or_the_acl_and_refusals_release_it() {
     assert_eq!(publisher.sent().len(), 2);
 }
 
-#[tokio::test]
-async fn an_unknown_outcome_republishes_under_the_first_id() {
+/// A keyed request whose publish's outcome never came (`why`), and its answer.
+async fn keyed_with_an_unknown_outcome(
+    why: &'static str,
+) -> (Service<FakePublisher>, FakePublisher, Case, (u16, String, String)) {
     let (service, publisher, _) = fake_service();
     let keyed = Case { headers: &[("idempotency-key", "k")], ..POST };
-    publisher.fail_with(PublishError::Unknown("no PUBACK within the timeout".into()));
-    let (status, first_id, _) = keyed_answer(&service, &keyed).await;
+    publisher.fail_with(PublishError::Unknown(why.into()));
+    let answer = keyed_answer(&service, &keyed).await;
+    (service, publisher, keyed, answer)
+}
+
+#[tokio::test]
+async fn an_unknown_outcome_republishes_under_the_first_id() {
+    let (service, publisher, keyed, (status, first_id, _)) = keyed_with_an_unknown_outcome("no PUBACK in time").await;
     assert_eq!(status, 503);
     publisher.recover();
     tokio::time::sleep(Duration::from_millis(1100)).await;
@@ -498,18 +506,27 @@ async fn an_unknown_outcome_republishes_under_the_first_id() {
 
 #[tokio::test]
 async fn a_retry_of_an_unknown_outcome_that_cannot_publish_keeps_it_unknown_for_the_next() {
-    let (service, publisher, _) = fake_service();
-    let keyed = Case { headers: &[("idempotency-key", "k")], ..POST };
-    publisher.fail_with(PublishError::Unknown("the connection went before PUBACK".into()));
-    let first_id = keyed_answer(&service, &keyed).await.1;
+    let (service, publisher, keyed, (_, first_id, _)) =
+        keyed_with_an_unknown_outcome("the connection went before PUBACK").await;
     // The retry takes the key over, and is refused before sending: quota, then a broker away.
     assert_eq!(keyed_answer(&service, &keyed).await.0, 429, "the user's one message a second was spent");
     tokio::time::sleep(Duration::from_millis(1100)).await;
     publisher.fail_with(PublishError::Unavailable("not connected to the broker".into()));
     assert_eq!(keyed_answer(&service, &keyed).await.0, 503);
+    a_retry_publishes_again_under(&service, &publisher, &keyed, first_id).await;
+}
+
+/// Once the backend is back and the user's quota refilled, a retry with `keyed`'s
+/// key publishes again under `first_id`, answered as an unknown outcome.
+async fn a_retry_publishes_again_under(
+    service: &Service<FakePublisher>,
+    publisher: &FakePublisher,
+    keyed: &Case,
+    first_id: String,
+) {
     publisher.recover();
     tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(keyed_answer(&service, &keyed).await, (200, first_id.clone(), "unknown-outcome".into()));
+    assert_eq!(keyed_answer(service, keyed).await, (200, first_id.clone(), "unknown-outcome".into()));
     assert_eq!(publisher.sent()[0].properties.user_properties, vec![("message-id".to_owned(), first_id)]);
 }
 
@@ -536,10 +553,7 @@ async fn a_deadline_mid_publish_leaves_the_key_s_outcome_unknown() {
     let response = service.handle_by(keyed.request(), Some(soon)).await;
     assert_eq!(response.status(), 503);
     let first_id = response.headers()["x-message-id"].to_str().unwrap().to_owned();
-    publisher.recover();
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_eq!(keyed_answer(&service, &keyed).await, (200, first_id.clone(), "unknown-outcome".into()));
-    assert_eq!(publisher.sent()[0].properties.user_properties, vec![("message-id".to_owned(), first_id)]);
+    a_retry_publishes_again_under(&service, &publisher, &keyed, first_id).await;
 }
 
 #[tokio::test]
