@@ -2,12 +2,11 @@
 //! server certificate, optional client-certificate verification, the CN of a
 //! verified client certificate, and the client config for `mqtts://`.
 
-use std::fs::File;
-use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio_rustls::rustls::crypto::ring;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
 use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::rustls::server::{VerifierBuilderError, WebPkiClientVerifier};
 use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
@@ -15,13 +14,13 @@ use tokio_rustls::rustls::{ClientConfig, RootCertStore, ServerConfig};
 /// Why a certificate, key or CA file cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    /// The file cannot be opened or read.
-    #[error("cannot read {}: {source}", path.display())]
+    /// The file cannot be read, or is no PEM.
+    #[error("cannot read {}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        source: pem::Error,
     },
     /// The file holds none of what it should.
     #[error("{} holds no PEM {what}", path.display())]
@@ -52,14 +51,18 @@ pub enum TlsError {
     KeyPair(tokio_rustls::rustls::Error),
 }
 
-fn read_error(path: &Path) -> impl FnOnce(std::io::Error) -> TlsError + '_ {
-    move |source| TlsError::Read { path: path.to_owned(), source }
+/// Why the PEM file at `path`, which should hold `what`, cannot be used.
+fn unreadable<'a>(path: &'a Path, what: &'static str) -> impl FnOnce(pem::Error) -> TlsError + 'a {
+    move |source| match source {
+        pem::Error::NoItemsFound => TlsError::Empty { path: path.to_owned(), what },
+        source => TlsError::Read { path: path.to_owned(), source },
+    }
 }
 
 fn certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let file = File::open(path).map_err(read_error(path))?;
-    let certs =
-        rustls_pemfile::certs(&mut BufReader::new(file)).collect::<Result<Vec<_>, _>>().map_err(read_error(path))?;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(unreadable(path, "certificate"))?;
     if certs.is_empty() {
         return Err(TlsError::Empty { path: path.to_owned(), what: "certificate" });
     }
@@ -79,10 +82,7 @@ fn roots(path: &Path) -> Result<RootCertStore, TlsError> {
 /// example of Tencent Cloud MQTT's HTTP publish documentation) connect without one.
 pub fn server_config(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Arc<ServerConfig>, TlsError> {
     let chain = certificates(cert)?;
-    let key_file = File::open(key).map_err(read_error(key))?;
-    let key: PrivateKeyDer<'static> = rustls_pemfile::private_key(&mut BufReader::new(key_file))
-        .map_err(read_error(key))?
-        .ok_or_else(|| TlsError::Empty { path: key.to_owned(), what: "private key" })?;
+    let key = PrivateKeyDer::from_pem_file(key).map_err(unreadable(key, "private key"))?;
     let provider = Arc::new(ring::default_provider());
     let builder = ServerConfig::builder_with_provider(Arc::clone(&provider))
         .with_safe_default_protocol_versions()
