@@ -7,6 +7,8 @@
 //! and indexing), the in-process cost of turning the config into items and back
 //! (what `push` and `pull` do around their calls), and the latency of a user lookup that the cache answers and of
 //! one that goes to the table. moto is far slower than DynamoDB; the ratio is the point.
+// A benchmark unwraps and prints: its figures are its output, a failure its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};

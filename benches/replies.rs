@@ -21,6 +21,8 @@
 //! answered as it should.
 //!
 //!     cargo bench --bench replies
+// A benchmark unwraps and prints: its figures are its output, a failure its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;

@@ -5,6 +5,8 @@
 //! property headers, W3C trace context and a browser's `Origin` (with `[cors]`).
 //!
 //!     cargo bench --bench service
+// A benchmark unwraps and prints: its figures are its output, a failure its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 use std::time::{Duration, Instant};
 

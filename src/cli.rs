@@ -64,6 +64,7 @@ pub enum ConfigCommand {
         /// The TOML file to push.
         #[arg(value_name = "FILE")]
         source: PathBuf,
+        /// Where to push it.
         #[command(flatten)]
         target: Target,
         /// Print the changes without writing them.
@@ -75,6 +76,7 @@ pub enum ConfigCommand {
     },
     /// Print the table's (or file's) config as TOML.
     Pull {
+        /// What to pull.
         #[command(flatten)]
         target: Target,
     },
@@ -95,6 +97,7 @@ pub enum UserCommand {
     Set {
         /// The Basic user name.
         name: String,
+        /// Where the user is kept.
         #[command(flatten)]
         target: Target,
     },
@@ -102,6 +105,7 @@ pub enum UserCommand {
     Remove {
         /// The Basic user name.
         name: String,
+        /// Where the user is kept.
         #[command(flatten)]
         target: Target,
     },

@@ -1,6 +1,8 @@
 //! The `mqtt-http-publish` binary: picks the entry point and hands over.
 // The Lambda handler future nests the SDK's deep futures; its layout needs more than the default depth.
 #![recursion_limit = "256"]
+// The commands print their answer; everything else goes through the log writer.
+#![allow(clippy::print_stdout, clippy::print_stderr)]
 
 use std::process::ExitCode;
 

@@ -274,7 +274,6 @@ pub(crate) mod tests {
     /// A QoS 0 PUBLISH of `x` on `t`, no properties.
     const PUBLISH: [u8; 7] = [0x30, 0x05, 0x00, 0x01, b't', 0x00, b'x'];
 
-    /// What the handler was told, in order.
     /// Connects with `options` to `listener`; whether the client's socket has TCP_NODELAY.
     pub(crate) async fn client_socket_nodelay(options: MqttOptions, listener: &TcpListener) -> bool {
         let (_client, mut eventloop) = AsyncClient::new(options, 1);
@@ -286,7 +285,8 @@ pub(crate) mod tests {
     }
 
     /// Whether this process's IPv4 TCP socket bound to local `port` has TCP_NODELAY:
-    /// rumqttc's options cannot say, the socket can.
+    /// rumqttc's options cannot say, the socket can, and only libc can ask it.
+    #[allow(unsafe_code, reason = "getsockname and getsockopt on this process's descriptors, in a test")]
     fn nodelay_of_local_port(port: u16) -> Option<bool> {
         (0..4096).find_map(|fd| {
             let mut address: libc::sockaddr_in = unsafe { std::mem::zeroed() };
@@ -307,6 +307,7 @@ pub(crate) mod tests {
         })
     }
 
+    /// What the handler was told, in order.
     #[derive(Debug, PartialEq)]
     enum Call {
         Connected(Epoch),

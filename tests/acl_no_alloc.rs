@@ -2,6 +2,8 @@
 //! counting allocator watches this thread while the ACL decides, over rules
 //! that use every kind of level and condition (`+`, `#`, placeholders inside a
 //! level, client_id globs, CIDR blocks, user names).
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -17,6 +19,7 @@ thread_local! {
 }
 
 // SAFETY: every call is passed on to the system allocator unchanged.
+#[allow(unsafe_code, reason = "a global allocator is an unsafe trait")]
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         let _ = ALLOCATIONS.try_with(|n| n.set(n.get() + 1));

@@ -1,4 +1,6 @@
 //! The command line as users type it: `passwd`, `config check`, `invoke`.
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

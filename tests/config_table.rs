@@ -1,6 +1,8 @@
 //! The config table on moto's DynamoDB: the Lambda handler authenticating and
 //! authorizing from it, its caches and their TTL, outages, and the commands
 //! that manage it.
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

@@ -1,6 +1,8 @@
 //! Every `events/*.json` through the real handler, publishing with the real
 //! IoT client to moto on loopback; what the SDK sent is read back from moto's
 //! recorder and checked byte for byte.
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

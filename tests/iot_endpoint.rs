@@ -2,6 +2,8 @@
 //! is configured: against moto's IoT control plane (the real call, signed), and
 //! against a loopback control plane of the suite's own that throttles, fails or
 //! refuses, to show what is tried again when, and that a failed lookup is a 503.
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

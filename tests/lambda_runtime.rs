@@ -1,6 +1,8 @@
 //! The built binary as Lambda runs it: a Runtime API emulator of the suite's
 //! own hands it events (`GET .../invocation/next`) and collects its answers
 //! (`POST .../invocation/{id}/response`); the function publishes to moto.
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

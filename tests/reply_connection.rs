@@ -3,6 +3,8 @@
 //! freeze its connections: a frozen one forwards nothing more and stays open,
 //! which is what a connection the broker dropped while the process was frozen
 //! (a Lambda container between invocations) looks like from the client.
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! handler and through `serve`; and the service's most verbose logs hold no
 //! password and no Authorization value. (The timing half of docs/api.md's "Same answer
 //! for unknown user and wrong password" is `cargo bench --bench auth_timing`.)
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod common;
 

@@ -3,6 +3,8 @@
 //! time budget inside API Gateway's, and mutual TLS under its condition, all
 //! three of its parameters or none.
 //! samconfig.toml chooses the architecture once, for build and deploy.
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 use std::collections::HashMap;
 

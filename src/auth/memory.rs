@@ -17,6 +17,7 @@
 const MMAP_THRESHOLD: usize = 1024 * 1024;
 
 /// Sets the allocator up for the process; call once, first thing in `main`.
+#[allow(unsafe_code, reason = "glibc's mallopt has no safe wrapper")]
 pub fn bound_allocator_retention() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     {

@@ -46,6 +46,8 @@ struct Chromium {
 }
 
 impl Chromium {
+    /// Chromium headless, speaking the DevTools protocol on fds 3 and 4.
+    #[allow(unsafe_code, reason = "pipes and a pre_exec handing them to the child as fds 3 and 4")]
     fn launch(name: &str) -> Chromium {
         use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
         use std::os::unix::process::CommandExt;

@@ -4,6 +4,8 @@
 //!
 //! One test binary: each module below tests one theme, and `support` holds
 //! what they share (mosquitto, `serve`, a client, subscribers).
+// A test unwraps and prints: its failure, and what it saw, are its answer.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 #[path = "../common/mod.rs"]
 mod common;
