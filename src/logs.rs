@@ -125,24 +125,8 @@ fn metrics_namespace(variable: Option<String>) -> Option<String> {
 pub const DEFAULT_METRICS_NAMESPACE: &str = "mqtt-http-publish";
 
 /// The JSON formatter, with the per-request line made a CloudWatch Embedded
-/// Metric Format document (AWS's specification: "Specification: Embedded metric
-/// format", CloudWatch user guide).
-///
-/// The request line is the event with numeric `status` and `latency_us` fields
-/// (the service's one line per request, src/service.rs). Its JSON is written as
-/// before, and the members EMF reads are added at its root, where EMF looks for
-/// them (never under `fields` or `spans`):
-///
-/// - `_aws`: `Timestamp` (milliseconds since the Unix epoch) and one metric
-///   directive: namespace, dimension sets `[["status"]]`, and `[["status"],
-///   ["error"]]` for an error, metrics `Requests` (Count) and `Latency` (Milliseconds);
-/// - `status` (the HTTP status as a string: a dimension value is a string) and,
-///   for an error, `error` (its code);
-/// - `Requests` (always 1) and `Latency` (the request's latency in milliseconds).
-///
-/// Only those two dimensions: each value of a dimension is a metric of its
-/// own, billed as one, so topics, users and client ids never become one.
-/// Every other line is the JSON formatter's, unchanged.
+/// Metric Format document: its members added at the line's root, as
+/// docs/aws.md ("Metrics") lists them. Every other line is unchanged.
 struct Emf<F> {
     /// The JSON formatter that writes every line.
     inner: F,
