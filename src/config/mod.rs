@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::acl::{Acl, Actions, AuthMethod, Cidr, Effect, Glob, Rule, TopicFilter};
 use crate::auth::{StoredHash, Users};
+use crate::contract::cors::Cors;
 use crate::contract::trace::{TRACEPARENT, TRACESTATE};
 use crate::contract::values::forbidden_in_mqtt_text;
 
@@ -293,45 +294,6 @@ pub struct RuleSet {
     pub idempotency_retention: std::time::Duration,
 }
 
-/// A validated `[cors]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cors {
-    /// `None` when any origin is allowed (`"*"`), else the exact origins.
-    origins: Option<HashSet<String>>,
-    /// Seconds a preflight's answer may be cached.
-    pub max_age_seconds: u32,
-}
-
-impl Cors {
-    /// Validates `[cors]`: each origin is `"*"` or `scheme://host[:port]`, nothing more.
-    pub fn new(entry: &CorsEntry) -> Result<Cors, ConfigError> {
-        let mut origins = HashSet::new();
-        let mut any = false;
-        for origin in &entry.allowed_origins {
-            if origin == "*" {
-                any = true;
-            } else if is_origin(origin) {
-                origins.insert(origin.clone());
-            } else {
-                return Err(ConfigError::Invalid(format!(
-                    "[cors]: allowed_origins holds {origin:?}, which is not \"*\" or an origin like \"https://app.example.com\" or \"http://127.0.0.1:9090\" (scheme, host and port only, lower case, no path, no default port)"
-                )));
-            }
-        }
-        Ok(Cors { origins: (!any).then_some(origins), max_age_seconds: entry.max_age_seconds })
-    }
-
-    /// `any origin`, or how many origins are allowed (for `config check`).
-    pub fn summary(&self) -> String {
-        self.origins.as_ref().map_or("any origin".into(), |o| format!("{} origin(s)", o.len()))
-    }
-
-    /// Whether a page from `origin` (a request's `Origin` header) may call the API.
-    pub fn allows(&self, origin: &str) -> bool {
-        self.origins.as_ref().is_none_or(|origins| origins.contains(origin))
-    }
-}
-
 /// A user property name of `[publish]`: 1 to 128 bytes, no control character.
 fn check_property_name(name: String) -> Result<String, ConfigError> {
     if name.is_empty() || name.len() > MAX_PROPERTY_NAME_BYTES || forbidden_in_mqtt_text(&name).is_some() {
@@ -345,23 +307,6 @@ fn check_property_name(name: String) -> Result<String, ConfigError> {
         )));
     }
     Ok(name)
-}
-
-/// `scheme://host[:port]` as a browser serializes an origin: lower case, no
-/// trailing slash, no path, no user info, and no port that is the scheme's
-/// default (a browser leaves it out, so such an entry would match nothing).
-fn is_origin(origin: &str) -> bool {
-    let Ok(uri) = origin.parse::<http::Uri>() else { return false };
-    matches!(uri.scheme_str(), Some("http" | "https"))
-        && uri.authority().is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'))
-        && uri.path() == "/"
-        && uri.query().is_none()
-        && !origin.ends_with('/')
-        && !origin.bytes().any(|b| b.is_ascii_uppercase())
-        && !origin.ends_with(match uri.scheme_str() {
-            Some("https") => ":443",
-            _ => ":80",
-        })
 }
 
 impl RuleSet {
@@ -392,7 +337,12 @@ impl RuleSet {
     /// rules, limits, `[cors]`, `[publish]` and `[idempotency]`.
     pub fn from_config(file: ConfigFile) -> Result<RuleSet, ConfigError> {
         let mut set = RuleSet::new(file.rules, file.limits)?;
-        set.cors = file.cors.as_ref().map(Cors::new).transpose()?;
+        set.cors = file
+            .cors
+            .as_ref()
+            .map(|c| Cors::new(c.allowed_origins.iter().map(String::as_str), c.max_age_seconds))
+            .transpose()
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         set.message_id_property =
             file.publish.and_then(|p| p.message_id_property).map(check_property_name).transpose()?;
         if let Some(seconds) = file.idempotency.and_then(|i| i.retention_seconds) {

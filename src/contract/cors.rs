@@ -16,8 +16,68 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 
+use std::collections::HashSet;
+
 use super::{HttpRequest, RequestPath};
-use crate::config::Cors;
+
+/// The origins whose pages may call the API: a config's `[cors]`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    /// `None` when any origin is allowed (`"*"`), else the exact origins.
+    origins: Option<HashSet<String>>,
+    /// Seconds a preflight's answer may be cached.
+    pub max_age_seconds: u32,
+}
+
+/// An allowed origin that no browser sends.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("[cors]: allowed_origins holds {0:?}, which is not \"*\" or an origin like \"https://app.example.com\" or \"http://127.0.0.1:9090\" (scheme, host and port only, lower case, no path, no default port)")]
+pub struct NotAnOrigin(pub String);
+
+impl Cors {
+    /// The origins of `allowed`: each `"*"` (any) or `scheme://host[:port]`, nothing more.
+    pub fn new<'a>(allowed: impl IntoIterator<Item = &'a str>, max_age_seconds: u32) -> Result<Cors, NotAnOrigin> {
+        let mut origins = HashSet::new();
+        let mut any = false;
+        for origin in allowed {
+            if origin == "*" {
+                any = true;
+            } else if is_origin(origin) {
+                origins.insert(origin.to_owned());
+            } else {
+                return Err(NotAnOrigin(origin.to_owned()));
+            }
+        }
+        Ok(Cors { origins: (!any).then_some(origins), max_age_seconds })
+    }
+
+    /// `any origin`, or how many origins are allowed (for `config check`).
+    pub fn summary(&self) -> String {
+        self.origins.as_ref().map_or("any origin".into(), |o| format!("{} origin(s)", o.len()))
+    }
+
+    /// Whether a page from `origin` (a request's `Origin` header) may call the API.
+    pub fn allows(&self, origin: &str) -> bool {
+        self.origins.as_ref().is_none_or(|origins| origins.contains(origin))
+    }
+}
+
+/// `scheme://host[:port]` as a browser serializes an origin: lower case, no
+/// trailing slash, no path, no user info, and no port that is the scheme's
+/// default (a browser leaves it out, so such an entry would match nothing).
+fn is_origin(origin: &str) -> bool {
+    let Ok(uri) = origin.parse::<http::Uri>() else { return false };
+    matches!(uri.scheme_str(), Some("http" | "https"))
+        && uri.authority().is_some_and(|a| !a.host().is_empty() && !a.as_str().contains('@'))
+        && uri.path() == "/"
+        && uri.query().is_none()
+        && !origin.ends_with('/')
+        && !origin.bytes().any(|b| b.is_ascii_uppercase())
+        && !origin.ends_with(match uri.scheme_str() {
+            Some("https") => ":443",
+            _ => ":80",
+        })
+}
 
 /// The request headers a page may send: credentials, the body's type, trace
 /// context, an idempotency key and AWS IoT's property headers.
@@ -114,11 +174,9 @@ fn is_topics_path(path: &RequestPath) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::CorsEntry;
 
     fn cors(origins: &[&str]) -> Cors {
-        Cors::new(&CorsEntry { allowed_origins: origins.iter().map(|o| o.to_string()).collect(), max_age_seconds: 300 })
-            .unwrap()
+        Cors::new(origins.iter().copied(), 300).unwrap()
     }
 
     fn options(path: &str, headers: &[(&'static str, &'static str)]) -> HttpRequest {

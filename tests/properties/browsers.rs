@@ -2,8 +2,8 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method};
-use mqtt_http_publish::config::{Cors, CorsEntry};
-use mqtt_http_publish::contract::{cors, HttpRequest, RequestPath};
+use mqtt_http_publish::contract::cors::{self, Cors};
+use mqtt_http_publish::contract::{HttpRequest, RequestPath};
 use proptest::prelude::*;
 use proptest::sample::select;
 
@@ -34,8 +34,7 @@ proptest! {
         site in prop::option::of(select(vec!["same-origin", "same-site", "cross-site", "none"])),
         host in prop::option::of(select(vec!["api.example", "app.example.com", "127.0.0.1:9090"])),
     ) {
-        let entry = CorsEntry { allowed_origins: allowed.iter().map(|o| o.to_string()).collect(), max_age_seconds: 7 };
-        let cors = with_cors.then(|| Cors::new(&entry).expect("valid origins"));
+        let cors = with_cors.then(|| Cors::new(allowed.iter().copied(), 7).expect("valid origins"));
         let mut headers = HeaderMap::new();
         let origin = origin.and_then(|o| HeaderValue::from_str(&o).ok());
         if let Some(o) = &origin {
