@@ -17,9 +17,11 @@
 //! wants, so nothing meant for a broken session is written to the next one in a
 //! newer request's place.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::Mutex;
 use rumqttc::v5::mqttbytes::v5::ConnAck;
 use rumqttc::v5::{Event, EventLoop, Incoming, MqttOptions};
 use tokio::sync::watch;
@@ -126,8 +128,11 @@ struct Shared {
     /// The newest session a caller asked to drop.
     drop_asked: watch::Sender<Option<Epoch>>,
     /// When the broker last sent anything (a PINGRESP included): a live
-    /// connection hears from it at least every [`KEEP_ALIVE`].
+    /// connection hears from it at least every keep-alive.
     last_heard: Mutex<Instant>,
+    /// The keep-alive in force, in seconds: ours, or the broker's Server Keep
+    /// Alive when its CONNACK names one (rumqttc adopts it); 0 for none.
+    keep_alive: AtomicU64,
 }
 
 impl Session {
@@ -138,6 +143,7 @@ impl Session {
             link: watch::channel(None).0,
             drop_asked: watch::channel(None).0,
             last_heard: Mutex::new(Instant::now()),
+            keep_alive: AtomicU64::new(KEEP_ALIVE.as_secs()),
         });
         tokio::spawn(supervise(eventloop, handler, Arc::clone(&shared)));
         Session { shared }
@@ -167,7 +173,13 @@ impl Session {
 
     /// How long nothing has been heard from the broker.
     pub fn idle(&self) -> Duration {
-        self.shared.last_heard.lock().unwrap_or_else(|e| e.into_inner()).elapsed()
+        self.shared.last_heard.lock().elapsed()
+    }
+
+    /// The keep-alive in force on the latest session; `None` when the broker turned it off.
+    pub fn keep_alive(&self) -> Option<Duration> {
+        let seconds = self.shared.keep_alive.load(Ordering::Relaxed);
+        (seconds > 0).then(|| Duration::from_secs(seconds))
     }
 
     /// Asks for session `epoch` to be dropped and a new one made at once: what
@@ -187,7 +199,7 @@ impl Session {
 
 impl Shared {
     fn heard(&self) {
-        *self.last_heard.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+        *self.last_heard.lock() = Instant::now();
     }
 }
 
@@ -215,6 +227,7 @@ async fn supervise<H: Handler>(mut eventloop: EventLoop, mut handler: H, shared:
         match polled {
             Some(Ok(Event::Incoming(Incoming::ConnAck(connack)))) => {
                 shared.heard();
+                shared.keep_alive.store(eventloop.options.keep_alive().as_secs(), Ordering::Relaxed);
                 sessions += 1;
                 handler.on_connected(Epoch(sessions), &connack);
                 shared.link.send_replace(Some(Epoch(sessions)));

@@ -1,8 +1,8 @@
 //! How the long config commands show their progress on stderr, so that stdout
 //! keeps only their result (`config pull`'s TOML, `push`'s change lines).
 
+use parking_lot::Mutex;
 use std::io::{IsTerminal, Write};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use indicatif::{ProgressBar, ProgressStyle};
@@ -74,11 +74,10 @@ impl Progress for StderrProgress {
                 };
                 new.set_message(what.to_owned());
                 new.enable_steady_tick(Duration::from_millis(100));
-                *bar.lock().expect("not poisoned") = Some(new);
+                *bar.lock() = Some(new);
             }
             StderrProgress::Lines(step) => {
-                *step.lock().expect("not poisoned") =
-                    Step { what: what.to_owned(), total, done: 0, started: Instant::now() };
+                *step.lock() = Step { what: what.to_owned(), total, done: 0, started: Instant::now() };
             }
         }
     }
@@ -86,12 +85,12 @@ impl Progress for StderrProgress {
     fn advance(&self, count: u64) {
         match self {
             StderrProgress::Bar(bar) => {
-                if let Some(bar) = &*bar.lock().expect("not poisoned") {
+                if let Some(bar) = &*bar.lock() {
                     bar.inc(count);
                 }
             }
             StderrProgress::Lines(step) => {
-                let mut step = step.lock().expect("not poisoned");
+                let mut step = step.lock();
                 let before = step.done;
                 step.done += count;
                 if step.done / LINE_EVERY > before / LINE_EVERY && Some(step.done) != step.total {
@@ -104,7 +103,7 @@ impl Progress for StderrProgress {
     fn finish(&self) {
         match self {
             StderrProgress::Bar(bar) => {
-                if let Some(bar) = bar.lock().expect("not poisoned").take() {
+                if let Some(bar) = bar.lock().take() {
                     bar.set_style(
                         ProgressStyle::with_template("{msg}: {pos} items, done in {elapsed}")
                             .expect("a valid template"),
@@ -113,7 +112,7 @@ impl Progress for StderrProgress {
                 }
             }
             StderrProgress::Lines(step) => {
-                let step = step.lock().expect("not poisoned");
+                let step = step.lock();
                 let _ = writeln!(
                     std::io::stderr(),
                     "{}, done in {:.1} s",

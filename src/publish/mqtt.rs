@@ -36,9 +36,10 @@ use std::collections::{HashMap, VecDeque};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU8, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
+use parking_lot::{Mutex, MutexGuard};
 use rumqttc::v5::mqttbytes::v5::{ConnAck, ConnAckProperties, PubAckReason, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
@@ -357,7 +358,7 @@ impl Publisher for MqttPublisher {
         let Publish { payload, properties, .. } = packet;
         let (tx, rx) = oneshot::channel();
         {
-            let mut correlation = connection.correlation.lock().unwrap_or_else(|e| e.into_inner());
+            let mut correlation = connection.correlation.lock();
             if !correlation.connected {
                 return Err(PublishError::Unavailable("not connected to the broker".into()));
             }
@@ -387,8 +388,8 @@ struct PoolHandler {
 }
 
 impl PoolHandler {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Correlation> {
-        self.correlation.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, Correlation> {
+        self.correlation.lock()
     }
 }
 

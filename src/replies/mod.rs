@@ -32,10 +32,11 @@ pub mod sigv4;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use parking_lot::{Mutex, MutexGuard};
 use rumqttc::v5::mqttbytes::v5::{ConnAck, Filter, Publish, RetainForwardRule, SubscribeReasonCode};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, Incoming, MqttOptions};
@@ -45,16 +46,17 @@ use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::cause::Cause;
-use crate::session::{self, Epoch, Handler, InFlight, Lines, Session, KEEP_ALIVE};
+use crate::session::{self, Epoch, Handler, InFlight, Lines, Session};
 
 /// How long a waiter waits for the connection to come up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a waiter waits for its subscription's SUBACK, by default.
 const SUBACK_TIMEOUT: Duration = Duration::from_secs(5);
-/// Silent for longer, the connection is made anew before a subscription, by default.
-// A live connection hears a PINGRESP every keep-alive (30 s) plus a round trip; a broker
-// drops a client silent for 1.5 × keep-alive (45 s): longer silence means a frozen process.
-const IDLE_LIMIT: Duration = KEEP_ALIVE.saturating_add(Duration::from_secs(5));
+/// Silent for longer than the keep-alive in force and this, the connection is made anew
+/// before a subscription. A live connection hears a PINGRESP every keep-alive plus a
+/// round trip; a broker drops a client silent for 1.5 × keep-alive: longer silence
+/// means a frozen process (a Lambda container thawed) and a connection already dropped.
+const IDLE_MARGIN: Duration = Duration::from_secs(5);
 /// Subscribes and unsubscribes queued towards the connection at most.
 const CHANNEL_CAPACITY: usize = 4096;
 
@@ -136,8 +138,9 @@ pub struct Replies {
     inner: Arc<Inner>,
     /// How long a subscription waits for its SUBACK before it is tried again.
     suback_timeout: Duration,
-    /// How long the connection may have been silent before a subscription.
-    idle_limit: Duration,
+    /// How long the connection may have been silent before a subscription;
+    /// `None`: the session's keep-alive and [`IDLE_MARGIN`].
+    idle_limit: Option<Duration>,
 }
 
 struct Inner {
@@ -246,7 +249,7 @@ impl Drop for Waiting {
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        self.state.lock()
     }
 }
 
@@ -255,7 +258,7 @@ impl Replies {
     /// and re-opened (with backoff) whenever it drops.
     pub fn new(connect: Connect) -> Replies {
         let inner = Inner { connect, link: OnceCell::new(), state: Mutex::new(State::default()) };
-        Replies { inner: Arc::new(inner), suback_timeout: SUBACK_TIMEOUT, idle_limit: IDLE_LIMIT }
+        Replies { inner: Arc::new(inner), suback_timeout: SUBACK_TIMEOUT, idle_limit: None }
     }
 
     /// The same, with a SUBACK awaited for `timeout` (5 s by default) before
@@ -266,9 +269,10 @@ impl Replies {
     }
 
     /// The same, with the connection made anew before a subscription when the
-    /// broker has been silent for longer than `limit` (35 s by default).
+    /// broker has been silent for longer than `limit` (by default the
+    /// keep-alive in force plus 5 s: 35 s unless the broker asks for another).
     pub fn with_idle_limit(mut self, limit: Duration) -> Replies {
-        self.idle_limit = limit;
+        self.idle_limit = Some(limit);
         self
     }
 
@@ -300,7 +304,8 @@ impl Replies {
                 return Err(WaitError::Unavailable("not connected to the broker".into()));
             };
             let idle = link.session.idle();
-            if !refreshed && idle > self.idle_limit {
+            let limit = self.idle_limit.or_else(|| link.session.keep_alive().map(|k| k + IDLE_MARGIN));
+            if !refreshed && limit.is_some_and(|limit| idle > limit) {
                 if link.session.reconnect(epoch) {
                     info!(?idle, "the broker was silent for longer than a live connection ever is: making the connection that waits for replies anew before subscribing");
                 }
