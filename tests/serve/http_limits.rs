@@ -23,8 +23,12 @@ async fn a_body_over_the_limit_is_413_with_json_declared_or_chunked() {
     let config = write_config(&dir, "[limits]\nmax_payload_bytes = 1000\n");
     let small = serve_with_config(&config).await;
     let host = small.url.trim_start_matches("http://").to_owned();
-    let mut chunked =
-        format!("POST /topics/home HTTP/1.1\r\nhost: {host}\r\ntransfer-encoding: chunked\r\n\r\n").into_bytes();
+    // The body is read only for a caller who may publish: this one may.
+    let mut chunked = format!(
+        "POST /topics/home HTTP/1.1\r\nhost: {host}\r\nauthorization: {}\r\ntransfer-encoding: chunked\r\n\r\n",
+        USER0.1
+    )
+    .into_bytes();
     for _ in 0..3 {
         chunked.extend_from_slice(format!("{:x}\r\n", 400).as_bytes());
         chunked.extend_from_slice(&[b'y'; 400]);
@@ -133,4 +137,27 @@ async fn over_quota_is_429_with_retry_after() {
     let response = post(&serve.url, "/topics/home", &[USER0], b"").await;
     assert_eq!(response.status(), 429);
     assert_eq!(response.headers["retry-after"], "5");
+}
+
+#[tokio::test]
+async fn a_caller_who_may_not_publish_is_answered_before_a_byte_of_its_body_is_sent() {
+    // GIVEN requests that declare a body of 100 000 bytes, and send none of it
+    let serve = serve(None, &[]).await;
+    let host = serve.url.trim_start_matches("http://").to_owned();
+    let head = |path: &str, authorization: &str| {
+        format!("POST {path} HTTP/1.1\r\nhost: {host}\r\n{authorization}content-length: 100000\r\n\r\n")
+    };
+    let wrong = "authorization: Basic dXNlcjA6d3Jvbmc=\r\n";
+    let user0 = format!("authorization: {}\r\n", USER0.1);
+    for (request, expected) in [
+        (head("/topics/home", ""), "missing_credentials"),
+        (head("/topics/home", wrong), "authentication_failed"),
+        (head("/topics/replies/x", &user0), "not_authorized"),
+    ] {
+        // WHEN the server is left waiting for the body THEN it answers 401 at once, and closes
+        let started = std::time::Instant::now();
+        let answer = raw(&serve.url, request.as_bytes()).await;
+        assert_eq!(last_json_error(&answer), (401, expected.into()), "{answer}");
+        assert!(started.elapsed() < Duration::from_secs(5), "{expected} took {:?}", started.elapsed());
+    }
 }
