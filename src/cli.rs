@@ -143,6 +143,13 @@ fn lines(changes: &[Change], dry_run: bool) -> String {
     changes.iter().map(|c| format!("{prefix}{c}")).collect::<Vec<_>>().join("\n")
 }
 
+/// [`manage`] on a runtime of its own.
+#[inline(never)]
+pub fn manage_blocking(command: Command, stdin: impl BufRead) -> anyhow::Result<String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime");
+    runtime.block_on(manage(command, stdin))
+}
+
 /// `config push|pull|import-mosquitto` and `user set|remove`: the commands that change a config.
 pub async fn manage(command: Command, stdin: impl BufRead) -> anyhow::Result<String> {
     match command {

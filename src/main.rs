@@ -1,6 +1,4 @@
 //! The `mqtt-http-publish` binary: picks the entry point and hands over.
-// The Lambda handler future nests the SDK's deep futures; its layout needs more than the default depth.
-#![recursion_limit = "256"]
 // The commands print their answer; everything else goes through the log writer.
 #![allow(clippy::print_stdout, clippy::print_stderr)]
 
@@ -26,28 +24,22 @@ fn main() -> ExitCode {
         Command::Passwd => print_or_fail(cli::passwd(std::io::stdin().lock())),
         Command::Config(ConfigCommand::Check { file }) => print_or_fail(cli::config_check(&file)),
         command @ (Command::Config(_) | Command::User(_)) => {
-            print_or_fail(current_thread().block_on(cli::manage(command, std::io::stdin().lock())))
+            print_or_fail(cli::manage_blocking(command, std::io::stdin().lock()))
         }
         #[cfg(feature = "serve")]
         Command::Serve(options) => {
             let _logs = logs::init(Output::Background);
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-            exit_logged(runtime.block_on(mqtt_http_publish::serve::run(options)).map_err(anyhow::Error::from))
+            exit_logged(mqtt_http_publish::serve::run_blocking(options).map_err(anyhow::Error::from))
         }
         Command::Lambda => {
             let _logs = logs::init(Output::LambdaJson);
-            exit_logged(current_thread().block_on(function::start(&Environment::from_env())))
+            exit_logged(function::run(&Environment::from_env()))
         }
         Command::Invoke { event } => {
             let _logs = logs::init(Output::Text);
-            print_or_fail(current_thread().block_on(function::invoke(&event, &Environment::from_env())))
+            print_or_fail(function::invoke_blocking(&event, &Environment::from_env()))
         }
     }
-}
-
-/// The runtime of the commands that serve one caller at a time (the Lambda function among them).
-fn current_thread() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
 }
 
 fn print_or_fail(result: anyhow::Result<String>) -> ExitCode {

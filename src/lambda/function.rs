@@ -94,6 +94,24 @@ fn reply_connection(sdk: &aws_config::SdkConfig, publisher: IotPublisher, enviro
     })
 }
 
+/// [`start`] on a runtime of its own (the function serves one invocation at a
+/// time: one thread), until the process ends.
+#[inline(never)]
+pub fn run(environment: &Environment) -> anyhow::Result<()> {
+    current_thread().block_on(start(environment))
+}
+
+/// [`invoke`] on a runtime of its own.
+#[inline(never)]
+pub fn invoke_blocking(event: &Path, environment: &Environment) -> anyhow::Result<String> {
+    current_thread().block_on(invoke(event, environment))
+}
+
+/// A runtime for one caller at a time.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a tokio runtime")
+}
+
 /// Serves the Runtime API's invocations with the service of `environment`
 /// until the process ends. The table's rules and the IoT endpoint are looked
 /// up in the background from the start, without holding up init: the first

@@ -111,8 +111,7 @@ impl IotMqtt {
     pub fn client_id(function_name: Option<&str>) -> String {
         let mut random = [0u8; 8];
         getrandom::getrandom(&mut random).expect("the OS has randomness");
-        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}-{hex}", function_name.unwrap_or("mqtt-http-publish"))
+        format!("{}-{}", function_name.unwrap_or("mqtt-http-publish"), hex::encode(random))
     }
 
     /// The options: WebSocket (TLS for `wss://`, with the system's roots over

@@ -114,6 +114,13 @@ const LOGIN_REFUSAL_DELAY: Duration = Duration::from_secs(1);
 /// How long `serve` waits for its broker connection before it listens anyway.
 const BROKER_PATIENCE: Duration = Duration::from_secs(5);
 
+/// [`run`] on a multi-threaded runtime of its own.
+#[inline(never)]
+pub fn run_blocking(options: ServeOptions) -> Result<(), ServeError> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    runtime.block_on(run(options))
+}
+
 /// Runs the server until SIGTERM or SIGINT, then drains and returns.
 pub async fn run(options: ServeOptions) -> Result<(), ServeError> {
     let config = open_config(&options).await?;
