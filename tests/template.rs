@@ -415,7 +415,7 @@ fn the_function_is_built_without_the_serve_feature_and_cargo_run_with_it() {
     assert_eq!(lambda_build["x86_64"].as_bool(), Some(true), "{lambda_build:?}");
     let default = manifest["features"]["default"].as_array().unwrap();
     assert!(default.iter().any(|f| f.as_str() == Some("serve")), "`cargo run -- serve` works out of the box");
-    for dependency in ["rumqttd", "tokio-rustls", "x509-parser", "rustls-pemfile"] {
+    for dependency in ["rumqttd", "tokio-rustls", "x509-parser", "tracing-appender"] {
         let optional = manifest["dependencies"][dependency].get("optional").and_then(|o| o.as_bool());
         assert_eq!(optional, Some(true), "{dependency} is serve's alone");
     }
