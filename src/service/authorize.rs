@@ -36,11 +36,17 @@ impl Authorized {
     /// Whether the ACL also allows `wanted`, which the operation learns of
     /// later (the response topic of a reply); 401 if not.
     pub fn also(&self, rules: &RuleSet, wanted: &Wanted<'_>) -> Result<(), ApiError> {
+        self.also_as(rules, wanted, self.identity.client_id.as_str())
+    }
+
+    /// [`Authorized::also`] for the caller under `client_id`: the one a
+    /// server-made client id takes when a retry acts under the first request's id.
+    pub fn also_as(&self, rules: &RuleSet, wanted: &Wanted<'_>, client_id: &str) -> Result<(), ApiError> {
         let identity = &self.identity;
         let access = Access {
             topic: wanted.topic,
             username: identity.username(),
-            client_id: identity.client_id.as_str(),
+            client_id,
             source_ip: self.source_ip,
             qos: wanted.qos,
             retain: wanted.retain,
@@ -57,15 +63,15 @@ impl Authorized {
 
 impl<P: Publisher> Service<P> {
     /// The caller, authorized for everything in `wanted`; 401 for the first the ACL denies.
-    pub(super) fn authorize(
+    pub(super) fn authorize<'a>(
         &self,
         rules: &RuleSet,
         identity: Identity,
         source_ip: Option<IpAddr>,
-        wanted: &[Wanted<'_>],
+        mut wanted: impl Iterator<Item = Wanted<'a>>,
     ) -> Result<Authorized, ApiError> {
         let authorized = Authorized { identity, source_ip };
-        wanted.iter().try_for_each(|wanted| authorized.also(rules, wanted))?;
+        wanted.try_for_each(|wanted| authorized.also(rules, &wanted))?;
         Ok(authorized)
     }
 }

@@ -199,7 +199,8 @@ impl<P: Publisher> Service<P> {
         let exchange = Exchange::new(headers, self.read_amzn_trace_id, answer_by);
         let origin = headers.get(header::ORIGIN).cloned();
         let outcome = match received {
-            Ok((request, body)) => exchange.within_deadline(self.run(request, body, &exchange)).await,
+            // Boxed once: the stages' future is large, and every layer above would copy it.
+            Ok((request, body)) => exchange.within_deadline(Box::pin(self.run(request, body, &exchange))).await,
             Err(refusal) => {
                 if let Ok(rules) = self.config.rules().await {
                     exchange.decided_under(rules);
@@ -229,7 +230,7 @@ impl<P: Publisher> Service<P> {
         };
         exchange.record_topic(operation.topic());
         let identity = self.authenticate(&request, operation.client_id(), &rules, exchange).await?;
-        let authorized = self.authorize(&rules, identity, request.source_ip, &operation.wanted())?;
+        let authorized = self.authorize(&rules, identity, request.source_ip, operation.wanted())?;
         drop(request);
         match operation {
             Operation::Publish(head) => self.publish(head, authorized, body, &rules, exchange).await,

@@ -117,21 +117,19 @@ impl<P: Publisher> Service<P> {
         rules: &RuleSet,
         id: MessageId,
     ) -> Result<ReplyRoute, ApiError> {
+        let identity = &authorized.identity;
+        let client_id = match identity.client_id_from {
+            ClientIdFrom::Server => default_client_id(id),
+            ClientIdFrom::Certificate | ClientIdFrom::Request => identity.client_id.clone(),
+        };
         let name = match &properties.response_topic {
             Some(topic) => topic.clone(),
-            None => {
-                let identity = &authorized.identity;
-                let client_id = match identity.client_id_from {
-                    ClientIdFrom::Server => default_client_id(id),
-                    ClientIdFrom::Certificate | ClientIdFrom::Request => identity.client_id.clone(),
-                };
-                format!("{DEFAULT_REPLY_TOPIC_ROOT}/{client_id}/{id}")
-            }
+            None => format!("{DEFAULT_REPLY_TOPIC_ROOT}/{client_id}/{id}"),
         };
         let topic = Topic::parse(name.into_bytes(), self.publisher.limits().topic).map_err(|e| {
             ApiError::bad_request(ErrorCode::InvalidResponseTopic, format!("the response topic is not valid here: {e}"))
         })?;
-        authorized.also(
+        authorized.also_as(
             rules,
             &Wanted {
                 action: Action::Subscribe,
@@ -140,6 +138,7 @@ impl<P: Publisher> Service<P> {
                 retain: false,
                 denied: "the ACL does not allow this client to receive replies on the response topic",
             },
+            client_id.as_str(),
         )?;
         let correlation = properties.correlation_data.clone().unwrap_or_else(|| Bytes::from(id.to_string()));
         Ok(ReplyRoute { topic, correlation })

@@ -44,15 +44,15 @@ impl Operation {
     }
 
     /// What the operation does, on which topics: what the ACL must allow.
-    pub(super) fn wanted(&self) -> Vec<Wanted<'_>> {
+    pub(super) fn wanted(&self) -> impl Iterator<Item = Wanted<'_>> {
         match self {
-            Operation::Publish(head) => vec![Wanted {
+            Operation::Publish(head) => std::iter::once(Wanted {
                 action: Action::Publish,
                 topic: &head.topic,
                 qos: head.options.qos,
                 retain: head.options.retain,
                 denied: "the ACL does not allow this client to publish to this topic",
-            }],
+            }),
         }
     }
 }
