@@ -42,7 +42,7 @@ impl Exchange {
         if let Some(trace_id) = TraceContext::trace_id_of(headers) {
             span.record("trace_id", trace_id);
         }
-        if let Some(root) = xray_trace_id(headers).filter(|_| amzn_trace_id) {
+        if let Some(root) = amzn_trace_id.then(|| xray_trace_id(headers)).flatten() {
             span.record("xray_trace_id", root);
         }
         Exchange {

@@ -45,7 +45,6 @@ impl<P: Publisher> Service<P> {
     ) -> Result<Answered, ApiError> {
         let wait = self.prepare_wait(&head.options, &authorized, rules, exchange)?;
         let id_property = id_property(rules, &head)?;
-        exchange.step("reading the body");
         let max_payload = self.max_payload(rules);
         let request = head.with_body(body.read(max_payload).await?, max_payload)?;
         let principal = &authorized.identity.principal;
