@@ -104,6 +104,8 @@ error_codes! {
     RequestInProgress = 409 "request_in_progress",
     /// The payload exceeds the limit.
     PayloadTooLarge = 413 "payload_too_large",
+    /// A batch holds more messages or bytes than the limits allow.
+    BatchTooLarge = 413 "batch_too_large",
     /// The `Idempotency-Key` was used for a different request.
     IdempotencyKeyReused = 422 "idempotency_key_reused",
     /// Over a quota, ours or the backend's.
@@ -164,6 +166,18 @@ pub enum ApiError {
     PayloadTooLarge {
         /// The limit in bytes.
         max: usize,
+    },
+    /// 413: a batch's JSON body exceeds the limit.
+    BatchTooLarge {
+        /// The limit in bytes.
+        max_bytes: usize,
+    },
+    /// 413: a batch holds more messages than the limit.
+    TooManyMessages {
+        /// The limit.
+        max: usize,
+        /// The batch's count.
+        count: usize,
     },
     /// 431: the request line and headers exceed what the server reads (`serve`).
     HeadersTooLarge {
@@ -248,6 +262,7 @@ impl ApiError {
             ApiError::OriginNotAllowed => ErrorCode::OriginNotAllowed,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            ApiError::BatchTooLarge { .. } | ApiError::TooManyMessages { .. } => ErrorCode::BatchTooLarge,
             ApiError::HeadersTooLarge { .. } => ErrorCode::HeadersTooLarge,
             ApiError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
             ApiError::TooManyLoginAttempts { .. } => ErrorCode::TooManyLoginAttempts,
@@ -272,6 +287,12 @@ impl ApiError {
             ApiError::MethodNotAllowed => "only POST is supported; publish with POST /topics/{topic}".into(),
             ApiError::PayloadTooLarge { max } => {
                 format!("the payload exceeds the limit of {max} bytes")
+            }
+            ApiError::BatchTooLarge { max_bytes } => {
+                format!("the batch exceeds the limit of {max_bytes} bytes; nothing was published")
+            }
+            ApiError::TooManyMessages { max, count } => {
+                format!("the batch holds {count} messages, over the limit of {max}; nothing was published")
             }
             ApiError::HeadersTooLarge { max } => {
                 format!("the request line and headers exceed the limit of {max} bytes or 100 headers")

@@ -5,6 +5,7 @@
 //! body is read ([`parse_request`] does both), or the 4xx says why not.
 
 pub mod basic;
+pub mod batch;
 pub mod body;
 pub mod cors;
 pub mod error;

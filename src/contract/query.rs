@@ -173,7 +173,7 @@ fn same_value(canonical: &str, a: &str, b: &str) -> bool {
         }
 }
 
-fn parse_qos(v: &str, max_qos: Qos) -> Result<Qos, ApiError> {
+pub(crate) fn parse_qos(v: &str, max_qos: Qos) -> Result<Qos, ApiError> {
     Qos::parse(v, max_qos).ok_or_else(|| {
         let allowed = match max_qos {
             Qos::ExactlyOnce => "0, 1 or 2",
@@ -237,7 +237,7 @@ fn parse_response_timeout(v: &str) -> Result<u32, ApiError> {
         })
 }
 
-fn parse_response_topic(v: &str, topic_limits: TopicLimits) -> Result<String, ApiError> {
+pub(crate) fn parse_response_topic(v: &str, topic_limits: TopicLimits) -> Result<String, ApiError> {
     Topic::check(v, topic_limits).map_err(|e| {
         ApiError::bad_request(ErrorCode::InvalidResponseTopic, format!("ResponseTopic is not a valid topic name: {e}"))
     })?;
@@ -262,7 +262,7 @@ pub fn check_mqtt_text(text: &str, name: impl FnOnce() -> String, code: ErrorCod
     }
 }
 
-fn parse_content_type(v: &str) -> Result<String, ApiError> {
+pub(crate) fn parse_content_type(v: &str) -> Result<String, ApiError> {
     check_mqtt_text(v, || "ContentType".into(), ErrorCode::InvalidContentType)?;
     Ok(v.to_owned())
 }
