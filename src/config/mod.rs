@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::acl::{Acl, Actions, AuthMethod, Cidr, Effect, Glob, Rule, TopicFilter};
 use crate::auth::{StoredHash, Users};
+use crate::contract::batch::{DEFAULT_MAX_BATCH_BYTES, DEFAULT_MAX_BATCH_MESSAGES};
 use crate::contract::cors::Cors;
 use crate::contract::trace::{TRACEPARENT, TRACESTATE};
 use crate::contract::values::forbidden_in_mqtt_text;
@@ -207,6 +208,28 @@ pub struct Limits {
     /// Requests that may wait for a reply at once, per process; beyond, 503.
     #[serde(default = "default_max_waiting", skip_serializing_if = "is_default_max_waiting")]
     pub max_waiting: usize,
+    /// Messages one `POST /messages` may hold.
+    #[serde(default = "default_max_batch_messages", skip_serializing_if = "is_default_max_batch_messages")]
+    pub max_batch_messages: usize,
+    /// Bytes of one `POST /messages`'s JSON body.
+    #[serde(default = "default_max_batch_bytes", skip_serializing_if = "is_default_max_batch_bytes")]
+    pub max_batch_bytes: usize,
+}
+
+fn default_max_batch_messages() -> usize {
+    DEFAULT_MAX_BATCH_MESSAGES
+}
+
+fn is_default_max_batch_messages(v: &usize) -> bool {
+    *v == DEFAULT_MAX_BATCH_MESSAGES
+}
+
+fn default_max_batch_bytes() -> usize {
+    DEFAULT_MAX_BATCH_BYTES
+}
+
+fn is_default_max_batch_bytes(v: &usize) -> bool {
+    *v == DEFAULT_MAX_BATCH_BYTES
 }
 
 /// Requests waiting for replies at once per process, by default.
@@ -256,6 +279,8 @@ impl Default for Limits {
             password_checks_per_second: default_password_checks_per_second(),
             password_check_burst: default_password_check_burst(),
             max_waiting: DEFAULT_MAX_WAITING,
+            max_batch_messages: DEFAULT_MAX_BATCH_MESSAGES,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
         }
     }
 }
@@ -469,6 +494,9 @@ fn check_limits(limits: &Limits) -> Result<(), ConfigError> {
     let invalid = |m: &str| Err(ConfigError::Invalid(format!("[limits]: {m}")));
     if limits.max_payload_bytes == 0 {
         return invalid("max_payload_bytes must be positive");
+    }
+    if limits.max_batch_messages == 0 || limits.max_batch_bytes == 0 {
+        return invalid("max_batch_messages and max_batch_bytes must be positive");
     }
     for (name, rate) in [
         ("messages_per_second", limits.messages_per_second),

@@ -165,10 +165,10 @@ pub fn decorate<B>(cors: Option<&Cors>, origin: Option<&HeaderValue>, response: 
     }
 }
 
-/// `/topics/...`, encoded or not: the only paths a preflight is answered on.
+/// `/topics/...`, encoded or not, and `/messages`: the only paths a preflight is answered on.
 fn is_topics_path(path: &RequestPath) -> bool {
     let (RequestPath::Encoded(p) | RequestPath::Decoded(p)) = path;
-    p.starts_with("/topics/")
+    p.starts_with("/topics/") || p == super::batch::MESSAGES_PATH
 }
 
 #[cfg(test)]

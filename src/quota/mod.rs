@@ -112,7 +112,12 @@ pub struct QuotaRefusal {
 /// store failing: the caller falls back to its own [`Quotas`].
 pub trait SharedQuotas: Send + Sync {
     /// Admits one message for `user` under `limits`, or says which quota refuses it.
-    fn admit<'a>(&'a self, limits: &'a Limits, user: Option<&'a str>) -> StoreFuture<'a, Result<(), QuotaRefusal>>;
+    fn admit<'a>(
+        &'a self,
+        limits: &'a Limits,
+        user: Option<&'a str>,
+        messages: NonZeroU32,
+    ) -> StoreFuture<'a, Result<(), QuotaRefusal>>;
 }
 
 /// Seconds for `Retry-After`: rounded up, at least 1.
@@ -130,20 +135,28 @@ impl<C: Clock + Clone> Quotas<C> {
     /// Admits one message for `user` (a username or CN) under `limits`, or
     /// says which quota refuses it.
     pub fn admit(&self, limits: &Limits, user: Option<&str>) -> Result<(), QuotaRefusal> {
+        self.admit_n(limits, user, NonZeroU32::MIN)
+    }
+
+    /// Spends `messages` of the instance's quota and of `user`'s, all or none
+    /// of each; a batch larger than a quota's burst is refused by the caller first.
+    pub fn admit_n(&self, limits: &Limits, user: Option<&str>, messages: NonZeroU32) -> Result<(), QuotaRefusal> {
         let instance_quota = quota(limits.messages_per_second, limits.burst);
         if let Some(instance) =
             limiter_for(&self.instance, instance_quota, |q| RateLimiter::direct_with_clock(q, self.clock.clone()))
         {
-            instance.check().map_err(|n| QuotaRefusal {
-                quota: Refusal::Instance,
-                retry_after: retry_after(&n, self.clock.now()),
-            })?;
+            let refused = |retry_after| QuotaRefusal { quota: Refusal::Instance, retry_after };
+            match instance.check_n(messages) {
+                Ok(Ok(())) => {}
+                Ok(Err(n)) => return Err(refused(retry_after(&n, self.clock.now()))),
+                Err(_) => return Err(refused(u32::MAX)),
+            }
         }
         let user_quota = quota(limits.user_messages_per_second, limits.user_burst);
         let users = limiter_for(&self.users, user_quota, |q| Users::new(q, self.clock.clone()));
         match (users, user) {
             (Some(users), Some(user)) => users
-                .admit(user.to_owned(), &self.clock)
+                .admit(user.to_owned(), messages, &self.clock)
                 .map_err(|retry_after| QuotaRefusal { quota: Refusal::User, retry_after }),
             _ => Ok(()),
         }
@@ -157,7 +170,7 @@ impl<C: Clock + Clone> Quotas<C> {
     pub fn admit_password_check(&self, limits: &Limits, source: Option<IpAddr>) -> Result<(), u32> {
         let quota = quota(limits.password_checks_per_second, limits.password_check_burst);
         match (limiter_for(&self.password_checks, quota, |q| Users::new(q, self.clock.clone())), source) {
-            (Some(sources), Some(source)) => sources.admit(budget_key(source), &self.clock),
+            (Some(sources), Some(source)) => sources.admit(budget_key(source), NonZeroU32::MIN, &self.clock),
             _ => Ok(()),
         }
     }
@@ -204,8 +217,11 @@ impl<K: Hash + Eq + Clone, C: Clock> Users<K, C> {
         }
     }
 
-    fn admit(&self, key: K, clock: &C) -> Result<(), u32> {
-        let outcome = self.limiter.check_key(&key);
+    fn admit(&self, key: K, n: NonZeroU32, clock: &C) -> Result<(), u32> {
+        let outcome = match self.limiter.check_key_n(&key, n) {
+            Ok(outcome) => outcome,
+            Err(_) => return Err(u32::MAX),
+        };
         if self.admits.fetch_add(1, Ordering::Relaxed) % PRUNE_CHECK_EVERY == PRUNE_CHECK_EVERY - 1 {
             self.prune_if_doubled();
         }

@@ -3,6 +3,7 @@
 //! Unreachable, each process enforces its own quotas, and Redis is tried
 //! again for them a second later.
 
+use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -17,16 +18,17 @@ const QUOTA_RETRY: Duration = Duration::from_secs(1);
 
 /// GCRA for the instance quota (KEYS[1]) and a user's (KEYS[2]): ARGV holds
 /// each one's period in microseconds and burst (a burst of 0: that quota is
-/// off). Both are checked before either is spent; the answer is
+/// off), then ARGV[5] the messages to spend. Both are checked before either is spent; the answer is
 /// `{0, 0}` admitted, else `{1 or 2, microseconds to wait}`.
 const ADMIT: &str = r"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local cost = tonumber(ARGV[5])
 local function check(key, period, burst)
   if burst == 0 then return nil end
   local tat = tonumber(redis.call('GET', key)) or now
   if tat < now then tat = now end
-  local next_tat = tat + period
+  local next_tat = tat + period * cost
   local allowed_at = next_tat - period * burst
   if allowed_at > now then return {false, allowed_at - now} end
   return {true, next_tat}
@@ -69,7 +71,12 @@ fn gcra_args(rate: Option<f64>, burst: Option<u32>) -> (u64, u32) {
 }
 
 impl SharedQuotas for RedisQuotas {
-    fn admit<'a>(&'a self, limits: &'a Limits, user: Option<&'a str>) -> StoreFuture<'a, Result<(), QuotaRefusal>> {
+    fn admit<'a>(
+        &'a self,
+        limits: &'a Limits,
+        user: Option<&'a str>,
+        messages: NonZeroU32,
+    ) -> StoreFuture<'a, Result<(), QuotaRefusal>> {
         Box::pin(async move {
             let (instance_period, instance_burst) = gcra_args(limits.messages_per_second, limits.burst);
             let (user_period, user_burst) = match user {
@@ -88,7 +95,8 @@ impl SharedQuotas for RedisQuotas {
                 .arg(instance_period)
                 .arg(instance_burst)
                 .arg(user_period)
-                .arg(user_burst);
+                .arg(user_burst)
+                .arg(messages.get());
             let answer: Vec<i64> = match self.redis.call(invocation).await {
                 Ok(answer) => answer,
                 Err(error) => {

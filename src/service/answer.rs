@@ -6,6 +6,7 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use tracing::warn;
 
+use super::batch::BatchAnswer;
 use super::exchange::Exchange;
 use super::{THROTTLED_RETRY_AFTER, UNAVAILABLE_RETRY_AFTER};
 use crate::cause::Chain;
@@ -22,6 +23,8 @@ pub(super) enum Answered {
     Preflight(Response<Bytes>),
     /// A publish, or a replay of one: 200.
     Published(Published),
+    /// A batch: 200 when every message was published, else 207.
+    Batch(BatchAnswer),
 }
 
 /// A publish that succeeded, or the first answer to a key replayed.
@@ -67,6 +70,7 @@ impl Exchange {
         let (mut response, answered_id) = match outcome {
             Ok(Answered::Preflight(preflight)) => (preflight, self.message_id),
             Ok(Answered::Published(published)) => (ok(&published), published.message_id),
+            Ok(Answered::Batch(batch)) => (batch_response(&batch), self.message_id),
             Err(error) => self.refusal(error),
         };
         let cors = self.rules().and_then(|rules| rules.cors.as_ref());
@@ -112,6 +116,49 @@ fn ok(published: &Published) -> Response<Bytes> {
         ok = ok.header(crate::contract::headers::PAYLOAD_FORMAT_INDICATOR, payload_format_indicator_header(indicator));
     }
     ok.body(reply.payload.clone()).expect("every header value is checked or static")
+}
+
+/// A batch's answer: 200 when every message was published, else 207 Multi-Status;
+/// each entry as a single publish of its message would have answered.
+fn batch_response(batch: &BatchAnswer) -> Response<Bytes> {
+    #[derive(serde::Serialize)]
+    struct Entry {
+        index: usize,
+        status: u16,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message_id: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<&'static str>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        message: Option<String>,
+    }
+    #[derive(serde::Serialize)]
+    struct Results {
+        results: Vec<Entry>,
+    }
+    let results: Vec<Entry> = batch
+        .results
+        .iter()
+        .enumerate()
+        .map(|(index, outcome)| match outcome {
+            Ok(id) => Entry { index, status: 200, message_id: Some(id.to_string()), error: None, message: None },
+            Err((error, id)) => Entry {
+                index,
+                status: error.status().as_u16(),
+                message_id: id.map(|id| id.to_string()),
+                error: Some(error.code().as_str()),
+                message: Some(error.message()),
+            },
+        })
+        .collect();
+    let status = if batch.results.iter().all(Result::is_ok) { StatusCode::OK } else { StatusCode::MULTI_STATUS };
+    let body = serde_json::to_vec(&Results { results }).expect("the results serialize");
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header(header::CONTENT_LENGTH, body.len())
+        .body(Bytes::from(body))
+        .expect("static headers are valid")
 }
 
 /// What a request answers when the config store is unavailable; the cause is logged.

@@ -35,6 +35,7 @@ impl Exchange {
         let span = info_span!(
             "request",
             topic = field::Empty,
+            messages = field::Empty,
             step = field::Empty,
             trace_id = field::Empty,
             xray_trace_id = field::Empty
@@ -63,6 +64,11 @@ impl Exchange {
     /// Records the topic the request is about.
     pub fn record_topic(&self, topic: &Topic) {
         self.span.record("topic", topic.as_str());
+    }
+
+    /// Records how many messages the request holds (a batch).
+    pub fn record_messages(&self, count: usize) {
+        self.span.record("messages", count);
     }
 
     /// The request is decided under `rules`.

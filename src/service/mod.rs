@@ -21,6 +21,7 @@ mod admit;
 mod answer;
 mod authenticate;
 mod authorize;
+mod batch;
 mod claim;
 mod exchange;
 mod publish;
@@ -228,12 +229,15 @@ impl<P: Publisher> Service<P> {
             route::Routed::Preflight(response) => return Ok(Answered::Preflight(response)),
             route::Routed::To(operation) => operation,
         };
-        exchange.record_topic(operation.topic());
+        if let Some(topic) = operation.topic() {
+            exchange.record_topic(topic);
+        }
         let identity = self.authenticate(&request, operation.client_id(), &rules, exchange).await?;
         let authorized = self.authorize(&rules, identity, request.source_ip, operation.wanted())?;
         drop(request);
         match operation {
             Operation::Publish(head) => self.publish(head, authorized, body, &rules, exchange).await,
+            Operation::PublishBatch(head) => self.publish_batch(head, authorized, body, &rules, exchange).await,
         }
     }
 

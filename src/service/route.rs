@@ -9,6 +9,7 @@ use super::authorize::Wanted;
 use super::Service;
 use crate::acl::Action;
 use crate::config::RuleSet;
+use crate::contract::batch::{is_batch_path, parse_batch, BatchHead};
 use crate::contract::{cors, parse_publish, ApiError, ClientId, HttpRequest, PublishHead, Topic};
 use crate::publish::Publisher;
 
@@ -18,6 +19,8 @@ use crate::publish::Publisher;
 pub enum Operation {
     /// `POST /topics/{topic}`: publish one message.
     Publish(PublishHead),
+    /// `POST /messages`: publish many messages, each answered on its own.
+    PublishBatch(BatchHead),
 }
 
 /// Where a request goes.
@@ -29,10 +32,11 @@ pub(super) enum Routed {
 }
 
 impl Operation {
-    /// The topic the request's log line names.
-    pub fn topic(&self) -> &Topic {
+    /// The topic the request's log line names, if it has one.
+    pub fn topic(&self) -> Option<&Topic> {
         match self {
-            Operation::Publish(head) => &head.topic,
+            Operation::Publish(head) => Some(&head.topic),
+            Operation::PublishBatch(_) => None,
         }
     }
 
@@ -40,20 +44,25 @@ impl Operation {
     pub fn client_id(&self) -> Option<&ClientId> {
         match self {
             Operation::Publish(head) => head.options.client_id.as_ref(),
+            Operation::PublishBatch(head) => head.client_id.as_ref(),
         }
     }
 
-    /// What the operation does, on which topics: what the ACL must allow.
+    /// What the operation does, on which topics its request line names: what
+    /// the ACL must allow before its body is read. A batch's topics are in its
+    /// body: each message is authorized on its own once the body is read.
     pub(super) fn wanted(&self) -> impl Iterator<Item = Wanted<'_>> {
-        match self {
-            Operation::Publish(head) => std::iter::once(Wanted {
+        let wanted = match self {
+            Operation::Publish(head) => Some(Wanted {
                 action: Action::Publish,
                 topic: &head.topic,
                 qos: head.options.qos,
                 retain: head.options.retain,
                 denied: "the ACL does not allow this client to publish to this topic",
             }),
-        }
+            Operation::PublishBatch(_) => None,
+        };
+        wanted.into_iter()
     }
 }
 
@@ -73,7 +82,12 @@ impl<P: Publisher> Service<P> {
         if request.method == Method::POST && cors::refused_cross_origin(cors, &request.headers) {
             return Err(ApiError::OriginNotAllowed);
         }
-        let head = parse_publish(request, declared_len, self.publisher.limits(), self.max_payload(rules))?;
+        let backend = self.publisher.limits();
+        if is_batch_path(&request.path) {
+            let head = parse_batch(request, declared_len, backend, rules.limits.max_batch_bytes)?;
+            return Ok(Routed::To(Operation::PublishBatch(head)));
+        }
+        let head = parse_publish(request, declared_len, backend, self.max_payload(rules))?;
         Ok(Routed::To(Operation::Publish(head)))
     }
 }

@@ -251,6 +251,20 @@ async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() 
     // Only a broker's reply (or its absence) answers these: tests/serve/replies.rs.
     reached.extend(["reply_timeout", "reply_too_large"].map(String::from));
 
+    // A batch over its limit of messages: 413 for the whole request, nothing published.
+    let (service, publisher, _) = fake_service();
+    let many = Case {
+        path: "/messages",
+        body: br#"[{"topic":"home/a","payload":"x"},{"topic":"home/a","payload":"x"}]"#,
+        ..POST
+    };
+    let full = config().replace("[limits]", "[limits]\nmax_batch_messages = 1");
+    let service_one = Service::with_store(publisher.clone(), FakeStore::new(&full) as Arc<dyn ConfigStore>);
+    assert_eq!(answer(&service_one, many.request()).await, (413, "batch_too_large".to_owned()));
+    drop(service);
+    assert!(publisher.sent().is_empty());
+    reached.insert("batch_too_large".into());
+
     // The config store down: 503, never 401.
     let (service, publisher, store) = fake_service();
     store.set_down(true);
@@ -575,4 +589,70 @@ async fn an_answer_due_before_the_backend_answers_is_503() {
     assert_eq!(response.status().as_u16(), 503, "{response:?}");
     assert_eq!(response.headers()[header::RETRY_AFTER], "5");
     assert!(publisher.sent().is_empty());
+}
+
+/// A batch's JSON answer: its status and each entry's (index, status, error).
+async fn batch(service: &Service<FakePublisher>, body: &'static [u8]) -> (u16, Vec<(u64, u64, String)>) {
+    let response = service.handle(Case { path: "/messages", body, ..POST }.request()).await;
+    let status = response.status().as_u16();
+    let json: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    let entries = json["results"].as_array().unwrap_or_else(|| panic!("{json}"));
+    let entries = entries
+        .iter()
+        .map(|e| {
+            let error = e["error"].as_str().unwrap_or("").to_owned();
+            assert_eq!(e["message_id"].is_string(), error.is_empty() || e["status"] == 503, "{e}");
+            (e["index"].as_u64().unwrap(), e["status"].as_u64().unwrap(), error)
+        })
+        .collect();
+    (status, entries)
+}
+
+#[tokio::test]
+async fn a_batch_answers_each_message_as_a_single_publish_would_and_publishes_only_the_200s() {
+    let unlimited = config().replace("user_messages_per_second = 1.0", "");
+    let (publisher, store) = (FakePublisher::new(), FakeStore::new(&unlimited));
+    let service = Service::with_store(publisher.clone(), store as Arc<dyn ConfigStore>);
+    let body = br#"[{"topic": "home/a", "payload": "1"}, {"topic": "home/secret", "payload": "2"},
+        {"topic": "home/+", "payload": "3"}, {"topic": "home/a", "payload": "4", "qos": 2},
+        {"topic": "home/b", "payload": "AAEC", "payload_encoding": "base64"},
+        {"topic": "home/a", "payload": "0123456789012345678901234567890123456789012345678901234567890123456789"},
+        {"topic": "home/a", "payload": "7"}]"#;
+    let (status, entries) = batch(&service, body).await;
+    assert_eq!(status, 207);
+    let expected = [
+        (0, 200, ""),
+        (1, 401, "not_authorized"),
+        (2, 400, "invalid_topic"),
+        (3, 400, "invalid_qos"),
+        (4, 200, ""),
+        (5, 413, "payload_too_large"),
+        (6, 200, ""),
+    ];
+    assert_eq!(entries, expected.map(|(i, s, e)| (i, s, e.to_owned())).to_vec());
+    let sent: Vec<(String, Vec<u8>)> =
+        publisher.sent().iter().map(|m| (m.topic.as_str().to_owned(), m.payload.to_vec())).collect();
+    let home_a: Vec<_> = sent.iter().filter(|(t, _)| t == "home/a").map(|(_, p)| p.clone()).collect();
+    assert_eq!(home_a, vec![b"1".to_vec(), b"7".to_vec()], "one topic's messages in order");
+    assert!(sent.contains(&("home/b".to_owned(), vec![0, 1, 2])));
+    assert_eq!(sent.len(), 3, "only the 200s were published");
+
+    let (status, entries) = batch(&service, br#"[{"topic": "home/a", "payload": "1"}]"#).await;
+    assert_eq!((status, entries), (200, vec![(0, 200, String::new())]));
+    publisher.fail_with(PublishError::Unknown("no PUBACK".into()));
+    let (status, entries) = batch(&service, br#"[{"topic": "home/a", "payload": "1"}]"#).await;
+    assert_eq!((status, entries), (207, vec![(0, 503, "service_unavailable".to_owned())]));
+}
+
+#[tokio::test]
+async fn a_batch_the_quota_cannot_admit_whole_is_refused_whole() {
+    let (service, publisher, _) = fake_service();
+    let two = br#"[{"topic": "home/a", "payload": "1"}, {"topic": "home/b", "payload": "2"}]"#;
+    let response = service.handle(Case { path: "/messages", body: two, ..POST }.request()).await;
+    assert_eq!(response.status(), 413, "two messages are over a burst of one: never admitted");
+    let one = br#"[{"topic": "home/a", "payload": "1"}]"#;
+    assert_eq!(batch(&service, one).await.0, 200);
+    let response = service.handle(Case { path: "/messages", body: one, ..POST }.request()).await;
+    assert_eq!((response.status().as_u16(), response.headers().contains_key(header::RETRY_AFTER)), (429, true));
+    assert_eq!(publisher.sent().len(), 1);
 }
