@@ -13,6 +13,7 @@ mod support;
 
 mod admin;
 mod aws;
+mod batch;
 mod broker;
 mod browsers;
 mod config;
