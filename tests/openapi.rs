@@ -157,6 +157,8 @@ fn every_error() -> Vec<ApiError> {
         ApiError::OriginNotAllowed,
         ApiError::MethodNotAllowed,
         ApiError::PayloadTooLarge { max: 1 },
+        ApiError::BatchTooLarge { max_bytes: 1 },
+        ApiError::TooManyMessages { max: 1, count: 2 },
         ApiError::HeadersTooLarge { max: 1 },
         ApiError::TooManyRequests { retry_after: 1 },
         ApiError::TooManyLoginAttempts { retry_after: 1 },
@@ -178,6 +180,8 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::OriginNotAllowed
             | ApiError::MethodNotAllowed
             | ApiError::PayloadTooLarge { .. }
+            | ApiError::BatchTooLarge { .. }
+            | ApiError::TooManyMessages { .. }
             | ApiError::HeadersTooLarge { .. }
             | ApiError::TooManyRequests { .. }
             | ApiError::TooManyLoginAttempts { .. }

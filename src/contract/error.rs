@@ -104,8 +104,6 @@ error_codes! {
     RequestInProgress = 409 "request_in_progress",
     /// The payload exceeds the limit.
     PayloadTooLarge = 413 "payload_too_large",
-    /// A batch holds more messages or bytes than the limits allow.
-    BatchTooLarge = 413 "batch_too_large",
     /// The `Idempotency-Key` was used for a different request.
     IdempotencyKeyReused = 422 "idempotency_key_reused",
     /// Over a quota, ours or the backend's.
@@ -262,7 +260,7 @@ impl ApiError {
             ApiError::OriginNotAllowed => ErrorCode::OriginNotAllowed,
             ApiError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
             ApiError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
-            ApiError::BatchTooLarge { .. } | ApiError::TooManyMessages { .. } => ErrorCode::BatchTooLarge,
+            ApiError::BatchTooLarge { .. } | ApiError::TooManyMessages { .. } => ErrorCode::PayloadTooLarge,
             ApiError::HeadersTooLarge { .. } => ErrorCode::HeadersTooLarge,
             ApiError::TooManyRequests { .. } => ErrorCode::TooManyRequests,
             ApiError::TooManyLoginAttempts { .. } => ErrorCode::TooManyLoginAttempts,

@@ -95,9 +95,9 @@ fn malformed_json_an_empty_array_and_too_many_messages_refuse_the_whole_batch() 
     assert_eq!(refused(b"{}"), "invalid_body");
     assert_eq!(refused(b"[]"), "invalid_body");
     let four = br#"[{"topic":"a","payload":""},{"topic":"a","payload":""},{"topic":"a","payload":""},{"topic":"a","payload":""}]"#;
-    assert_eq!(refused(four), "batch_too_large");
+    assert_eq!(refused(four), "payload_too_large");
     let long = format!(r#"[{{"topic": "a", "payload": "{}"}}]"#, "x".repeat(LIMITS.max_bytes));
-    assert_eq!(refused(long.as_bytes()), "batch_too_large");
+    assert_eq!(refused(long.as_bytes()), "payload_too_large");
 }
 
 #[test]
@@ -113,7 +113,7 @@ fn what_describes_one_message_is_refused_in_the_query_and_the_headers() {
     xml.headers.insert(http::header::CONTENT_TYPE, "application/xml".parse().unwrap());
     assert_eq!(parse_batch(&xml, None, BACKEND, 10).unwrap_err().code(), ErrorCode::InvalidBody);
     let declared = parse_batch(&request(""), Some(11), BACKEND, 10).unwrap_err();
-    assert_eq!(declared.code(), ErrorCode::BatchTooLarge);
+    assert_eq!(declared.code(), ErrorCode::PayloadTooLarge);
 }
 
 #[test]
