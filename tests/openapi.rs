@@ -167,6 +167,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Internal,
         ApiError::Unavailable { retry_after: 5 },
         ApiError::UnknownOutcome { retry_after: 5 },
+        ApiError::NotPublishedBefore,
         ApiError::TooManyWaiting { retry_after: 1 },
         ApiError::ReplyLost { retry_after: 5 },
         ApiError::ReplyTimeout { seconds: 10 },
@@ -190,6 +191,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::Internal
             | ApiError::Unavailable { .. }
             | ApiError::UnknownOutcome { .. }
+            | ApiError::NotPublishedBefore
             | ApiError::TooManyWaiting { .. }
             | ApiError::ReplyLost { .. }
             | ApiError::ReplyTimeout { .. }

@@ -15,7 +15,8 @@ use http::Method;
 use serde::Deserialize;
 
 use super::query::{self, check_mqtt_text};
-use super::{headers, idempotency, ApiError, BackendLimits, ClientId, ErrorCode, HttpRequest, Properties, Qos};
+use super::{headers, idempotency, ApiError, BackendLimits, ClientId, ErrorCode, HttpRequest, IdempotencyKey};
+use super::{Properties, Qos};
 use super::{RequestPath, Topic, TraceContext};
 
 /// The path of a batch.
@@ -196,6 +197,14 @@ struct WireUserProperty {
 }
 
 impl BatchHead {
+    /// The batch's `Idempotency-Key` with its fingerprint: the query's
+    /// defaults and the body, byte for byte (a retry sends the same bytes).
+    pub fn idempotency(&self, body: &[u8]) -> Option<IdempotencyKey> {
+        let key = self.key.clone()?;
+        let fingerprint = idempotency::batch_fingerprint(self.qos, self.retain, body);
+        Some(IdempotencyKey { key, fingerprint })
+    }
+
     /// The batch's messages from its `body`, in order, each valid or the
     /// refusal a single publish of it would have earned. The whole request is
     /// refused when the body is not a non-empty JSON array of messages, names

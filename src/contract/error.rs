@@ -210,6 +210,8 @@ pub enum ApiError {
         /// Seconds after which a retry may succeed.
         retry_after: u32,
     },
+    /// 503: a batch's retry: the first request with its key did not publish this message.
+    NotPublishedBefore,
     /// 503: `max_waiting` requests already wait for replies.
     TooManyWaiting {
         /// Seconds after which a retry may succeed.
@@ -267,9 +269,10 @@ impl ApiError {
             ApiError::RequestInProgress => ErrorCode::RequestInProgress,
             ApiError::IdempotencyKeyReused => ErrorCode::IdempotencyKeyReused,
             ApiError::Internal => ErrorCode::InternalError,
-            ApiError::Unavailable { .. } | ApiError::UnknownOutcome { .. } | ApiError::ReplyLost { .. } => {
-                ErrorCode::ServiceUnavailable
-            }
+            ApiError::Unavailable { .. }
+            | ApiError::UnknownOutcome { .. }
+            | ApiError::ReplyLost { .. }
+            | ApiError::NotPublishedBefore => ErrorCode::ServiceUnavailable,
             ApiError::TooManyWaiting { .. } => ErrorCode::TooManyWaiting,
             ApiError::ReplyTimeout { .. } => ErrorCode::ReplyTimeout,
             ApiError::ReplyTooLarge { .. } => ErrorCode::ReplyTooLarge,
@@ -312,6 +315,7 @@ impl ApiError {
             ApiError::UnknownOutcome { retry_after } => format!(
                 "the message broker did not confirm the message in time: it may have been published, under this answer's X-Message-Id; retry after {retry_after} s with the same Idempotency-Key to publish it again under that id"
             ),
+            ApiError::NotPublishedBefore => "the first request with this Idempotency-Key did not publish this message, and a retry publishes nothing new: send it again under a new key".into(),
             ApiError::TooManyWaiting { retry_after } => format!(
                 "too many requests are waiting for replies on this server; nothing was published; retry after {retry_after} s"
             ),

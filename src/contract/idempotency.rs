@@ -90,6 +90,17 @@ pub enum Waits<'a> {
     DefaultTopicOf(&'a ClientId),
 }
 
+/// The fingerprint of a batch (`POST /messages`): the query's defaults and
+/// the body's bytes, length-prefixed. Not the trace context, which a retry carries anew.
+pub fn batch_fingerprint(qos: Qos, retain: bool, body: &[u8]) -> [u8; 32] {
+    let mut hash = Sha256::new();
+    for field in [&b"POST /messages"[..], &[qos.level(), u8::from(retain)], body] {
+        hash.update((field.len() as u64).to_be_bytes());
+        hash.update(field);
+    }
+    hash.finalize().into()
+}
+
 /// The fingerprint of a publish: the method (always POST once parsed), the
 /// topic, QoS, retain, the MQTT 5 properties the request asked for (not the
 /// trace context, which a retry carries anew) and the body's SHA-256. Each

@@ -163,7 +163,7 @@ fn id_property(rules: &RuleSet, head: &PublishHead) -> Result<Option<String>, Ap
 /// says the message was not taken: the broker's 4xx, its throttling, or an
 /// unavailable backend before sending. A server fault (a bare 500) says nothing
 /// either way, so it counts as unknown, with an answer that never came.
-fn outcome_of(result: &Result<(), PublishError>) -> Outcome {
+pub(super) fn outcome_of(result: &Result<(), PublishError>) -> Outcome {
     match result {
         Ok(()) => Outcome::Delivered,
         Err(PublishError::Unknown(_) | PublishError::Failed(_)) => Outcome::Unknown,

@@ -655,3 +655,60 @@ async fn a_batch_the_quota_cannot_admit_whole_is_refused_whole() {
     assert_eq!((response.status().as_u16(), response.headers().contains_key(header::RETRY_AFTER)), (429, true));
     assert_eq!(publisher.sent().len(), 1);
 }
+
+/// A batch with `Idempotency-Key: key`: its status and each entry's (status, message id).
+async fn keyed_batch(
+    service: &Service<FakePublisher>,
+    key: &'static str,
+    body: &'static [u8],
+) -> (u16, Vec<(u64, String)>) {
+    let mut request = Case { path: "/messages", body, ..POST }.request();
+    request.headers.insert("idempotency-key", HeaderValue::from_static(key));
+    let response = service.handle(request).await;
+    let status = response.status().as_u16();
+    let json: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    let Some(entries) = json["results"].as_array() else { return (status, vec![(0, json["error"].to_string())]) };
+    let entries = entries
+        .iter()
+        .map(|e| (e["status"].as_u64().unwrap(), e["message_id"].as_str().unwrap_or("").to_owned()))
+        .collect();
+    (status, entries)
+}
+
+#[tokio::test]
+async fn a_batch_s_retry_with_its_key_answers_the_first_results_and_publishes_nothing_twice() {
+    let unlimited = config().replace("user_messages_per_second = 1.0", "");
+    let (publisher, store) = (FakePublisher::new(), FakeStore::new(&unlimited));
+    let service = Service::with_store(publisher.clone(), store as Arc<dyn ConfigStore>);
+    let body = br#"[{"topic": "home/a", "payload": "1"}, {"topic": "home/secret", "payload": "2"},
+                    {"topic": "home/b", "payload": "3"}]"#;
+    let (status, first) = keyed_batch(&service, "batch-1", body).await;
+    assert_eq!(status, 207);
+    assert_eq!(first.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![200, 401, 200]);
+    assert_eq!(publisher.sent().len(), 2);
+    let (status, retry) = keyed_batch(&service, "batch-1", body).await;
+    assert_eq!((status, &retry), (207, &first), "the same answers, the same message ids");
+    assert_eq!(publisher.sent().len(), 2, "nothing published again");
+    let other = br#"[{"topic": "home/a", "payload": "other"}]"#;
+    assert_eq!(keyed_batch(&service, "batch-1", other).await.0, 422, "another batch under the key");
+
+    // Unknown outcome: a retry publishes that message again, under its first id.
+    publisher.fail_with(PublishError::Unknown("no PUBACK".into()));
+    let one = br#"[{"topic": "home/c", "payload": "4"}]"#;
+    let (status, lost) = keyed_batch(&service, "batch-2", one).await;
+    assert_eq!((status, lost[0].0), (207, 503));
+    assert!(!lost[0].1.is_empty(), "the id it may have been published under");
+    publisher.recover();
+    let (status, again) = keyed_batch(&service, "batch-2", one).await;
+    assert_eq!((status, &again), (200, &vec![(200, lost[0].1.clone())]));
+    assert_eq!(publisher.sent().len(), 3);
+
+    // Certainly not published the first time: a retry publishes nothing new.
+    publisher.fail_with(PublishError::Throttled("slow down".into()));
+    let (status, throttled) = keyed_batch(&service, "batch-3", one).await;
+    assert_eq!((status, throttled[0].0), (207, 429));
+    publisher.recover();
+    let (status, retry) = keyed_batch(&service, "batch-3", one).await;
+    assert_eq!((status, retry[0].0), (207, 503));
+    assert_eq!(publisher.sent().len(), 3);
+}
