@@ -373,7 +373,7 @@ impl ApiError {
             | ApiError::ReplyLost { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }
-            ApiError::RequestInProgress => {
+            ApiError::RequestInProgress | ApiError::NotPublishedBefore => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(IN_PROGRESS_RETRY_AFTER));
             }
             _ => {}
