@@ -13,7 +13,9 @@
 //!   header (in either JSON spelling), then `UserProp.N`, then a valid trace
 //!   context, in that order; any header value parses or is a 400 naming the
 //!   header; a trace context never refuses a request; two spellings of one
-//!   property conflict exactly when their values differ.
+//!   property conflict exactly when their values differ;
+//! - batches: each message of a `POST /messages` answers as its single
+//!   publish would, and the batch publishes what the singles would.
 //!
 //! One test binary: a module per part above (`topic_filters`, `paths`, `acl`,
 //! `headers`), and two more: `mqtt_text`, text a broker would take for a
@@ -23,6 +25,7 @@
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 mod acl;
+mod batch;
 mod browsers;
 mod headers;
 mod mqtt_text;
