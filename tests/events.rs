@@ -330,3 +330,25 @@ async fn a_request_that_waits_publishes_nothing_when_no_reply_can_be_waited_for(
     refused(&response, &sent, 503, "service_unavailable");
     assert!(response["headers"].get("x-message-id").is_none(), "nothing was published");
 }
+
+#[tokio::test]
+async fn a_batch_publishes_its_allowed_messages_to_aws_iot_and_answers_each() {
+    let (response, sent) = run("batch.json").await;
+    assert_eq!(response["statusCode"], 207, "{response}");
+    assert_eq!(response["headers"]["content-type"], "application/json");
+    let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
+    let entries: Vec<(u64, &str)> = body["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["status"].as_u64().unwrap(), e["error"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(entries, vec![(200, ""), (200, ""), (401, "not_authorized"), (400, "invalid_topic")]);
+    let mut topics: Vec<String> = sent.iter().map(Recorded::topic).collect();
+    topics.sort();
+    assert_eq!(topics, vec!["home/t1", "home/t2"], "only the 200s reach AWS IoT: {sent:?}");
+    let binary = sent.iter().find(|call| call.topic() == "home/t2").unwrap();
+    assert_eq!(binary.body, [0u8, 1, 2]);
+    assert_eq!((binary.query("qos").as_deref(), binary.query("retain").as_deref()), (Some("0"), Some("true")));
+    assert_eq!(binary.query("contentType").as_deref(), Some("application/octet-stream"));
+}

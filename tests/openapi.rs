@@ -168,6 +168,7 @@ fn every_error() -> Vec<ApiError> {
         ApiError::Unavailable { retry_after: 5 },
         ApiError::UnknownOutcome { retry_after: 5 },
         ApiError::NotPublishedBefore,
+        ApiError::NotSent { retry_after: 1 },
         ApiError::TooManyWaiting { retry_after: 1 },
         ApiError::ReplyLost { retry_after: 5 },
         ApiError::ReplyTimeout { seconds: 10 },
@@ -192,6 +193,7 @@ fn every_error() -> Vec<ApiError> {
             | ApiError::Unavailable { .. }
             | ApiError::UnknownOutcome { .. }
             | ApiError::NotPublishedBefore
+            | ApiError::NotSent { .. }
             | ApiError::TooManyWaiting { .. }
             | ApiError::ReplyLost { .. }
             | ApiError::ReplyTimeout { .. }

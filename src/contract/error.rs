@@ -210,6 +210,11 @@ pub enum ApiError {
         /// Seconds after which a retry may succeed.
         retry_after: u32,
     },
+    /// 503: a batch's message not sent: the time to answer ran out first.
+    NotSent {
+        /// Seconds after which a retry may succeed.
+        retry_after: u32,
+    },
     /// 503: a batch's retry: the first request with its key did not publish this message.
     NotPublishedBefore,
     /// 503: `max_waiting` requests already wait for replies.
@@ -272,7 +277,8 @@ impl ApiError {
             ApiError::Unavailable { .. }
             | ApiError::UnknownOutcome { .. }
             | ApiError::ReplyLost { .. }
-            | ApiError::NotPublishedBefore => ErrorCode::ServiceUnavailable,
+            | ApiError::NotPublishedBefore
+            | ApiError::NotSent { .. } => ErrorCode::ServiceUnavailable,
             ApiError::TooManyWaiting { .. } => ErrorCode::TooManyWaiting,
             ApiError::ReplyTimeout { .. } => ErrorCode::ReplyTimeout,
             ApiError::ReplyTooLarge { .. } => ErrorCode::ReplyTooLarge,
@@ -314,6 +320,9 @@ impl ApiError {
             }
             ApiError::UnknownOutcome { retry_after } => format!(
                 "the message broker did not confirm the message in time: it may have been published, under this answer's X-Message-Id; retry after {retry_after} s with the same Idempotency-Key to publish it again under that id"
+            ),
+            ApiError::NotSent { retry_after } => format!(
+                "the time to answer ran out before this message was sent: it was not published; retry after {retry_after} s"
             ),
             ApiError::NotPublishedBefore => "the first request with this Idempotency-Key did not publish this message, and a retry publishes nothing new: send it again under a new key".into(),
             ApiError::TooManyWaiting { retry_after } => format!(
@@ -370,6 +379,7 @@ impl ApiError {
             | ApiError::Unavailable { retry_after }
             | ApiError::UnknownOutcome { retry_after }
             | ApiError::TooManyWaiting { retry_after }
+            | ApiError::NotSent { retry_after }
             | ApiError::ReplyLost { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
             }

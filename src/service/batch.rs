@@ -284,7 +284,7 @@ fn entry_outcome(id: MessageId, sent: Sent, max_payload: usize) -> Outcome {
             let maybe_sent = refused.after_publish().then_some(id);
             Err((refused, maybe_sent))
         }
-        Sent::NotSent => Err((ApiError::Unavailable { retry_after: UNAVAILABLE_RETRY_AFTER }, None)),
+        Sent::NotSent => Err((ApiError::NotSent { retry_after: UNAVAILABLE_RETRY_AFTER }, None)),
         Sent::TimedOut => Err((ApiError::UnknownOutcome { retry_after: UNAVAILABLE_RETRY_AFTER }, Some(id))),
     }
 }

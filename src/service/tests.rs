@@ -712,3 +712,22 @@ async fn a_batch_s_retry_with_its_key_answers_the_first_results_and_publishes_no
     assert_eq!((status, retry[0].0), (207, 503));
     assert_eq!(publisher.sent().len(), 3);
 }
+
+#[tokio::test]
+async fn a_batch_cut_by_its_deadline_answers_what_was_not_sent_as_not_published() {
+    let unlimited = config().replace("user_messages_per_second = 1.0", "");
+    let (publisher, store) = (FakePublisher::new(), FakeStore::new(&unlimited));
+    let service = Service::with_store(publisher.clone(), store as Arc<dyn ConfigStore>);
+    publisher.hang();
+    let body = br#"[{"topic": "home/a", "payload": "1"}, {"topic": "home/a", "payload": "2"}]"#;
+    let by = tokio::time::Instant::now() + Duration::from_millis(600);
+    let response = service.handle_by(Case { path: "/messages", body, ..POST }.request(), Some(by)).await;
+    assert!(tokio::time::Instant::now() < by, "answered before the deadline");
+    assert_eq!(response.status(), 207);
+    let json: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    let entries = json["results"].as_array().unwrap();
+    assert_eq!((entries[0]["status"].as_u64(), entries[1]["status"].as_u64()), (Some(503), Some(503)));
+    assert!(entries[0]["message_id"].is_string(), "sent, unconfirmed: it may have been published");
+    assert!(entries[1]["message_id"].is_null(), "never sent: {}", entries[1]);
+    assert!(entries[1]["message"].as_str().unwrap().contains("not published"), "{}", entries[1]);
+}
