@@ -164,12 +164,17 @@ where
                 "CloudWatchMetrics": [{
                     "Namespace": namespace,
                     "Dimensions": dimensions,
-                    "Metrics": [{"Name": "Requests", "Unit": "Count"}, {"Name": "Latency", "Unit": "Milliseconds"}],
+                    "Metrics": [
+                        {"Name": "Requests", "Unit": "Count"},
+                        {"Name": "Latency", "Unit": "Milliseconds"},
+                        {"Name": "Messages", "Unit": "Count"},
+                    ],
                 }],
             },
             "status": status.to_string(),
             "Requests": 1,
             "Latency": latency_us as f64 / 1000.0,
+            "Messages": request.published.unwrap_or(0),
         });
         if let Some(error) = error {
             metrics["error"] = error.into();
@@ -189,6 +194,8 @@ struct RequestFields {
     latency_us: Option<u64>,
     /// The error code, empty for a 200: the `error` dimension.
     error: Option<String>,
+    /// The messages the request published: the `Messages` metric.
+    published: Option<u64>,
 }
 
 impl Visit for RequestFields {
@@ -196,6 +203,7 @@ impl Visit for RequestFields {
         match field.name() {
             "status" => self.status = Some(value),
             "latency_us" => self.latency_us = Some(value),
+            "published" => self.published = Some(value),
             _ => {}
         }
     }

@@ -68,6 +68,7 @@ macro_rules! metrics {
 
 metrics! {
     requests: Family<RequestLabels, Counter> = Family::default(), "requests", "Requests answered, by status and error code";
+    messages_published: Counter = Counter::default(), "messages_published", "Messages the broker accepted (a batch counts each of its messages)";
     request_seconds: Histogram = latency(), "request_duration_seconds", "Time from a request's arrival to its answer";
     publish_seconds: Histogram = latency(), "publish_duration_seconds", "Time from a publish's start to the broker's acceptance (PUBACK at QoS 1)";
     publishes_in_flight: Gauge = Gauge::default(), "publishes_in_flight", "Publishes awaiting the broker";
@@ -94,6 +95,11 @@ pub fn request(status: u16, code: Option<&'static str>, elapsed: Duration) {
     let m = &*METRICS;
     m.requests.get_or_create(&RequestLabels { status, code: code.unwrap_or("ok") }).inc();
     m.request_seconds.observe(elapsed.as_secs_f64());
+}
+
+/// `count` messages of one request were published (the broker accepted them).
+pub fn published(count: u64) {
+    METRICS.messages_published.inc_by(count);
 }
 
 /// A request the connection layer answered itself (malformed HTTP, oversized

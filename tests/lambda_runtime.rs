@@ -579,9 +579,14 @@ async fn each_request_s_log_line_is_a_cloudwatch_embedded_metric_format_document
         assert_eq!(directive["Namespace"], "mqtt-http-publish/test");
         assert_eq!(
             directive["Metrics"],
-            serde_json::json!([{"Name": "Requests", "Unit": "Count"}, {"Name": "Latency", "Unit": "Milliseconds"}])
+            serde_json::json!([
+                {"Name": "Requests", "Unit": "Count"},
+                {"Name": "Latency", "Unit": "Milliseconds"},
+                {"Name": "Messages", "Unit": "Count"}
+            ])
         );
         assert_eq!(line["Requests"], 1);
+        assert_eq!(line["Messages"], line["fields"]["published"], "{line}");
         let latency_ms = line["Latency"].as_f64().unwrap();
         let latency_us = line["fields"]["latency_us"].as_u64().unwrap();
         assert!((latency_ms - latency_us as f64 / 1000.0).abs() < 1e-9, "{line}");

@@ -67,6 +67,11 @@ impl Exchange {
     /// earns under the rules it was decided under; logs the request's line.
     pub fn respond(&self, outcome: Result<Answered, ApiError>, origin: Option<&HeaderValue>) -> Response<Bytes> {
         let error = outcome.as_ref().err().map(|e| e.code().as_str());
+        let published = match &outcome {
+            Ok(Answered::Published(published)) => u64::from(published.replayed != Replayed::Yes),
+            Ok(Answered::Batch(batch)) => batch.results.iter().filter(|r| r.is_ok()).count() as u64,
+            Ok(Answered::Preflight(_)) | Err(_) => 0,
+        };
         let (mut response, answered_id) = match outcome {
             Ok(Answered::Preflight(preflight)) => (preflight, self.message_id),
             Ok(Answered::Published(published)) => (ok(&published), published.message_id),
@@ -75,7 +80,7 @@ impl Exchange {
         };
         let cors = self.rules().and_then(|rules| rules.cors.as_ref());
         cors::decorate(cors, self.allowed_origin(origin), &mut response);
-        self.log(response.status().as_u16(), answered_id, error);
+        self.log(response.status().as_u16(), answered_id, error, published);
         response
     }
 

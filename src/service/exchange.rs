@@ -116,15 +116,18 @@ impl Exchange {
     }
 
     /// Logs the request's one line in its span: status, message id, error
-    /// code, latency. On Lambda this line is also the request's CloudWatch
-    /// metrics, read off its numeric `status` and `latency_us` and its `error`.
-    pub fn log(&self, status: u16, message_id: MessageId, error: Option<&'static str>) {
+    /// code, the messages it published, latency. On Lambda this line is also
+    /// the request's CloudWatch metrics, read off its numeric `status`,
+    /// `published` and `latency_us` and its `error`.
+    pub fn log(&self, status: u16, message_id: MessageId, error: Option<&'static str>, published: u64) {
         crate::metrics::request(status, error, self.started.elapsed());
+        crate::metrics::published(published);
         self.span.in_scope(|| {
             info!(
                 status,
                 message_id = %message_id,
                 error = error.unwrap_or(""),
+                published,
                 latency_us = self.started.elapsed().as_micros() as u64,
                 "request"
             )

@@ -62,6 +62,8 @@ async fn the_admin_listener_serves_metrics_that_move_health_and_readiness() {
     assert_eq!(sample(&after, malformed) - sample(&before, malformed), 1.0, "{after}");
     assert_eq!(sample(&after, too_large) - sample(&before, too_large), 1.0, "{after}");
     assert_eq!(sample(&after, ok) - sample(&before, ok), 3.0, "{after}");
+    let messages = "mqtt_http_publish_messages_published_total";
+    assert_eq!(sample(&after, messages) - sample(&before, messages), 3.0, "{after}");
     assert_eq!(sample(&after, wrong) - sample(&before, wrong), 2.0);
     assert_eq!(sample(&after, refused) - sample(&before, refused), 2.0);
     assert_eq!(sample(&after, hits) - sample(&before, hits), 3.0, "user0 was verified by the readiness probe");
