@@ -114,3 +114,107 @@ async fn whole_batch_problems_publish_nothing() {
     assert_eq!(response.status(), 413, "over max_batch_messages: {response:?}");
     assert!(drain(&mut rx, Duration::from_millis(300)).await.is_empty(), "nothing was published");
 }
+
+#[tokio::test]
+async fn with_the_broker_stopped_mid_batch_no_entry_claims_200_for_a_message_that_never_arrives() {
+    let port = crate::common::free_port();
+    let dir = crate::support::temp_dir("batch-midload");
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let conf = dir.join("mosquitto.conf");
+    // Persistent, no queue limit: what the broker acknowledged survives its restart for the subscriber.
+    let settings = format!(
+        "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\npersistence true\npersistence_location {}/\n",
+        dir.display()
+    );
+    std::fs::write(&conf, settings).unwrap();
+    let start_broker = || async {
+        let child = std::process::Command::new("mosquitto")
+            .args(["-c", conf.to_str().unwrap()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        crate::support::wait_for_port(port, "mosquitto").await;
+        child
+    };
+    let mut broker = start_broker().await;
+    let serve = serve(Some(port), &[]).await;
+    let mut rx = crate::support::persistent_subscriber(port, "mid/#").await;
+    let started = tokio::time::Instant::now();
+    let workers: Vec<_> = (0..4)
+        .map(|worker| {
+            let url = serve.url.clone();
+            tokio::spawn(async move {
+                let mut answered = Vec::new();
+                let mut batch = 0;
+                while started.elapsed() < Duration::from_millis(3500) {
+                    let payloads: Vec<String> = (0..20).map(|i| format!("b-{worker}-{batch}-{i}")).collect();
+                    let body: Vec<String> = payloads
+                        .iter()
+                        .enumerate()
+                        .map(|(i, p)| format!(r#"{{"topic": "mid/{worker}/{}", "payload": "{p}"}}"#, i % 4))
+                        .collect();
+                    let response =
+                        post(&url, "/messages", &[USER0, JSON], format!("[{}]", body.join(",")).as_bytes()).await;
+                    match response.status() {
+                        200 | 207 => answered.extend(payloads.into_iter().zip(entries(&response.body))),
+                        status => {
+                            answered.extend(payloads.into_iter().map(|p| (p, (u64::from(status), String::new()))))
+                        }
+                    }
+                    batch += 1;
+                }
+                answered
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    std::process::Command::new("kill").args(["-TERM", &broker.id().to_string()]).status().unwrap();
+    broker.wait().unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let _broker = crate::common::Proc(start_broker().await);
+    let mut answered = Vec::new();
+    for worker in workers {
+        answered.extend(worker.await.unwrap());
+    }
+    let odd: Vec<_> = answered.iter().filter(|(_, (s, _))| *s != 200 && *s != 503).collect();
+    assert!(odd.is_empty(), "each message 200 or 503 while the broker comes and goes: {:?}", &odd[..odd.len().min(5)]);
+    assert!(answered.iter().any(|(_, (s, _))| *s == 503), "the outage was seen");
+    let ok: std::collections::BTreeSet<&str> =
+        answered.iter().filter(|(_, (s, _))| *s == 200).map(|(p, _)| p.as_str()).collect();
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !ok.iter().all(|p| seen.contains(*p)) && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            seen.insert(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+    }
+    let missing: Vec<_> = ok.iter().filter(|p| !seen.contains(**p)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} entries answered 200 never arrived: {:?}",
+        missing.len(),
+        ok.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+#[tokio::test]
+async fn a_retried_batch_with_its_key_publishes_nothing_twice_through_serve() {
+    let (_broker, port) = mosquitto("batch-key").await;
+    let serve = serve(Some(port), &[]).await;
+    let mut rx = subscriber(port, "k/#").await;
+    let body = br#"[{"topic": "k/a", "payload": "1"}, {"topic": "replies/x", "payload": "2"}, {"topic": "k/b", "payload": "3"}]"#;
+    let key = ("idempotency-key", "batch-7");
+    let first = post(&serve.url, "/messages", &[USER0, JSON, key], body).await;
+    let retry = post(&serve.url, "/messages", &[USER0, JSON, key], body).await;
+    assert_eq!((first.status(), retry.status()), (207, 207), "{retry:?}");
+    let ids = |body: &[u8]| -> Vec<serde_json::Value> {
+        let json: serde_json::Value = serde_json::from_slice(body).unwrap();
+        json["results"].as_array().unwrap().iter().map(|e| e["message_id"].clone()).collect()
+    };
+    assert_eq!(ids(&first.body), ids(&retry.body), "the same message ids");
+    assert_eq!(drain(&mut rx, Duration::from_millis(500)).await.len(), 2, "each allowed message once");
+    let other = post(&serve.url, "/messages", &[USER0, JSON, key], br#"[{"topic": "k/a", "payload": "9"}]"#).await;
+    assert_eq!(other.status(), 422);
+}
