@@ -159,6 +159,17 @@ const TRY_IT: &str = r#"(async () => {
     return { state: document.body.dataset.state, status: text("status"), id: text("message-id"), answer: text("answer") };
 })()"#;
 
+/// Sends two messages from the try-it page's batch form and returns what the page shows.
+const BATCH_IT: &str = r#"(async () => {
+    const set = (id, value) => { document.getElementById(id).value = value; };
+    set("username", "user0"); set("password", "secret0");
+    set("batch", '[{"topic": "home/b1", "payload": "one"}, {"topic": "home/b2", "payload": "two"}]');
+    document.getElementById("send-batch").click();
+    while (!["done", "failed"].includes(document.body.dataset.state)) await new Promise(r => setTimeout(r, 20));
+    const text = id => document.getElementById(id).textContent;
+    return { state: document.body.dataset.state, status: text("status"), answer: text("answer") };
+})()"#;
+
 #[tokio::test]
 async fn a_page_from_an_allowed_origin_publishes_from_a_real_browser_and_another_origin_is_blocked() {
     let (_broker, port) = mosquitto("browser").await;
@@ -182,6 +193,9 @@ async fn a_page_from_an_allowed_origin_publishes_from_a_real_browser_and_another
             let session = chromium.open(&url);
             shows.push(chromium.evaluate(&session, &TRY_IT.replace("PASSWORD", &format!("{password:?}"))));
         }
+        // The batch form: a preflight for application/json to /messages, then the batch.
+        let session = chromium.open(&format!("{page}/"));
+        shows.push(chromium.evaluate(&session, BATCH_IT));
         // The other origin's page again, with a request the browser sends without a
         // preflight (a form's: no-cors, text/plain, credentials it would add itself).
         let session = chromium.open(&format!("http://localhost:{admin}/"));
@@ -204,6 +218,13 @@ async fn a_page_from_an_allowed_origin_publishes_from_a_real_browser_and_another
     assert_eq!((&message.topic[..], &message.payload[..]), (&b"home/browser"[..], &b"hello from a page"[..]));
     let props = message.properties.expect("MQTT 5 properties");
     assert_eq!(props.user_properties, [("from".to_owned(), "chromium".to_owned())]);
+    let batch = &shown[3];
+    assert!(batch["status"].as_str().unwrap().starts_with("200"), "{batch}");
+    assert!(batch["answer"].as_str().unwrap().contains("\"results\""), "the page shows each message's answer: {batch}");
+    let (b1, b2) = (next(&mut rx).await, next(&mut rx).await);
+    let mut arrived = [(b1.topic.to_vec(), b1.payload.to_vec()), (b2.topic.to_vec(), b2.payload.to_vec())];
+    arrived.sort();
+    assert_eq!(arrived, [(b"home/b1".to_vec(), b"one".to_vec()), (b"home/b2".to_vec(), b"two".to_vec())]);
 
     assert!(refused["status"].as_str().unwrap().starts_with("401"), "{refused}");
     assert!(
@@ -220,7 +241,7 @@ async fn a_page_from_an_allowed_origin_publishes_from_a_real_browser_and_another
         log.lines().any(|l| l.contains("status=405") && l.contains("method_not_allowed")),
         "the preflight was refused"
     );
-    assert_eq!(shown[3], "opaque", "the browser sent the simple request: {}", shown[3]);
+    assert_eq!(shown[4], "opaque", "the browser sent the simple request: {}", shown[4]);
     assert!(
         log.lines().any(|l| l.contains("status=403") && l.contains("origin_not_allowed")),
         "the simple request reached serve and was refused:\n{log}"

@@ -1,4 +1,4 @@
-// The "try it" page: publishes one message through the bridge's API from the browser.
+// The "try it" page: publishes one message, or a batch, through the bridge's API from the browser.
 // Served by the admin listener under a CSP without inline script, so all behaviour lives here.
 "use strict";
 
@@ -27,7 +27,8 @@ function userProperties(text) {
   });
 }
 
-function publishUrl(base, topic, qos, retained, props) {
+// The API base URL as typed, checked: http: or https:, no trailing slash in its path.
+function apiRoot(base) {
   let root;
   try {
     root = new URL(base.trim());
@@ -35,6 +36,11 @@ function publishUrl(base, topic, qos, retained, props) {
     throw new InputError(`"${base}" is not a URL; write e.g. http://host:port`);
   }
   if (!/^https?:$/.test(root.protocol)) throw new InputError("the API base URL must be http: or https:");
+  return root;
+}
+
+function publishUrl(base, topic, qos, retained, props) {
+  const root = apiRoot(base);
   const query = new URLSearchParams({ qos, retained: String(retained) });
   props.forEach(([key, value], i) => {
     query.append(`UserProp.${i + 1}.Key`, key);
@@ -60,18 +66,36 @@ function prettyBody(text) {
   }
 }
 
-async function send(event) {
+// The single publish's request, from the first form.
+function singleRequest() {
+  const url = publishUrl(byId("api").value, byId("topic").value, byId("qos").value,
+    byId("retain").checked, userProperties(byId("props").value));
+  return { url, contentType: "text/plain; charset=utf-8", body: byId("body").value };
+}
+
+// The batch's request: the array as typed, checked to be JSON before it is sent.
+function batchRequest() {
+  const root = apiRoot(byId("api").value);
+  const body = byId("batch").value;
+  try {
+    JSON.parse(body);
+  } catch (err) {
+    throw new InputError(`the messages are not JSON: ${err.message}`);
+  }
+  return { url: `${root.origin}${root.pathname.replace(/\/+$/, "")}/messages`, contentType: "application/json", body };
+}
+
+async function send(event, request) {
   event.preventDefault(); // the CSP forbids form submission; fetch does the work
   const status = byId("status");
   document.body.dataset.state = "sending";
   status.textContent = "sending…";
   byId("message-id").textContent = "";
   byId("answer").textContent = "";
-  byId("send").disabled = true;
+  byId("send").disabled = byId("send-batch").disabled = true;
   try {
-    const url = publishUrl(byId("api").value, byId("topic").value, byId("qos").value,
-      byId("retain").checked, userProperties(byId("props").value));
-    const headers = { "Content-Type": "text/plain; charset=utf-8" };
+    const { url, contentType, body } = request();
+    const headers = { "Content-Type": contentType };
     const [user, password] = [byId("username").value, byId("password").value];
     // With neither given, send no header, so the server answers missing_credentials.
     if (user !== "" || password !== "") headers.Authorization = basicAuth(user, password);
@@ -79,7 +103,7 @@ async function send(event) {
     let response;
     try {
       response = await fetch(url, {
-        method: "POST", headers, body: byId("body").value, credentials: "omit", mode: "cors",
+        method: "POST", headers, body, credentials: "omit", mode: "cors",
       });
     } catch (err) {
       throw new Error(`network error: ${err.message}. Either the server could not be reached, or ` +
@@ -96,11 +120,12 @@ async function send(event) {
     status.textContent = err instanceof InputError ? `input error: ${err.message}` : err.message;
     document.body.dataset.state = "failed";
   } finally {
-    byId("send").disabled = false;
+    byId("send").disabled = byId("send-batch").disabled = false;
   }
 }
 
 document.addEventListener("DOMContentLoaded", () => {
   byId("api").value = defaultApiBase();
-  byId("try-form").addEventListener("submit", send);
+  byId("try-form").addEventListener("submit", (event) => send(event, singleRequest));
+  byId("batch-form").addEventListener("submit", (event) => send(event, batchRequest));
 });
