@@ -6,7 +6,6 @@ use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 use tracing::warn;
 
-use super::batch::BatchAnswer;
 use super::exchange::Exchange;
 use super::{THROTTLED_RETRY_AFTER, UNAVAILABLE_RETRY_AFTER};
 use crate::cause::Chain;
@@ -35,6 +34,16 @@ pub(super) struct Published {
     pub replayed: Replayed,
     /// The device's reply, for a request that waited for one.
     pub reply: Option<Reply>,
+}
+
+/// One message of a batch's outcome: the id it was published under, or its refusal
+/// with the id it may have been published under.
+pub(super) type Outcome = Result<MessageId, (ApiError, Option<MessageId>)>;
+
+/// What a batch earned: one outcome per message, in the request's order.
+pub(super) struct BatchAnswer {
+    /// Each message's outcome.
+    pub results: Vec<Outcome>,
 }
 
 /// Whether an answer repeats an earlier request's, the `Idempotent-Replayed` header.

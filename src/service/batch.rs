@@ -10,7 +10,7 @@ use std::time::Duration;
 use futures_util::stream::{self, StreamExt};
 use tracing::warn;
 
-use super::answer::{keys_down, publish_refused, Answered};
+use super::answer::{keys_down, publish_refused, Answered, BatchAnswer, Outcome};
 use super::authorize::{Authorized, Wanted};
 use super::exchange::Exchange;
 use super::publish::{outcome_of, DEFAULT_MESSAGE_ID_PROPERTY};
@@ -30,16 +30,6 @@ const CONCURRENT_TOPICS: usize = 16;
 /// A batch's messages stop being sent this long before the answer is due, so
 /// that those not sent are answered as not published rather than cut off.
 const SEND_MARGIN: Duration = Duration::from_millis(100);
-
-/// One message's outcome: the id it was published under, or its refusal
-/// with the id it may have been published under.
-pub(super) type Outcome = Result<MessageId, (ApiError, Option<MessageId>)>;
-
-/// What a batch earned: one outcome per message, in the request's order.
-pub(super) struct BatchAnswer {
-    /// Each message's outcome.
-    pub results: Vec<Outcome>,
-}
 
 /// A message the ACL let through, and the id it goes out under.
 struct Ready {
@@ -178,18 +168,18 @@ impl<P: Publisher> Service<P> {
         let sent = self.send_one(id, message, sending).await;
         guard
             .finish(match &sent {
-                Sent::Published(result) => outcome_of(result),
-                Sent::NotSent => KeyOutcome::NotDelivered,
-                Sent::TimedOut => KeyOutcome::Unknown,
+                Send::Answered(result) => outcome_of(result),
+                Send::TooLate => KeyOutcome::NotDelivered,
+                Send::Unconfirmed => KeyOutcome::Unknown,
             })
             .await;
         entry_outcome(id, sent, sending.max_payload)
     }
 
     /// Sends one message under `id`, unless the time to answer is too near.
-    async fn send_one(&self, id: MessageId, message: BatchMessage, sending: &Sending<'_>) -> Sent {
+    async fn send_one(&self, id: MessageId, message: BatchMessage, sending: &Sending<'_>) -> Send {
         if sending.cutoff.is_some_and(|cutoff| tokio::time::Instant::now() >= cutoff) {
-            return Sent::NotSent;
+            return Send::TooLate;
         }
         let BatchMessage { topic, qos, retain, payload, mut properties } = message;
         if let Some(name) = sending.id_property {
@@ -200,13 +190,13 @@ impl<P: Publisher> Service<P> {
             None => publish.await,
             Some(cutoff) => match tokio::time::timeout_at(cutoff, publish).await {
                 Ok(result) => result,
-                Err(_) => return Sent::TimedOut,
+                Err(_) => return Send::Unconfirmed,
             },
         };
         if let Err(error) = &result {
             warn!(message_id = %id, error = %Chain(error), "publish of a batch's message failed");
         }
-        Sent::Published(result)
+        Send::Answered(result)
     }
 
     /// Claims a batch's key: a first request (or one taking over an unknown
@@ -265,27 +255,27 @@ struct BatchKey {
     replay: bool,
 }
 
-/// What became of one message's send.
-enum Sent {
+/// How one message's send ended.
+enum Send {
     /// The backend's answer.
-    Published(Result<(), PublishError>),
+    Answered(Result<(), PublishError>),
     /// Not sent: too near the answer's deadline.
-    NotSent,
+    TooLate,
     /// Sent, and the deadline came before the backend's answer.
-    TimedOut,
+    Unconfirmed,
 }
 
 /// The entry a message's send earns.
-fn entry_outcome(id: MessageId, sent: Sent, max_payload: usize) -> Outcome {
+fn entry_outcome(id: MessageId, sent: Send, max_payload: usize) -> Outcome {
     match sent {
-        Sent::Published(Ok(())) => Ok(id),
-        Sent::Published(Err(error)) => {
+        Send::Answered(Ok(())) => Ok(id),
+        Send::Answered(Err(error)) => {
             let refused = publish_refused(&error, max_payload);
             let maybe_sent = refused.after_publish().then_some(id);
             Err((refused, maybe_sent))
         }
-        Sent::NotSent => Err((ApiError::NotSent { retry_after: UNAVAILABLE_RETRY_AFTER }, None)),
-        Sent::TimedOut => Err((ApiError::UnknownOutcome { retry_after: UNAVAILABLE_RETRY_AFTER }, Some(id))),
+        Send::TooLate => Err((ApiError::NotSent { retry_after: UNAVAILABLE_RETRY_AFTER }, None)),
+        Send::Unconfirmed => Err((ApiError::UnknownOutcome { retry_after: UNAVAILABLE_RETRY_AFTER }, Some(id))),
     }
 }
 
