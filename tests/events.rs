@@ -333,7 +333,16 @@ async fn a_request_that_waits_publishes_nothing_when_no_reply_can_be_waited_for(
 
 #[tokio::test]
 async fn a_batch_publishes_its_allowed_messages_to_aws_iot_and_answers_each() {
-    let (response, sent) = run("batch.json").await;
+    // The event's four messages, then QoS 2 and one over AWS IoT's 128 KiB.
+    let (response, sent) = run_changed("batch.json", |event| {
+        let mut messages: Value = serde_json::from_str(event["body"].as_str().unwrap()).unwrap();
+        let array = messages.as_array_mut().unwrap();
+        array.push(serde_json::json!({"topic": "home/q2", "payload": "x", "qos": 2}));
+        array.push(serde_json::json!({"topic": "home/big", "payload": "x".repeat(128 * 1024 + 1)}));
+        event["body"] = messages.to_string().into();
+        event["headers"]["content-length"] = event["body"].as_str().unwrap().len().to_string().into();
+    })
+    .await;
     assert_eq!(response["statusCode"], 207, "{response}");
     assert_eq!(response["headers"]["content-type"], "application/json");
     let body: Value = serde_json::from_str(response["body"].as_str().unwrap()).unwrap();
@@ -343,7 +352,8 @@ async fn a_batch_publishes_its_allowed_messages_to_aws_iot_and_answers_each() {
         .iter()
         .map(|e| (e["status"].as_u64().unwrap(), e["error"].as_str().unwrap_or("")))
         .collect();
-    assert_eq!(entries, vec![(200, ""), (200, ""), (401, "not_authorized"), (400, "invalid_topic")]);
+    let expected = [(200, ""), (200, ""), (401, "not_authorized"), (400, "invalid_topic"), (400, "invalid_qos")];
+    assert_eq!(entries, [&expected[..], &[(413, "payload_too_large")]].concat());
     let mut topics: Vec<String> = sent.iter().map(Recorded::topic).collect();
     topics.sort();
     assert_eq!(topics, vec!["home/t1", "home/t2"], "only the 200s reach AWS IoT: {sent:?}");

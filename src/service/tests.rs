@@ -731,3 +731,24 @@ async fn a_batch_cut_by_its_deadline_answers_what_was_not_sent_as_not_published(
     assert!(entries[1]["message_id"].is_null(), "never sent: {}", entries[1]);
     assert!(entries[1]["message"].as_str().unwrap().contains("not published"), "{}", entries[1]);
 }
+
+#[tokio::test]
+async fn each_message_of_a_batch_carries_its_own_id_when_message_id_property_is_on() {
+    let config =
+        config().replace("user_messages_per_second = 1.0", "") + "\n[publish]\nmessage_id_property = \"mid\"\n";
+    let (publisher, store) = (FakePublisher::new(), FakeStore::new(&config));
+    let service = Service::with_store(publisher.clone(), store as Arc<dyn ConfigStore>);
+    let body = br#"[{"topic": "home/a", "payload": "1"}, {"topic": "home/b", "payload": "2"},
+                    {"topic": "home/c", "payload": "3", "properties": {"UserProperties": [{"key": "mid", "value": "x"}]}}]"#;
+    let response = service.handle(Case { path: "/messages", body, ..POST }.request()).await;
+    let json: serde_json::Value = serde_json::from_slice(response.body()).unwrap();
+    let entries = json["results"].as_array().unwrap();
+    assert_eq!(entries[2]["error"], "invalid_user_property", "the server sets that property: {json}");
+    for message in publisher.sent() {
+        let index = usize::from(message.topic.as_str() == "home/b");
+        let carried: Vec<&str> =
+            message.properties.user_properties.iter().filter(|(k, _)| k == "mid").map(|(_, v)| v.as_str()).collect();
+        assert_eq!(carried, vec![entries[index]["message_id"].as_str().unwrap()], "{json}");
+    }
+    assert_eq!(publisher.sent().len(), 2);
+}
