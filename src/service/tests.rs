@@ -107,6 +107,21 @@ async fn answer(service: &Service<FakePublisher>, request: HttpRequest) -> (u16,
 
 #[tokio::test]
 async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() {
+    let mut reached = requests_each_earn_their_code().await;
+    reached.extend(quotas_and_limits_of_the_broker().await);
+    reached.extend(what_the_backend_says().await);
+    reached.extend(idempotency_keys().await);
+    reached.extend(waiting_for_replies().await);
+    reached.extend(stores_down_and_undecodable_events().await);
+    // Only the serve connection layer answers the rest (tested in serve::parse_errors).
+    let everything: BTreeSet<String> = ErrorCode::ALL.iter().map(|c| c.as_str().to_owned()).collect();
+    let connection_layer = BTreeSet::from(["malformed_request".to_owned(), "headers_too_large".to_owned()]);
+    assert_eq!(&everything - &connection_layer, reached, "every code the service answers with is reached here");
+}
+
+/// One request per code, each on a service of its own: only the 200 publishes.
+async fn requests_each_earn_their_code() -> BTreeSet<String> {
+    let mut reached = BTreeSet::new();
     let requests: Vec<(Case, u16, &str)> = vec![
         (POST, 200, ""),
         (Case { path: "/home", ..POST }, 400, "invalid_path"),
@@ -138,7 +153,6 @@ async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() 
         (Case { method: Method::GET, ..POST }, 405, "method_not_allowed"),
         (Case { body: &[b'x'; 65], ..POST }, 413, "payload_too_large"),
     ];
-    let mut reached = BTreeSet::new();
     let mut published = 0;
     for (case, status, code) in requests {
         // A service each: the per-user quota (one a second) must not decide these.
@@ -152,7 +166,12 @@ async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() 
         }
     }
     assert_eq!(published, 1);
+    reached
+}
 
+/// The quotas, a broker without retain, and the budget of password checks.
+async fn quotas_and_limits_of_the_broker() -> BTreeSet<String> {
+    let mut reached = BTreeSet::new();
     // Over the user's quota: 429 with Retry-After, nothing published.
     let (service, publisher, _) = fake_service();
     assert_eq!(answer(&service, POST.request()).await.0, 200);
@@ -184,7 +203,12 @@ async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() 
     // (and meets the user's one-a-second quota, which the 200 above spent).
     assert_eq!(answer(&service, from(POST, "192.0.2.1")).await.1, "too_many_requests");
     reached.insert("too_many_login_attempts".into());
+    reached
+}
 
+/// What the backend answers, mapped to the contract.
+async fn what_the_backend_says() -> BTreeSet<String> {
+    let mut reached = BTreeSet::new();
     // What the backend says, mapped.
     for (failure, status, code) in [
         (PublishError::Rejected("bad".into()), 400, "rejected_by_broker"),
@@ -199,7 +223,12 @@ async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() 
         assert_eq!(answer(&service, POST.request()).await, (status, code.to_owned()));
         reached.insert(code.to_owned());
     }
+    reached
+}
 
+/// `Idempotency-Key`: malformed, reused for another request, asked while in flight.
+async fn idempotency_keys() -> BTreeSet<String> {
+    let mut reached = BTreeSet::new();
     // Idempotency-Key: malformed; used for another request; asked while the first is in flight.
     let (service, _, _) = fake_service();
     let mut request = POST.request();
@@ -224,7 +253,12 @@ async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() 
     first.abort();
     assert!(publisher.sent().is_empty());
     reached.extend(["invalid_idempotency_key", "idempotency_key_reused", "request_in_progress"].map(String::from));
+    reached
+}
 
+/// `ResponseTimeout`: what refuses a wait before anything is published.
+async fn waiting_for_replies() -> BTreeSet<String> {
+    let mut reached = BTreeSet::new();
     // ResponseTimeout: out of range, beyond what the deadline leaves, on a topic the
     // caller may not receive on, beyond max_waiting, and without a reply connection.
     let (service, publisher, _) = fake_service();
@@ -250,18 +284,22 @@ async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() 
     reached.extend(["invalid_response_timeout", "too_many_waiting"].map(String::from));
     // Only a broker's reply (or its absence) answers these: tests/serve/replies.rs.
     reached.extend(["reply_timeout", "reply_too_large"].map(String::from));
+    reached
+}
 
+/// A batch over its limit, the config store down, and events an entry point cannot decode.
+async fn stores_down_and_undecodable_events() -> BTreeSet<String> {
+    let mut reached = BTreeSet::new();
     // A batch over its limit of messages: 413 for the whole request, nothing published.
-    let (service, publisher, _) = fake_service();
+    let publisher = FakePublisher::new();
     let many = Case {
         path: "/messages",
         body: br#"[{"topic":"home/a","payload":"x"},{"topic":"home/a","payload":"x"}]"#,
         ..POST
     };
     let full = config().replace("[limits]", "[limits]\nmax_batch_messages = 1");
-    let service_one = Service::with_store(publisher.clone(), FakeStore::new(&full) as Arc<dyn ConfigStore>);
-    assert_eq!(answer(&service_one, many.request()).await, (413, "payload_too_large".to_owned()));
-    drop(service);
+    let service = Service::with_store(publisher.clone(), FakeStore::new(&full) as Arc<dyn ConfigStore>);
+    assert_eq!(answer(&service, many.request()).await, (413, "payload_too_large".to_owned()));
     assert!(publisher.sent().is_empty());
 
     // The config store down: 503, never 401.
@@ -291,11 +329,7 @@ async fn every_error_code_of_the_contract_is_reached_and_only_a_200_publishes() 
         reached.insert(code.to_owned());
     }
     assert!(publisher.sent().is_empty());
-
-    // Only the serve connection layer answers the rest (tested in serve::parse_errors).
-    let everything: BTreeSet<String> = ErrorCode::ALL.iter().map(|c| c.as_str().to_owned()).collect();
-    let connection_layer = BTreeSet::from(["malformed_request".to_owned(), "headers_too_large".to_owned()]);
-    assert_eq!(&everything - &connection_layer, reached, "every code the service answers with is reached here");
+    reached
 }
 
 #[tokio::test]
