@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{drain, mosquitto, post, serve, subscriber, Serve, USER0};
+use crate::support::{drain, mosquitto, post, serve, subscriber, RestartableBroker, Serve, USER0};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
@@ -117,27 +117,9 @@ async fn whole_batch_problems_publish_nothing() {
 
 #[tokio::test]
 async fn with_the_broker_stopped_mid_batch_no_entry_claims_200_for_a_message_that_never_arrives() {
-    let port = crate::common::free_port();
-    let dir = crate::support::temp_dir("batch-midload");
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let conf = dir.join("mosquitto.conf");
-    // Persistent, no queue limit: what the broker acknowledged survives its restart for the subscriber.
-    let settings = format!(
-        "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\npersistence true\npersistence_location {}/\n",
-        dir.display()
-    );
-    std::fs::write(&conf, settings).unwrap();
-    let start_broker = || async {
-        let child = std::process::Command::new("mosquitto")
-            .args(["-c", conf.to_str().unwrap()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        crate::support::wait_for_port(port, "mosquitto").await;
-        child
-    };
-    let mut broker = start_broker().await;
+    let mosquitto = RestartableBroker::new("batch-midload");
+    let port = mosquitto.port;
+    let broker = mosquitto.start().await;
     let serve = serve(Some(port), &[]).await;
     let mut rx = crate::support::persistent_subscriber(port, "mid/#").await;
     let started = tokio::time::Instant::now();
@@ -169,10 +151,9 @@ async fn with_the_broker_stopped_mid_batch_no_entry_claims_200_for_a_message_tha
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    std::process::Command::new("kill").args(["-TERM", &broker.id().to_string()]).status().unwrap();
-    broker.wait().unwrap();
+    RestartableBroker::stop(broker);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let _broker = crate::common::Proc(start_broker().await);
+    let _broker = crate::common::Proc(mosquitto.start().await);
     let mut answered = Vec::new();
     for worker in workers {
         answered.extend(worker.await.unwrap());

@@ -12,39 +12,14 @@ use crate::common;
 use crate::common::{free_port, Proc};
 use crate::support::{
     mosquitto, mosquitto_with, next, persistent_subscriber, post, serve, subscriber, sys_count, temp_dir,
-    wait_for_port, BIN, USER0,
+    wait_for_port, RestartableBroker, BIN, USER0,
 };
 
 #[tokio::test]
 async fn with_the_broker_stopped_mid_load_every_answer_is_200_or_503_and_every_200_arrives() {
-    let port = free_port();
-    let dir = temp_dir("midload");
-    // mosquitto started as root drops to its own user, which must be able to write its database here.
-    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
-    let conf = dir.join("mosquitto.conf");
-    // No queue limit: with mosquitto's default (1000 per client) the subscriber, offline while
-    // the broker restarts, could lose acknowledged messages at the broker, and this test would
-    // blame serve for them.
-    std::fs::write(
-        &conf,
-        format!(
-            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
-             persistence true\npersistence_location {}/\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    let start_broker = || async {
-        let child = Command::new("mosquitto")
-            .args(["-c", conf.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        wait_for_port(port, "mosquitto").await;
-        child
-    };
-    let mut broker = start_broker().await;
+    let mosquitto = RestartableBroker::new("midload");
+    let port = mosquitto.port;
+    let broker = mosquitto.start().await;
     let serve = serve(Some(port), &[]).await;
     let mut rx = persistent_subscriber(port, "load/#").await;
 
@@ -70,12 +45,10 @@ async fn with_the_broker_stopped_mid_load_every_answer_is_200_or_503_and_every_2
         .collect();
 
     tokio::time::sleep(Duration::from_millis(1200)).await;
-    // A clean stop: mosquitto saves its sessions, the subscriber's queue included.
-    Command::new("kill").args(["-TERM", &broker.id().to_string()]).status().unwrap();
-    broker.wait().unwrap();
+    RestartableBroker::stop(broker);
     let stopped_at = started.elapsed();
     tokio::time::sleep(Duration::from_millis(800)).await;
-    let _broker = Proc(start_broker().await);
+    let _broker = Proc(mosquitto.start().await);
     let restarted_at = started.elapsed();
 
     let mut answers = Vec::new();

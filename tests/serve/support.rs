@@ -241,3 +241,47 @@ pub(crate) fn rss_kib(pid: u32) -> u64 {
     let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
+
+/// A persistent mosquitto on a free loopback port that a test stops and starts
+/// again. No queue limit: with mosquitto's default (1000 per client) a
+/// subscriber offline while the broker restarts could lose acknowledged
+/// messages at the broker, and the test would blame serve for them.
+pub(crate) struct RestartableBroker {
+    pub(crate) port: u16,
+    conf: std::path::PathBuf,
+}
+
+impl RestartableBroker {
+    pub(crate) fn new(name: &str) -> RestartableBroker {
+        let port = free_port();
+        let dir = temp_dir(name);
+        // mosquitto started as root drops to its own user, which must be able to write its database here.
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let conf = dir.join("mosquitto.conf");
+        let settings = format!(
+            "listener {port} 127.0.0.1\nallow_anonymous true\nmax_queued_messages 0\n\
+             persistence true\npersistence_location {}/\n",
+            dir.display()
+        );
+        std::fs::write(&conf, settings).unwrap();
+        RestartableBroker { port, conf }
+    }
+
+    /// Starts it; returns once its port is open.
+    pub(crate) async fn start(&self) -> std::process::Child {
+        let child = Command::new("mosquitto")
+            .args(["-c", self.conf.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        wait_for_port(self.port, "mosquitto").await;
+        child
+    }
+
+    /// A clean stop: mosquitto saves its sessions, the subscribers' queues included.
+    pub(crate) fn stop(mut child: std::process::Child) {
+        Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap();
+        child.wait().unwrap();
+    }
+}
