@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use crate::support::{drain, mosquitto, post, serve, subscriber, RestartableBroker, Serve, USER0};
+use crate::support::{drain, mosquitto, payloads_until, post, serve, subscriber, RestartableBroker, Serve, USER0};
 
 const JSON: (&str, &str) = ("content-type", "application/json");
 
@@ -163,13 +163,7 @@ async fn with_the_broker_stopped_mid_batch_no_entry_claims_200_for_a_message_tha
     assert!(answered.iter().any(|(_, (s, _))| *s == 503), "the outage was seen");
     let ok: std::collections::BTreeSet<&str> =
         answered.iter().filter(|(_, (s, _))| *s == 200).map(|(p, _)| p.as_str()).collect();
-    let mut seen = std::collections::BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !ok.iter().all(|p| seen.contains(*p)) && tokio::time::Instant::now() < deadline {
-        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-            seen.insert(String::from_utf8(p.payload.to_vec()).unwrap());
-        }
-    }
+    let seen = payloads_until(&mut rx, &ok, Duration::from_secs(15)).await;
     let missing: Vec<_> = ok.iter().filter(|p| !seen.contains(**p)).collect();
     assert!(
         missing.is_empty(),

@@ -11,8 +11,8 @@ use tokio::sync::mpsc;
 use crate::common;
 use crate::common::{free_port, Proc};
 use crate::support::{
-    mosquitto, mosquitto_with, next, persistent_subscriber, post, serve, subscriber, sys_count, temp_dir,
-    wait_for_port, RestartableBroker, BIN, USER0,
+    mosquitto, mosquitto_with, next, payloads_until, persistent_subscriber, post, serve, subscriber, sys_count,
+    temp_dir, wait_for_port, RestartableBroker, BIN, USER0,
 };
 
 #[tokio::test]
@@ -65,13 +65,7 @@ async fn with_the_broker_stopped_mid_load_every_answer_is_200_or_503_and_every_2
         "service resumed after the broker returned"
     );
 
-    let mut seen = std::collections::BTreeSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !ok.iter().all(|p| seen.contains(*p)) && tokio::time::Instant::now() < deadline {
-        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
-            seen.insert(String::from_utf8(p.payload.to_vec()).unwrap());
-        }
-    }
+    let seen = payloads_until(&mut rx, &ok, Duration::from_secs(15)).await;
     let missing: Vec<_> = ok.iter().filter(|p| !seen.contains(**p)).collect();
     // A 503'd message may have arrived too (its PUBACK lost with the connection): a 5xx
     // promises nothing either way. What was never sent cannot arrive.

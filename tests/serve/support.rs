@@ -285,3 +285,19 @@ impl RestartableBroker {
         child.wait().unwrap();
     }
 }
+
+/// The payloads `rx` receives until every one of `expected` has come, or `within` has passed.
+pub(crate) async fn payloads_until(
+    rx: &mut mpsc::UnboundedReceiver<Publish>,
+    expected: &std::collections::BTreeSet<&str>,
+    within: Duration,
+) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while !expected.iter().all(|p| seen.contains(*p)) && tokio::time::Instant::now() < deadline {
+        if let Ok(Some(p)) = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await {
+            seen.insert(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+    }
+    seen
+}
